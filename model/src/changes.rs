@@ -1,0 +1,329 @@
+//! Docker's change list (`docker diff`) and `commit`'s new layer.
+//!
+//! Union drivers walk the writable layer (moby `archive.OverlayChanges` / aufs `Changes`):
+//! a whiteout is `D`; an opaque directory that an image layer has is `D` too (Docker's
+//! overlay walker reports it so); an entry an image layer has is `C` (a directory only when
+//! its own metadata or entries changed); anything else `A`; the parent of an `A` or `D`
+//! is `C`. devicemapper compares the container's filesystem with the image's (moby
+//! `archive.ChangesDirs`): added subtrees are `A` throughout, a removed subtree is one `D`,
+//! and every directory above a change is `C`.
+
+use crate::container::Container;
+use crate::lower::Layer;
+use crate::step::{Change, ChangeKind};
+use crate::tree::{empty_dir, new_inode, Body, Ino, Inode, Tree, ROOT};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Container {
+    /// Docker's change list, sorted by path.
+    pub fn changes(&self, image: &Tree) -> Vec<Change> {
+        let mut out = if self.policy.flat {
+            let mut out = Vec::new();
+            diff_trees(image, ROOT, &self.upper, ROOT, "/", &mut out);
+            out
+        } else {
+            self.union_changes()
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn in_any_layer(&self, path: &str) -> bool {
+        self.lower.layers().iter().any(|l| {
+            l.tree
+                .lookup(path)
+                .is_some_and(|i| !l.tree.get(i).is_whiteout())
+        })
+    }
+
+    fn union_changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut changed_dirs = BTreeSet::new();
+        for (path, ino) in self.upper.paths() {
+            let inode = self.upper.get(ino);
+            let kind = if inode.is_whiteout()
+                || (inode.is_opaque()
+                    && self.in_any_layer(&path)
+                    && self.policy.driver.is_overlayfs())
+            {
+                ChangeKind::D
+            } else if self.in_any_layer(&path) {
+                if inode.is_dir() && inode.version == 0 {
+                    continue;
+                }
+                ChangeKind::C
+            } else {
+                ChangeKind::A
+            };
+            if inode.is_dir() {
+                changed_dirs.insert(path.clone());
+            }
+            out.push(Change {
+                path: path.clone(),
+                kind,
+            });
+            if kind != ChangeKind::C {
+                let parent = crate::path::parent(&path).to_string();
+                if parent != "/" && changed_dirs.insert(parent.clone()) {
+                    out.push(Change {
+                        path: parent,
+                        kind: ChangeKind::C,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The new image layer `commit` makes: the writable layer as Docker's diff carries it,
+    /// with metacopy files given their data and redirected directories made whole.
+    pub fn commit_layer(&self, id: &str, image_tree: &Tree) -> Layer {
+        let tree = if self.policy.flat {
+            diff_as_layer(image_tree, &self.upper)
+        } else {
+            let mut t = Tree::new();
+            let root = self.upper.get(ROOT);
+            let r = t.get_mut(ROOT);
+            r.mode = root.mode;
+            r.xattrs = root.xattrs.clone();
+            let mut links = BTreeMap::new();
+            self.copy_layer_dir(self.root(), ROOT, &mut t, &mut links);
+            t
+        };
+        Layer {
+            id: id.to_string(),
+            parent: self.image.clone(),
+            tree,
+        }
+    }
+
+    fn copy_layer_dir(
+        &self,
+        d: crate::container::Dentry,
+        to: Ino,
+        out: &mut Tree,
+        links: &mut BTreeMap<Ino, Ino>,
+    ) {
+        let Some(u) = d.upper else { return };
+        let Some(children) = self.upper.get(u).children() else {
+            return;
+        };
+        for (name, &ino) in children {
+            let inode = self.upper.get(ino);
+            if name.starts_with(".wh.") {
+                // The diff travels as a tar: a file named `.wh.<x>` in it *is* a whiteout
+                // of `<x>` to the layer applier (moby UnpackLayer, AUFS6).
+                apply_wh_name(out, to, name);
+                continue;
+            }
+            if let Some(&done) = links.get(&ino) {
+                out.attach(to, name, done);
+                continue;
+            }
+            let body = match &inode.body {
+                Body::Dir {
+                    opaque, redirect, ..
+                } => Body::Dir {
+                    children: BTreeMap::new(),
+                    opaque: *opaque || redirect.is_some(),
+                    redirect: None,
+                },
+                Body::File { data, .. } => Body::File {
+                    data: data.clone(),
+                    metacopy: false,
+                },
+                other => other.clone(),
+            };
+            let new = out.alloc(Inode {
+                body,
+                origin: None,
+                version: 0,
+                ..inode.clone()
+            });
+            links.insert(ino, new);
+            out.attach(to, name, new);
+            if inode.is_dir() {
+                let child = self.child(d, name).expect("upper dir is visible");
+                if matches!(
+                    &inode.body,
+                    Body::Dir {
+                        redirect: Some(_),
+                        ..
+                    }
+                ) {
+                    // A redirected directory's lower contents travel with it.
+                    self.copy_merged_dir(child, new, out);
+                } else {
+                    self.copy_layer_dir(child, new, out, links);
+                }
+            }
+        }
+    }
+
+    fn copy_merged_dir(&self, d: crate::container::Dentry, to: Ino, out: &mut Tree) {
+        for (name, c) in self.list(d) {
+            let inode = self.inode(c).clone();
+            let body = match &inode.body {
+                Body::Dir { .. } => empty_dir(false),
+                other => other.clone(),
+            };
+            let new = out.alloc(Inode {
+                body,
+                origin: None,
+                version: 0,
+                ..inode
+            });
+            out.attach(to, &name, new);
+            if out.get(new).is_dir() {
+                self.copy_merged_dir(c, new, out);
+            }
+        }
+    }
+}
+
+/// Whether an inode changed between the image's filesystem and the container's.
+fn differs(old: &Inode, new: &Inode, same_ino: bool) -> bool {
+    if old.kind() != new.kind() || old.mode != new.mode || old.xattrs != new.xattrs {
+        return true;
+    }
+    if new.is_dir() {
+        return false;
+    }
+    !same_ino || new.version != 0 || old.body != new.body
+}
+
+/// moby's `ChangesDirs` over two whole filesystems (devicemapper).
+fn diff_trees(old: &Tree, od: Ino, new: &Tree, nd: Ino, path: &str, out: &mut Vec<Change>) {
+    let at_entry = out.len();
+    let empty = BTreeMap::new();
+    let oc = old.get(od).children().unwrap_or(&empty);
+    let nc = new.get(nd).children().unwrap_or(&empty);
+    for (name, &n) in nc {
+        let p = crate::path::join(path, name);
+        match oc.get(name) {
+            Some(&o) => {
+                let (oi, ni) = (old.get(o), new.get(n));
+                if differs(oi, ni, o == n) {
+                    out.push(Change {
+                        path: p.clone(),
+                        kind: ChangeKind::C,
+                    });
+                }
+                if ni.is_dir() && oi.is_dir() {
+                    diff_trees(old, o, new, n, &p, out);
+                } else if ni.is_dir() {
+                    add_all(new, n, &p, out);
+                }
+            }
+            None => {
+                out.push(Change {
+                    path: p.clone(),
+                    kind: ChangeKind::A,
+                });
+                add_all(new, n, &p, out);
+            }
+        }
+    }
+    for name in oc.keys().filter(|n| !nc.contains_key(*n)) {
+        out.push(Change {
+            path: crate::path::join(path, name),
+            kind: ChangeKind::D,
+        });
+    }
+    if out.len() > at_entry && path != "/" && !out.iter().any(|c| c.path == path) {
+        out.push(Change {
+            path: path.to_string(),
+            kind: ChangeKind::C,
+        });
+    }
+}
+
+fn add_all(t: &Tree, dir: Ino, path: &str, out: &mut Vec<Change>) {
+    let mut v = Vec::new();
+    t.walk(dir, path, &mut v);
+    out.extend(v.into_iter().map(|(p, _)| Change {
+        path: p,
+        kind: ChangeKind::A,
+    }));
+}
+
+/// A devicemapper commit as a diff layer: the changed and added entries, deletions as
+/// whiteouts (what Docker's diff tar of the container carries).
+fn diff_as_layer(image: &Tree, fs: &Tree) -> Tree {
+    let mut changes = Vec::new();
+    diff_trees(image, ROOT, fs, ROOT, "/", &mut changes);
+    changes.sort();
+    let mut out = Tree::new();
+    let mut links: BTreeMap<Ino, Ino> = BTreeMap::new();
+    for ch in changes {
+        let parent = ensure_dirs(&mut out, fs, crate::path::parent(&ch.path));
+        let name = ch.path.rsplit('/').next().expect("non-root").to_string();
+        if name.starts_with(".wh.") {
+            if ch.kind != ChangeKind::D {
+                apply_wh_name(&mut out, parent, &name);
+            }
+            continue;
+        }
+        let new = match ch.kind {
+            ChangeKind::D => out.alloc(new_inode(0, Body::Whiteout)),
+            _ => {
+                let src_ino = fs.lookup(&ch.path).expect("changed path exists");
+                if let Some(&done) = links.get(&src_ino) {
+                    done
+                } else {
+                    let src = fs.get(src_ino);
+                    let body = match &src.body {
+                        Body::Dir { .. } => empty_dir(false),
+                        other => other.clone(),
+                    };
+                    let n = out.alloc(Inode {
+                        body,
+                        origin: None,
+                        version: 0,
+                        ..src.clone()
+                    });
+                    links.insert(src_ino, n);
+                    n
+                }
+            }
+        };
+        if out.child(parent, &name).is_none() {
+            out.attach(parent, &name, new);
+        }
+    }
+    out
+}
+
+fn ensure_dirs(out: &mut Tree, fs: &Tree, path: &str) -> Ino {
+    let mut cur = ROOT;
+    let mut p = String::from("/");
+    for name in crate::path::components(path) {
+        p = crate::path::join(&p, name);
+        cur = match out.child(cur, name) {
+            Some(i) => i,
+            None => {
+                let mode = fs.lookup(&p).map_or(0o755, |i| fs.get(i).mode);
+                let n = out.alloc(new_inode(mode, empty_dir(false)));
+                out.attach(cur, name, n);
+                n
+            }
+        };
+    }
+    cur
+}
+
+/// What the layer applier makes of a tar entry named `.wh.*` in directory `dir`.
+fn apply_wh_name(out: &mut Tree, dir: Ino, name: &str) {
+    if name == ".wh..wh..opq" {
+        if let Body::Dir { opaque, .. } = &mut out.get_mut(dir).body {
+            *opaque = true;
+        }
+    } else if !name.starts_with(".wh..wh.") {
+        let target = &name[".wh.".len()..];
+        if !target.is_empty() {
+            let wh = out.alloc(new_inode(0, Body::Whiteout));
+            out.attach(dir, target, wh);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A container: a writable tree over a lower stack, mounted with a driver's policy.
+
+use crate::lower::{LowerStack, NodeId};
+use crate::params::Policy;
+use crate::tree::{Ino, Tree};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A merged dentry: what a name resolves to in the union.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dentry {
+    /// The writable layer's inode, if there is one.
+    pub upper: Option<Ino>,
+    /// The lower stack's merged dentry, if the lower one is visible through this name
+    /// (a directory that merges, or a file not yet copied up).
+    pub lower: Option<NodeId>,
+    /// Whether `upper` is reached by this name in the upper tree; false for a lower hard
+    /// link whose inode another name already copied up (index=on, AUFS pseudo-links).
+    pub in_upper: bool,
+}
+
+/// An entry of the inode index (overlayfs `index=on`, AUFS pseudo-links): a lower inode
+/// with several names whose copy lives in the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The upper copy.
+    pub upper: Ino,
+    /// How many of the lower names have been copied up or removed since.
+    pub names_gone: u32,
+}
+
+/// A container of the model.
+#[derive(Clone, Debug)]
+pub struct Container {
+    /// The container id.
+    pub id: String,
+    /// Its image's top layer.
+    pub image: Option<String>,
+    /// The writable layer (devicemapper: the whole filesystem).
+    pub upper: Tree,
+    /// The image layers (devicemapper: empty, the image is already in `upper`).
+    pub lower: Arc<LowerStack>,
+    /// The driver's policy.
+    pub policy: Policy,
+    /// Bytes copied from image layers into the writable layer.
+    pub copied_up_bytes: u64,
+    /// Lower hard-linked inodes copied up, by (layer, inode).
+    pub index: BTreeMap<(usize, Ino), IndexEntry>,
+    /// Whether any whiteout was made by the filesystem (overlayfs then keeps one shared
+    /// whiteout inode in `work/work`).
+    pub made_whiteout: bool,
+}
+
+impl Container {
+    /// A container on `lower` with the driver's `policy`.
+    pub fn new(id: &str, image: Option<String>, lower: Arc<LowerStack>, policy: Policy) -> Self {
+        let (upper, lower) = if policy.flat {
+            // devicemapper: the container device is a snapshot of the image device, so it
+            // starts as the image's whole filesystem and no union is left to do.
+            let mut t = lower.flatten();
+            let inos: Vec<Ino> = t.inodes().map(|(i, _)| i).collect();
+            for i in inos {
+                t.get_mut(i).version = 0;
+            }
+            (t, Arc::new(LowerStack::new(Vec::new())))
+        } else {
+            (Tree::new(), lower)
+        };
+        let mut c = Container {
+            id: id.to_string(),
+            image,
+            upper,
+            lower,
+            policy,
+            copied_up_bytes: 0,
+            index: BTreeMap::new(),
+            made_whiteout: false,
+        };
+        // The upper root is the merged root: give it the image root's attributes.
+        if !c.lower.is_empty() {
+            let root = c.lower.inode(LowerStack::ROOT).clone();
+            let r = c.upper.get_mut(crate::tree::ROOT);
+            r.mode = root.mode;
+            r.version = 0;
+        }
+        c
+    }
+
+    /// The root dentry.
+    pub fn root(&self) -> Dentry {
+        Dentry {
+            upper: Some(crate::tree::ROOT),
+            lower: (!self.lower.is_empty()).then_some(LowerStack::ROOT),
+            in_upper: true,
+        }
+    }
+}

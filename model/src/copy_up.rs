@@ -1,0 +1,151 @@
+//! Copy-up: making a lower file or directory writable by copying it into the upper layer,
+//! parents first (OVL3, S4). Whole files by default; metadata only with `metacopy=on`.
+
+use crate::container::{Container, Dentry, IndexEntry};
+use crate::tree::{empty_dir, Body, Ino, Inode, Origin};
+use std::sync::Arc;
+
+/// How much of a file a copy-up must bring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyUp {
+    /// Data and metadata: open for write, truncate, and any copy-up without `metacopy`.
+    Data,
+    /// Metadata only if the policy allows it (chmod, xattrs, link, rename).
+    Meta,
+}
+
+impl Container {
+    /// Makes every directory on `dirs` an upper directory, root first; returns the last
+    /// one's upper inode.
+    pub(crate) fn copy_up_dirs(&mut self, dirs: &mut [(String, Dentry)]) -> Ino {
+        let mut parent = dirs[0].1.upper.expect("upper root");
+        for i in 1..dirs.len() {
+            let (name, d) = dirs[i].clone();
+            let d = self.copy_up_entry(parent, &name, d, CopyUp::Meta);
+            dirs[i].1 = d;
+            parent = d.upper.expect("copied up");
+        }
+        parent
+    }
+
+    /// Copies one entry of upper directory `parent` up (its parents are already there) and
+    /// returns the dentry updated.
+    pub(crate) fn copy_up_entry(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        mut d: Dentry,
+        how: CopyUp,
+    ) -> Dentry {
+        if d.in_upper {
+            let ino = d.upper.expect("in upper");
+            if how == CopyUp::Data {
+                self.copy_up_data(ino);
+            }
+            return d;
+        }
+        // Copying up never changes the parent's timestamps (overlayfs restores them), so
+        // Docker's change walker does not see the parent as changed.
+        let parent_version = self.upper.get(parent).version;
+        if let Some(ino) = d.upper {
+            // Another name of this lower inode was copied up already (index / pseudo-link).
+            self.upper.attach(parent, name, ino);
+            self.note_index_name_gone(d);
+            self.upper.get_mut(parent).version = parent_version;
+            d.in_upper = true;
+            if how == CopyUp::Data {
+                self.copy_up_data(ino);
+            }
+            return d;
+        }
+        let l = d.lower.expect("a lower dentry");
+        let node = self.lower.node(l);
+        let origin = Origin {
+            layer: node.layer,
+            ino: node.ino,
+        };
+        let src = self.lower.inode(l).clone();
+        let body = match src.body {
+            Body::Dir { .. } => empty_dir(false),
+            Body::File { data, .. } => {
+                let meta_only = how == CopyUp::Meta && self.policy.metacopy;
+                if !meta_only {
+                    self.copied_up_bytes += data.len() as u64;
+                }
+                Body::File {
+                    data,
+                    metacopy: meta_only,
+                }
+            }
+            other => other,
+        };
+        let hard_linked = matches!(body, Body::File { .. }) && src.nlink > 1;
+        let ino = self.upper.alloc(Inode {
+            body,
+            origin: Some(origin),
+            version: 0,
+            ..src
+        });
+        self.upper.attach(parent, name, ino);
+        self.upper.get_mut(ino).version = 0;
+        self.upper.get_mut(parent).version = parent_version;
+        if hard_linked && self.policy.keep_hard_links {
+            self.index.insert(
+                (origin.layer, origin.ino),
+                IndexEntry {
+                    upper: ino,
+                    names_gone: 1,
+                },
+            );
+        }
+        d.upper = Some(ino);
+        d.in_upper = true;
+        if !self.upper.get(ino).is_dir() {
+            d.lower = None;
+        }
+        d
+    }
+
+    /// Brings a metacopy file's data up (first write after a metadata-only copy-up).
+    fn copy_up_data(&mut self, ino: Ino) {
+        let inode = self.upper.get(ino);
+        if let Body::File {
+            metacopy: true,
+            data,
+        } = &inode.body
+        {
+            self.copied_up_bytes += data.len() as u64;
+            let data = Arc::clone(data);
+            let v = inode.version;
+            let i = self.upper.get_mut(ino);
+            i.body = Body::File {
+                data,
+                metacopy: false,
+            };
+            i.version = v;
+        }
+    }
+
+    /// Records that one more lower name of an indexed inode left the lower view.
+    pub(crate) fn note_index_name_gone(&mut self, d: Dentry) {
+        if let Some(l) = d.lower {
+            let n = self.lower.node(l);
+            if let Some(e) = self.index.get_mut(&(n.layer, n.ino)) {
+                e.names_gone += 1;
+            }
+        }
+    }
+
+    /// Copies up the entry `name` with chain `dirs`, returning its upper inode.
+    pub(crate) fn copy_up_path(
+        &mut self,
+        dirs: &mut [(String, Dentry)],
+        name: &str,
+        d: Dentry,
+        how: CopyUp,
+    ) -> (Ino, Dentry) {
+        let parent = self.copy_up_dirs(dirs);
+        let d = self.copy_up_entry(parent, name, d, how);
+        (parent, d)
+    }
+}

@@ -1,0 +1,260 @@
+//! Namespace changes: create, mkdir, unlink, rmdir, rename, link, symlink. Removing a name
+//! that the image layers have leaves a whiteout (S3, OVL1); making a directory over a
+//! whiteout makes it opaque (OVL2).
+
+use crate::container::{Container, Dentry};
+use crate::copy_up::CopyUp;
+use crate::errno::Errno;
+use crate::params::DirRename;
+use crate::path::{self, PATH_MAX};
+use crate::step::Kind;
+use crate::tree::{empty_dir, file_body, new_inode, Body, Ino};
+
+impl Container {
+    /// Removes `name` from the upper directory `parent`, leaving a whiteout if the image
+    /// layers have the name.
+    pub(crate) fn remove_name(&mut self, parent: Ino, name: &str, lower_has: bool) {
+        if lower_has {
+            let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
+            self.upper.attach(parent, name, wh);
+            self.made_whiteout = true;
+        } else {
+            self.upper.detach(parent, name);
+        }
+    }
+
+    /// Adds a new inode as `name` in upper directory `parent`, over a whiteout if there is
+    /// one (a directory made there becomes opaque).
+    pub(crate) fn add_name(&mut self, parent: Ino, name: &str, ino: Ino) {
+        let over_whiteout = self
+            .upper
+            .child(parent, name)
+            .is_some_and(|w| self.upper.get(w).is_whiteout());
+        if over_whiteout {
+            if let Body::Dir { opaque, .. } = &mut self.upper.get_mut(ino).body {
+                *opaque = true;
+            }
+        }
+        self.upper.attach(parent, name, ino);
+    }
+
+    /// Resolves `path` for creating a new name: its parent's upper inode after copy-up.
+    fn new_name_parent(&mut self, path: &str) -> Result<(Ino, String), Errno> {
+        let mut r = self.resolve(path, false)?;
+        let name = r.name.clone().ok_or(Errno::EEXIST)?;
+        if r.target.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        Ok((self.copy_up_dirs(&mut r.dirs), name))
+    }
+
+    /// `open(O_CREAT|O_EXCL)`.
+    pub(crate) fn create(&mut self, path: &str, mode: Option<u32>) -> Result<(), Errno> {
+        let r = self.resolve(path, false)?;
+        if r.target.is_some() || r.name.is_none() {
+            return Err(Errno::EEXIST);
+        }
+        if r.trailing_slash {
+            return Err(Errno::EISDIR);
+        }
+        let (parent, name) = self.new_name_parent(path)?;
+        let ino = self.upper.alloc(new_inode(
+            mode.unwrap_or(0o644) & 0o7777,
+            file_body(Vec::new()),
+        ));
+        self.add_name(parent, &name, ino);
+        Ok(())
+    }
+
+    /// `mkdir`.
+    pub(crate) fn mkdir(&mut self, path: &str, mode: Option<u32>) -> Result<(), Errno> {
+        let (parent, name) = self.new_name_parent(path)?;
+        let ino = self
+            .upper
+            .alloc(new_inode(mode.unwrap_or(0o755) & 0o7777, empty_dir(false)));
+        self.add_name(parent, &name, ino);
+        Ok(())
+    }
+
+    /// `symlink`.
+    pub(crate) fn symlink(&mut self, target: &str, path: &str) -> Result<(), Errno> {
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() >= PATH_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let (parent, name) = self.new_name_parent(path)?;
+        let ino = self
+            .upper
+            .alloc(new_inode(0o777, Body::Symlink(target.to_string())));
+        self.add_name(parent, &name, ino);
+        Ok(())
+    }
+
+    /// `unlink`.
+    pub(crate) fn unlink(&mut self, path: &str) -> Result<(), Errno> {
+        let mut r = self.resolve(path, false)?;
+        let d = r.existing()?;
+        let Some(name) = r.name.clone() else {
+            return Err(Errno::EISDIR);
+        };
+        if self.kind(d) == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let lower_has = self.lower_has(r.parent(), &name);
+        if !d.in_upper {
+            self.note_index_name_gone(d);
+        }
+        let parent = self.copy_up_dirs(&mut r.dirs);
+        self.remove_name(parent, &name, lower_has);
+        Ok(())
+    }
+
+    /// `rmdir`.
+    pub(crate) fn rmdir(&mut self, path: &str) -> Result<(), Errno> {
+        if path::components(path).last() == Some(".") {
+            return Err(Errno::EINVAL);
+        }
+        let mut r = self.resolve(path, false)?;
+        let d = r.existing()?;
+        let Some(name) = r.name.clone() else {
+            return Err(Errno::EBUSY);
+        };
+        if self.kind(d) != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.is_empty_dir(d) {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let lower_has = self.lower_has(r.parent(), &name);
+        let parent = self.copy_up_dirs(&mut r.dirs);
+        self.remove_name(parent, &name, lower_has);
+        Ok(())
+    }
+
+    /// `link`: copies the source up (metadata may do) and adds an upper name for it.
+    pub(crate) fn link(&mut self, from: &str, to: &str) -> Result<(), Errno> {
+        let rf = self.resolve(from, false)?;
+        let src = rf.existing()?;
+        if self.kind(src) == Kind::Dir {
+            return Err(Errno::EPERM);
+        }
+        let rt = self.resolve(to, false)?;
+        if rt.target.is_some() || rt.name.is_none() {
+            return Err(Errno::EEXIST);
+        }
+        if rt.trailing_slash {
+            return Err(Errno::ENOENT);
+        }
+        let from_name = rf.name.clone().expect("non-dir has a name");
+        let mut dirs = rf.dirs;
+        let (_, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
+        let ino = src.upper.expect("copied up");
+        let (parent, name) = self.new_name_parent(to)?;
+        self.add_name(parent, &name, ino);
+        Ok(())
+    }
+
+    /// `rename`, with the checks in the kernel's order: same name, subtree traps, type
+    /// mismatch, the driver's directory policy (EXDEV), a non-empty target.
+    pub(crate) fn rename(&mut self, from: &str, to: &str) -> Result<(), Errno> {
+        let rf = self.resolve(from, false)?;
+        let src = rf.existing()?;
+        let from_name = rf.name.clone().ok_or(Errno::EBUSY)?;
+        let rt = self.resolve(to, false)?;
+        let to_name = rt.name.clone().ok_or(Errno::EBUSY)?;
+        let (pf, pt) = (rf.path(), rt.path());
+        if pf == pt {
+            return Ok(());
+        }
+        let src_is_dir = self.kind(src) == Kind::Dir;
+        if src_is_dir && path::is_below(&pt, &pf) {
+            return Err(Errno::EINVAL);
+        }
+        if path::is_below(&pf, &pt) {
+            return Err(Errno::ENOTEMPTY);
+        }
+        if let Some(t) = rt.target {
+            if same_inode(self, src, t) {
+                return Ok(());
+            }
+            let t_is_dir = self.kind(t) == Kind::Dir;
+            if src_is_dir && !t_is_dir {
+                return Err(Errno::ENOTDIR);
+            }
+            if !src_is_dir && t_is_dir {
+                return Err(Errno::EISDIR);
+            }
+        } else if rt.trailing_slash && !src_is_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if src_is_dir {
+            if let Some(l) = src.lower {
+                let exdev = match self.policy.dir_rename {
+                    DirRename::ExdevIfLower => true,
+                    DirRename::ExdevIfLowerChildren => self
+                        .lower
+                        .node(l)
+                        .children
+                        .as_ref()
+                        .is_some_and(|c| !c.is_empty()),
+                    DirRename::Redirect => false,
+                };
+                if exdev {
+                    return Err(Errno::EXDEV);
+                }
+            }
+        }
+        if let Some(t) = rt.target {
+            if self.kind(t) == Kind::Dir && !self.is_empty_dir(t) {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+
+        // Checks done; from here on nothing fails.
+        let from_lower_has = self.lower_has(rf.parent(), &from_name);
+        let to_lower_has = self.lower_has(rt.parent(), &to_name);
+        let src_merged = src_is_dir && src.lower.is_some();
+        let mut dirs = rf.dirs;
+        let (from_parent, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
+        let mut rt = self.resolve(to, false).expect("resolved before");
+        let to_parent = self.copy_up_dirs(&mut rt.dirs);
+        let moved = src.upper.expect("copied up");
+        self.upper
+            .move_entry(from_parent, &from_name, to_parent, &to_name);
+        if from_lower_has {
+            let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
+            self.upper.attach(from_parent, &from_name, wh);
+            self.made_whiteout = true;
+        }
+        if let Body::Dir {
+            redirect, opaque, ..
+        } = &mut self.upper.get_mut(moved).body
+        {
+            if src_merged && self.policy.dir_rename == DirRename::Redirect {
+                // redirect_dir=on: the moved directory points back at its lower origin.
+                if redirect.is_none() {
+                    *redirect = Some(pf.clone());
+                }
+            } else if to_lower_has {
+                // A directory that never had lower contents must not merge with what the
+                // image has at its new name.
+                *opaque = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two dentries show the same inode (rename between hard links is a no-op).
+fn same_inode(c: &Container, a: Dentry, b: Dentry) -> bool {
+    match (a.upper, b.upper) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.lower.zip(b.lower).is_some_and(|(x, y)| {
+            let (nx, ny) = (c.lower.node(x), c.lower.node(y));
+            (nx.layer, nx.ino) == (ny.layer, ny.ino)
+        }),
+        _ => false,
+    }
+}

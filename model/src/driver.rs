@@ -1,0 +1,114 @@
+//! The driver trait both sides implement, and the model's implementation of it.
+
+use crate::observe::{Accounting, Observation};
+use crate::params::{DriverKind, OverlayOptions};
+use crate::step::{LayerSpec, Op, Outcome};
+use crate::store::{StepError, Store};
+use std::fmt;
+
+/// Why a driver could not run a step at all (as opposed to the step failing with an errno).
+#[derive(Debug)]
+pub enum DriverError {
+    /// The scenario asked for something impossible (no such container, ...).
+    Step(StepError),
+    /// The backend failed (a mount, an ioctl, ...).
+    Backend(String),
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverError::Step(e) => write!(f, "{e}"),
+            DriverError::Backend(e) => write!(f, "backend error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+impl From<StepError> for DriverError {
+    fn from(e: StepError) -> Self {
+        DriverError::Step(e)
+    }
+}
+
+/// A storage driver that can build layers, run steps and be observed. The harness talks to
+/// the model and to real drivers only through this.
+pub trait Driver {
+    /// Which driver this is.
+    fn kind(&self) -> DriverKind;
+    /// The backend name: `model`, `kernel`, `fuse` or `vm`.
+    fn backend(&self) -> &'static str;
+    /// Builds an image layer.
+    fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError>;
+    /// Runs one step.
+    fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError>;
+    /// Observes the whole driver.
+    fn observe(&mut self) -> Result<Observation, DriverError>;
+}
+
+/// The specification as a [`Driver`].
+#[derive(Clone, Debug)]
+pub struct ModelDriver {
+    store: Store,
+}
+
+impl ModelDriver {
+    /// An empty driver root of `driver` with overlay `options`.
+    pub fn new(driver: DriverKind, options: OverlayOptions) -> ModelDriver {
+        ModelDriver {
+            store: Store::new(driver, options),
+        }
+    }
+
+    /// The state machine behind it.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Driver for ModelDriver {
+    fn kind(&self) -> DriverKind {
+        self.store.driver()
+    }
+
+    fn backend(&self) -> &'static str {
+        "model"
+    }
+
+    fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
+        Ok(self.store.add_layer(spec)?)
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
+        Ok(self.store.apply(op)?)
+    }
+
+    fn observe(&mut self) -> Result<Observation, DriverError> {
+        Ok(observe_store(&self.store))
+    }
+}
+
+/// The observation of a model store.
+pub fn observe_store(store: &Store) -> Observation {
+    let (storage, inodes_used) = crate::layout::render(store);
+    let mut accounting = Accounting {
+        inodes_used,
+        ..Accounting::default()
+    };
+    let mut merged = std::collections::BTreeMap::new();
+    for c in store.containers() {
+        merged.insert(c.id.clone(), c.merged_view());
+        accounting
+            .copied_up_bytes
+            .insert(c.id.clone(), c.copied_up_bytes);
+        if let Some(data) = crate::layout::mount_data(store, c) {
+            accounting.mount_data_len.insert(c.id.clone(), data.len());
+        }
+    }
+    Observation {
+        merged,
+        storage,
+        accounting,
+    }
+}

@@ -1,0 +1,225 @@
+//! File data and attributes: read, write, append, truncate, chmod, stat, readlink, xattrs.
+//! Opening for write, truncating, chmod and setxattr copy up (OVL3); reading never does.
+
+use crate::container::{Container, Dentry};
+use crate::copy_up::CopyUp;
+use crate::errno::Errno;
+use crate::namei::Resolved;
+use crate::step::{Content, FileOp, Kind, Outcome, StatInfo, Value};
+use crate::tree::{Body, Ino};
+use std::sync::Arc;
+
+/// Longest xattr name (`XATTR_NAME_MAX`).
+const XATTR_NAME_MAX: usize = 255;
+/// Largest xattr value (`XATTR_SIZE_MAX`).
+const XATTR_SIZE_MAX: usize = 65536;
+
+impl Container {
+    /// Runs one file operation. On error nothing has changed.
+    pub fn apply(&mut self, op: &FileOp) -> Outcome {
+        match op {
+            FileOp::Create { path, mode } => self.create(path, *mode).map(unit),
+            FileOp::Write { path, offset, data } => {
+                let bytes = match data {
+                    Content::Bytes(b) => b.clone(),
+                    other => other.materialize(),
+                };
+                self.write(path, Some(*offset), &bytes).map(unit)
+            }
+            FileOp::Append { path, data } => self.write(path, None, data).map(unit),
+            FileOp::Truncate { path, size } => self.truncate(path, *size).map(unit),
+            FileOp::Read { path, offset, len } => self.read(path, *offset, *len).map(Value::Bytes),
+            FileOp::Unlink { path } => self.unlink(path).map(unit),
+            FileOp::Mkdir { path, mode } => self.mkdir(path, *mode).map(unit),
+            FileOp::Rmdir { path } => self.rmdir(path).map(unit),
+            FileOp::Rename { from, to } => self.rename(from, to).map(unit),
+            FileOp::Link { from, to } => self.link(from, to).map(unit),
+            FileOp::Symlink { target, path } => self.symlink(target, path).map(unit),
+            FileOp::Readlink { path } => self.readlink(path).map(Value::Target),
+            FileOp::Chmod { path, mode } => self.chmod(path, *mode).map(unit),
+            FileOp::Stat { path } => {
+                let d = self.resolve(path, false)?.existing()?;
+                Ok(Value::Stat(self.stat(d)))
+            }
+            FileOp::Readdir { path } => {
+                let d = self.resolve(path, true)?.existing()?;
+                if self.kind(d) != Kind::Dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                Ok(Value::Names(self.list(d).into_keys().collect()))
+            }
+            FileOp::Setxattr { path, name, value } => {
+                self.setxattr(path, name, Some(value)).map(unit)
+            }
+            FileOp::Getxattr { path, name } => self.getxattr(path, name).map(Value::Bytes),
+            FileOp::Removexattr { path, name } => self.setxattr(path, name, None).map(unit),
+        }
+    }
+
+    /// `lstat` of a dentry, as the merged view shows it.
+    pub fn stat(&self, d: Dentry) -> StatInfo {
+        let inode = self.inode(d);
+        let kind = inode.kind();
+        let nlink = match kind {
+            Kind::Dir => self.dir_nlink(d),
+            _ => self.file_nlink(d),
+        };
+        StatInfo {
+            kind,
+            size: inode.size(),
+            mode: inode.mode,
+            nlink,
+        }
+    }
+
+    /// `st_nlink` of a non-directory: the inode's own count, except for an indexed copy-up,
+    /// which counts the lower names not yet copied up too.
+    fn file_nlink(&self, d: Dentry) -> u32 {
+        let inode = self.inode(d);
+        if let (Some(u), Some(o)) = (d.upper, inode.origin) {
+            if let Some(e) = self.index.get(&(o.layer, o.ino)) {
+                if e.upper == u {
+                    let lower = self.lower.layer_inode(o.layer, o.ino).nlink;
+                    return lower.saturating_sub(e.names_gone) + inode.nlink;
+                }
+            }
+        }
+        if let (None, Some(l), true) = (d.upper, d.lower, self.policy.farm_links) {
+            // Every layer root from the one that made the file up to the image links it.
+            let n = self.lower.node(l);
+            let roots = (self.lower.layers().len() - n.layer) as u32;
+            return inode.nlink * roots;
+        }
+        inode.nlink
+    }
+
+    /// Opens an existing `path` for writing, copying it up with its data.
+    fn open_for_write(&mut self, path: &str) -> Result<Ino, Errno> {
+        let mut r = self.resolve(path, true)?;
+        match r.target {
+            Some(d) if self.kind(d) == Kind::Dir => Err(Errno::EISDIR),
+            Some(d) => Ok(self.copy_up_resolved(&mut r, d, CopyUp::Data)),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn copy_up_resolved(&mut self, r: &mut Resolved, d: Dentry, how: CopyUp) -> Ino {
+        match r.name.clone() {
+            Some(name) => {
+                let (_, d) = self.copy_up_path(&mut r.dirs, &name, d, how);
+                d.upper.expect("copied up")
+            }
+            None => crate::tree::ROOT,
+        }
+    }
+
+    /// `pwrite` at `offset`, or an append when `offset` is `None`.
+    fn write(&mut self, path: &str, offset: Option<u64>, bytes: &[u8]) -> Result<(), Errno> {
+        let ino = self.open_for_write(path)?;
+        if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
+            let data = Arc::make_mut(data);
+            let at = offset.map_or(data.len(), |o| o as usize);
+            let end = at + bytes.len();
+            if data.len() < end {
+                data.resize(end, 0);
+            }
+            data[at..end].copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// `truncate(2)`: a full copy-up, then the new size.
+    fn truncate(&mut self, path: &str, size: u64) -> Result<(), Errno> {
+        let ino = self.open_for_write(path)?;
+        if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
+            Arc::make_mut(data).resize(size as usize, 0);
+        }
+        Ok(())
+    }
+
+    fn read(&self, path: &str, offset: u64, len: Option<u64>) -> Result<Vec<u8>, Errno> {
+        let d = self.resolve(path, true)?.existing()?;
+        match &self.inode(d).body {
+            Body::File { data, .. } => {
+                let start = (offset as usize).min(data.len());
+                let end = len.map_or(data.len(), |l| (start + l as usize).min(data.len()));
+                Ok(data[start..end].to_vec())
+            }
+            Body::Dir { .. } => Err(Errno::EISDIR),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn readlink(&self, path: &str) -> Result<String, Errno> {
+        let d = self.resolve(path, false)?.existing()?;
+        match &self.inode(d).body {
+            Body::Symlink(t) => Ok(t.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn chmod(&mut self, path: &str, mode: u32) -> Result<(), Errno> {
+        let mut r = self.resolve(path, true)?;
+        let d = r.existing()?;
+        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
+        self.upper.get_mut(ino).mode = mode & 0o7777;
+        Ok(())
+    }
+
+    fn check_xattr_name(&self, name: &str) -> Result<(), Errno> {
+        if name.len() > XATTR_NAME_MAX || name.is_empty() {
+            return Err(Errno::ERANGE);
+        }
+        if name.starts_with("trusted.overlay.") && self.policy.driver.is_overlayfs() {
+            // overlayfs keeps its own xattrs private.
+            return Err(Errno::EPERM);
+        }
+        if !name.starts_with("user.") {
+            // The spec covers the user namespace only.
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    fn getxattr(&self, path: &str, name: &str) -> Result<Vec<u8>, Errno> {
+        self.check_xattr_name(name)?;
+        let d = self.resolve(path, true)?.existing()?;
+        self.inode(d)
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(Errno::ENODATA)
+    }
+
+    /// `setxattr`, or `removexattr` when `value` is `None`.
+    fn setxattr(&mut self, path: &str, name: &str, value: Option<&Vec<u8>>) -> Result<(), Errno> {
+        self.check_xattr_name(name)?;
+        if value.is_some_and(|v| v.len() > XATTR_SIZE_MAX) {
+            return Err(Errno::E2BIG);
+        }
+        let mut r = self.resolve(path, true)?;
+        let d = r.existing()?;
+        if !matches!(self.kind(d), Kind::File | Kind::Dir) {
+            return Err(Errno::EPERM);
+        }
+        if value.is_none() && !self.inode(d).xattrs.contains_key(name) {
+            // Removing a missing xattr fails before any copy-up.
+            return Err(Errno::ENODATA);
+        }
+        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
+        let x = &mut self.upper.get_mut(ino).xattrs;
+        match value {
+            Some(v) => {
+                x.insert(name.to_string(), v.clone());
+            }
+            None => {
+                x.remove(name);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unit(_: ()) -> Value {
+    Value::Unit
+}

@@ -1,0 +1,581 @@
+//! Docker's on-disk layouts, rendered from the model: what `ls -lR` of the driver's
+//! directory under the data root would show, and the inodes it takes.
+//!
+//! - aufs (AUFS5): `aufs/diff/<id>` with `.wh.` whiteouts, `aufs/layers/<id>` (parents,
+//!   nearest first, one per line), `aufs/mnt/<id>`; writable branches also hold
+//!   `.wh..wh.aufs`, `.wh..wh.plnk`, `.wh..wh.orph` (AUFS3).
+//! - overlay (DOCK1, S8): `overlay/<id>/root` per image layer, a hard-link farm of its
+//!   parent's root plus its diff; containers `lower-id`, `upper`, `work`, `merged`.
+//! - overlay2 (DOCK2, S14-S16): `l/<short>` -> `../<id>/diff`, `<id>/{link,lower,diff,work}`,
+//!   `committed` in every layer something was created on, `merged` for containers.
+//! - devicemapper (S19-S21): loop files, per-device JSON metadata, `mnt/<id>` per container.
+//!
+//! Modes are what Docker creates under umask 022.
+
+use crate::container::Container;
+use crate::digest::short_name;
+use crate::lower::{LowerStack, NodeId};
+use crate::observe::{content_text, xattr_text, StorageEntry};
+use crate::params::DriverKind;
+use crate::store::Store;
+use crate::tree::{Body, Ino, Tree, ROOT};
+use std::collections::BTreeMap;
+
+/// The data root the model places the driver under (Docker's default), used for the
+/// absolute-path form of overlay mount data.
+pub const DATA_ROOT: &str = "/var/lib/docker";
+
+/// Page size: the limit of classic overlay mount data (OVL11).
+pub const PAGE_SIZE: usize = 4096;
+
+/// An inode identity while the layout is built: entries with the same key are one inode.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ident {
+    Unique(u64),
+    Shared(String),
+}
+
+/// Builds a storage listing.
+#[derive(Default)]
+struct Disk {
+    entries: BTreeMap<String, (Ident, StorageEntry)>,
+    next: u64,
+}
+
+impl Disk {
+    fn add(&mut self, path: String, shared: Option<String>, e: StorageEntry) {
+        let ident = match shared {
+            Some(k) => Ident::Shared(k),
+            None => {
+                self.next += 1;
+                Ident::Unique(self.next)
+            }
+        };
+        self.entries.insert(path, (ident, e));
+    }
+
+    fn dir(&mut self, path: String, mode: u32) {
+        self.add(path, None, entry("dir", mode));
+    }
+
+    fn file(&mut self, path: String, mode: u32, data: &[u8]) {
+        let mut e = entry("file", mode);
+        e.size = Some(data.len() as u64);
+        e.content = Some(content_text(data));
+        self.add(path, None, e);
+    }
+
+    fn symlink(&mut self, path: String, target: &str) {
+        let mut e = entry("symlink", 0o777);
+        e.size = Some(target.len() as u64);
+        e.target = Some(target.to_string());
+        self.add(path, None, e);
+    }
+
+    /// Numbers inode groups in path order; returns the listing and the inode count.
+    fn finish(self) -> (BTreeMap<String, StorageEntry>, u64) {
+        let mut numbers: BTreeMap<Ident, u32> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for (path, (ident, mut e)) in self.entries {
+            let n = numbers.len() as u32 + 1;
+            e.inode = *numbers.entry(ident).or_insert(n);
+            out.insert(path, e);
+        }
+        let count = numbers.len() as u64;
+        (out, count)
+    }
+}
+
+fn entry(kind: &str, mode: u32) -> StorageEntry {
+    StorageEntry {
+        kind: kind.to_string(),
+        mode: format!("0o{mode:o}"),
+        size: None,
+        content: None,
+        target: None,
+        xattrs: BTreeMap::new(),
+        inode: 0,
+    }
+}
+
+/// How a layer's whiteouts and opaque directories are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// overlayfs: char 0:0, `trusted.overlay.opaque=y` (OVL1, OVL2).
+    Overlay,
+    /// AUFS / OCI: `.wh.<name>`, `.wh..wh..opq` (AUFS1).
+    Aufs,
+}
+
+/// Renders a layer tree at `at` in `enc`. `whiteout_key` shares one inode among the
+/// whiteouts a filesystem made itself (overlayfs's shared whiteout, AUFS's `.wh..wh.aufs`
+/// links); `ident` names the tree's inodes so hard links show.
+fn render_tree(
+    disk: &mut Disk,
+    at: &str,
+    tree: &Tree,
+    enc: Encoding,
+    ident: &str,
+    whiteout_key: Option<&str>,
+) {
+    render_dir(disk, at, tree, ROOT, enc, ident, whiteout_key);
+}
+
+fn render_dir(
+    disk: &mut Disk,
+    at: &str,
+    tree: &Tree,
+    dir: Ino,
+    enc: Encoding,
+    ident: &str,
+    wk: Option<&str>,
+) {
+    let Some(children) = tree.get(dir).children() else {
+        return;
+    };
+    for (name, &ino) in children {
+        let inode = tree.get(ino);
+        let path = format!("{at}/{name}");
+        let key = Some(format!("{ident}:{ino}"));
+        match &inode.body {
+            Body::Whiteout => match enc {
+                Encoding::Overlay => {
+                    disk.add(path, wk.map(String::from).or(key), entry("whiteout", 0));
+                }
+                Encoding::Aufs => {
+                    let mut e = entry("file", 0o444);
+                    e.size = Some(0);
+                    e.content = Some(content_text(b""));
+                    disk.add(format!("{at}/.wh.{name}"), wk.map(String::from).or(key), e);
+                }
+            },
+            Body::Dir {
+                opaque, redirect, ..
+            } => {
+                let mut e = entry("dir", inode.mode);
+                user_xattrs(&mut e, inode);
+                if enc == Encoding::Overlay {
+                    if *opaque {
+                        e.xattrs.insert("trusted.overlay.opaque".into(), "y".into());
+                    }
+                    if let Some(r) = redirect {
+                        e.xattrs
+                            .insert("trusted.overlay.redirect".into(), r.clone());
+                    }
+                    if inode.origin.is_some() {
+                        e.xattrs
+                            .insert("trusted.overlay.origin".into(), "<handle>".into());
+                    }
+                    let impure = inode.children().is_some_and(|c| {
+                        c.values().any(|&i| {
+                            let ci = tree.get(i);
+                            ci.origin.is_some() && !ci.is_dir()
+                                || matches!(
+                                    ci.body,
+                                    Body::Dir {
+                                        redirect: Some(_),
+                                        ..
+                                    }
+                                )
+                        })
+                    });
+                    if impure {
+                        e.xattrs.insert("trusted.overlay.impure".into(), "y".into());
+                    }
+                }
+                disk.add(path.clone(), None, e);
+                if enc == Encoding::Aufs && *opaque {
+                    let mut m = entry("file", 0o444);
+                    m.size = Some(0);
+                    m.content = Some(content_text(b""));
+                    disk.add(format!("{path}/.wh..wh..opq"), wk.map(String::from), m);
+                }
+                render_dir(disk, &path, tree, ino, enc, ident, wk);
+            }
+            Body::File { data, metacopy } => {
+                let mut e = entry("file", inode.mode);
+                e.size = Some(data.len() as u64);
+                user_xattrs(&mut e, inode);
+                if *metacopy {
+                    e.content = Some("<metacopy: no data>".into());
+                    e.xattrs
+                        .insert("trusted.overlay.metacopy".into(), String::new());
+                } else {
+                    e.content = Some(content_text(data));
+                }
+                if enc == Encoding::Overlay && inode.origin.is_some() {
+                    e.xattrs
+                        .insert("trusted.overlay.origin".into(), "<handle>".into());
+                }
+                disk.add(path, key, e);
+            }
+            Body::Symlink(t) => {
+                let mut e = entry("symlink", 0o777);
+                e.size = Some(t.len() as u64);
+                e.target = Some(t.clone());
+                if enc == Encoding::Overlay && inode.origin.is_some() {
+                    e.xattrs
+                        .insert("trusted.overlay.origin".into(), "<handle>".into());
+                }
+                disk.add(path, key, e);
+            }
+        }
+    }
+}
+
+fn user_xattrs(e: &mut StorageEntry, inode: &crate::tree::Inode) {
+    for (k, v) in &inode.xattrs {
+        e.xattrs.insert(k.clone(), xattr_text(v));
+    }
+}
+
+/// The storage listing and inode count of a store's driver root.
+pub fn render(store: &Store) -> (BTreeMap<String, StorageEntry>, u64) {
+    let mut disk = Disk::default();
+    match store.driver() {
+        DriverKind::Aufs => aufs(store, &mut disk),
+        DriverKind::Overlay => overlay(store, &mut disk),
+        DriverKind::Overlay2 => overlay2(store, &mut disk),
+        DriverKind::Devicemapper => devicemapper(store, &mut disk),
+        DriverKind::Thinpool => {}
+    }
+    disk.finish()
+}
+
+/// The overlay mount data Docker would pass for a container, with `l/` paths relative to
+/// the driver root (overlay2) as Docker does when the absolute form does not fit a page.
+pub fn mount_data(store: &Store, c: &Container) -> Option<String> {
+    let opts = store.options().mount_string();
+    match store.driver() {
+        DriverKind::Overlay2 => {
+            let lowers: Vec<String> = store
+                .chain(c.image.as_deref())
+                .iter()
+                .rev()
+                .map(|id| format!("l/{}", short_name(id)))
+                .collect();
+            if lowers.is_empty() {
+                return None;
+            }
+            Some(format!(
+                "index=off,lowerdir={},upperdir={id}/diff,workdir={id}/work{opts}",
+                lowers.join(":"),
+                id = c.id
+            ))
+        }
+        DriverKind::Overlay => {
+            let image = c.image.as_ref()?;
+            let base = format!("{DATA_ROOT}/overlay");
+            Some(format!(
+                "lowerdir={base}/{image}/root,upperdir={base}/{id}/upper,workdir={base}/{id}/work{opts}",
+                id = c.id
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn container_whiteout_key(c: &Container) -> String {
+    format!("whiteout:{}", c.id)
+}
+
+fn aufs(store: &Store, disk: &mut Disk) {
+    for d in ["aufs", "aufs/diff", "aufs/layers", "aufs/mnt"] {
+        disk.dir(d.into(), 0o700);
+    }
+    let write_layers = |disk: &mut Disk, id: &str, top: Option<&str>| {
+        let parents: String = store
+            .chain(top)
+            .iter()
+            .rev()
+            .map(|p| format!("{p}\n"))
+            .collect();
+        disk.file(format!("aufs/layers/{id}"), 0o644, parents.as_bytes());
+        disk.dir(format!("aufs/mnt/{id}"), 0o755);
+    };
+    for l in store.layers() {
+        disk.dir(format!("aufs/diff/{}", l.id), 0o755);
+        render_tree(
+            disk,
+            &format!("aufs/diff/{}", l.id),
+            &l.tree,
+            Encoding::Aufs,
+            &l.id,
+            None,
+        );
+        write_layers(disk, &l.id, l.parent.as_deref());
+    }
+    for c in store.containers() {
+        let at = format!("aufs/diff/{}", c.id);
+        disk.dir(at.clone(), 0o755);
+        let wk = container_whiteout_key(c);
+        let mut base = entry("file", 0o444);
+        base.size = Some(0);
+        base.content = Some(content_text(b""));
+        disk.add(format!("{at}/.wh..wh.aufs"), Some(wk.clone()), base);
+        disk.dir(format!("{at}/.wh..wh.plnk"), 0o700);
+        disk.dir(format!("{at}/.wh..wh.orph"), 0o700);
+        render_tree(
+            disk,
+            &at,
+            &c.upper,
+            Encoding::Aufs,
+            &format!("c:{}", c.id),
+            Some(&wk),
+        );
+        write_layers(disk, &c.id, c.image.as_deref());
+    }
+}
+
+fn overlay(store: &Store, disk: &mut Disk) {
+    disk.dir("overlay".into(), 0o700);
+    for l in store.layers() {
+        let at = format!("overlay/{}", l.id);
+        disk.dir(at.clone(), 0o700);
+        disk.dir(format!("{at}/root"), 0o755);
+        // The layer's root: its whole image, regular files hard-linked all the way down
+        // from the layer that made them, directories and symlinks made anew (DOCK1).
+        let layers = store
+            .chain(Some(&l.id))
+            .iter()
+            .map(|id| std::sync::Arc::clone(store.layer(id).expect("chain")))
+            .collect();
+        let stack = LowerStack::new(layers);
+        farm(disk, &format!("{at}/root"), &stack, LowerStack::ROOT);
+    }
+    for c in store.containers() {
+        let at = format!("overlay/{}", c.id);
+        disk.dir(at.clone(), 0o700);
+        match &c.image {
+            Some(image) => {
+                disk.file(format!("{at}/lower-id"), 0o644, image.as_bytes());
+                upper_work_merged(disk, c, &at, "upper");
+            }
+            None => {
+                // No parent: Docker makes a plain `root` and mounts nothing.
+                disk.dir(format!("{at}/root"), 0o755);
+                render_tree(
+                    disk,
+                    &format!("{at}/root"),
+                    &c.upper,
+                    Encoding::Overlay,
+                    &format!("c:{}", c.id),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
+    let Some(children) = &stack.node(node).children else {
+        return;
+    };
+    for (name, &child) in children {
+        let n = stack.node(child);
+        let inode = stack.inode(child);
+        let path = format!("{at}/{name}");
+        match &inode.body {
+            Body::Dir { .. } => {
+                let mut e = entry("dir", inode.mode);
+                user_xattrs(&mut e, inode);
+                disk.add(path.clone(), None, e);
+                farm(disk, &path, stack, child);
+            }
+            Body::File { data, .. } => {
+                let mut e = entry("file", inode.mode);
+                e.size = Some(data.len() as u64);
+                e.content = Some(content_text(data));
+                user_xattrs(&mut e, inode);
+                let layer_id = &stack.layers()[n.layer].id;
+                disk.add(path, Some(format!("{layer_id}:{}", n.ino)), e);
+            }
+            Body::Symlink(t) => disk.symlink(path, t),
+            Body::Whiteout => {}
+        }
+    }
+}
+
+/// A mounted container's writable side: its upper tree, `work/work` (with the shared
+/// whiteout once the kernel made one, and `work/index` with index=on), `merged`.
+fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
+    let wk = container_whiteout_key(c);
+    disk.dir(format!("{at}/{upper}"), 0o755);
+    let root = c.upper.get(ROOT);
+    let mut r = entry("dir", root.mode);
+    let impure = root.children().is_some_and(|ch| {
+        ch.values().any(|&i| {
+            let ci = c.upper.get(i);
+            ci.origin.is_some() && !ci.is_dir()
+                || matches!(
+                    ci.body,
+                    Body::Dir {
+                        redirect: Some(_),
+                        ..
+                    }
+                )
+        })
+    });
+    if impure {
+        r.xattrs.insert("trusted.overlay.impure".into(), "y".into());
+    }
+    disk.add(format!("{at}/{upper}"), None, r);
+    render_tree(
+        disk,
+        &format!("{at}/{upper}"),
+        &c.upper,
+        Encoding::Overlay,
+        &format!("c:{}", c.id),
+        Some(&wk),
+    );
+    disk.dir(format!("{at}/work"), 0o700);
+    disk.dir(format!("{at}/work/work"), 0o0);
+    if c.made_whiteout {
+        disk.add(
+            format!("{at}/work/work/#whiteout"),
+            Some(wk),
+            entry("whiteout", 0),
+        );
+    }
+    if c.policy.keep_hard_links {
+        disk.dir(format!("{at}/work/index"), 0o0);
+        for ((layer, ino), e) in &c.index {
+            let mut f = entry("file", c.upper.get(e.upper).mode);
+            f.size = Some(c.upper.get(e.upper).size());
+            disk.add(
+                format!("{at}/work/index/#origin-{layer}-{ino}"),
+                Some(format!("c:{}:{}", c.id, e.upper)),
+                f,
+            );
+        }
+    }
+    disk.dir(format!("{at}/merged"), 0o700);
+}
+
+fn overlay2(store: &Store, disk: &mut Disk) {
+    disk.dir("overlay2".into(), 0o710);
+    disk.dir("overlay2/l".into(), 0o700);
+    let mut has_child: BTreeMap<String, bool> = BTreeMap::new();
+    for l in store.layers() {
+        if let Some(p) = &l.parent {
+            has_child.insert(p.clone(), true);
+        }
+    }
+    for c in store.containers() {
+        if let Some(i) = &c.image {
+            has_child.insert(i.clone(), true);
+        }
+    }
+    let skeleton = |disk: &mut Disk, id: &str, parent: Option<&str>| {
+        let at = format!("overlay2/{id}");
+        let short = short_name(id);
+        disk.dir(at.clone(), 0o710);
+        disk.symlink(format!("overlay2/l/{short}"), &format!("../{id}/diff"));
+        disk.file(format!("{at}/link"), 0o644, short.as_bytes());
+        if parent.is_some() {
+            let lower: Vec<String> = store
+                .chain(parent)
+                .iter()
+                .rev()
+                .map(|p| format!("l/{}", short_name(p)))
+                .collect();
+            disk.file(format!("{at}/lower"), 0o644, lower.join(":").as_bytes());
+        }
+        if has_child.contains_key(id) {
+            disk.file(format!("{at}/committed"), 0o600, b"");
+        }
+        at
+    };
+    for l in store.layers() {
+        let at = skeleton(disk, &l.id, l.parent.as_deref());
+        disk.dir(format!("{at}/diff"), 0o755);
+        render_tree(
+            disk,
+            &format!("{at}/diff"),
+            &l.tree,
+            Encoding::Overlay,
+            &l.id,
+            None,
+        );
+        if l.parent.is_some() {
+            disk.dir(format!("{at}/work"), 0o700);
+        }
+    }
+    for c in store.containers() {
+        let at = skeleton(disk, &c.id, c.image.as_deref());
+        if c.image.is_some() {
+            upper_work_merged(disk, c, &at, "diff");
+        } else {
+            // No lower layers: Docker bind-mounts `diff` itself as the root filesystem.
+            disk.dir(format!("{at}/diff"), 0o755);
+            render_tree(
+                disk,
+                &format!("{at}/diff"),
+                &c.upper,
+                Encoding::Overlay,
+                &format!("c:{}", c.id),
+                None,
+            );
+        }
+    }
+}
+
+/// Docker's per-device metadata JSON (devmapper `devInfo`).
+fn device_json(device_id: u32, transaction_id: u32, initialized: bool) -> String {
+    format!(
+        "{{\"device_id\":{device_id},\"size\":10737418240,\"transaction_id\":{transaction_id},\"initialized\":{initialized},\"deleted\":false}}"
+    )
+}
+
+fn devicemapper(store: &Store, disk: &mut Disk) {
+    disk.dir("devicemapper".into(), 0o700);
+    disk.dir("devicemapper/devicemapper".into(), 0o700);
+    // Sparse loop files: 100 GiB data, 2 GiB metadata (THIN9); sizes are apparent sizes.
+    for (name, size) in [("data", 107_374_182_400u64), ("metadata", 2_147_483_648u64)] {
+        let mut e = entry("file", 0o600);
+        e.size = Some(size);
+        e.content = Some("<sparse loop file>".into());
+        disk.add(format!("devicemapper/devicemapper/{name}"), None, e);
+    }
+    disk.dir("devicemapper/metadata".into(), 0o700);
+    disk.dir("devicemapper/mnt".into(), 0o700);
+    // Device ids in creation order: the base device is 1 (S20).
+    let mut next = 1u32;
+    disk.file(
+        "devicemapper/metadata/base".into(),
+        0o600,
+        device_json(next, next, true).as_bytes(),
+    );
+    for l in store.layers() {
+        next += 1;
+        disk.file(
+            format!("devicemapper/metadata/{}", l.id),
+            0o600,
+            device_json(next, next, false).as_bytes(),
+        );
+    }
+    for c in store.containers() {
+        next += 1;
+        disk.file(
+            format!("devicemapper/metadata/{}", c.id),
+            0o600,
+            device_json(next, next, false).as_bytes(),
+        );
+        disk.dir(format!("devicemapper/mnt/{}", c.id), 0o755);
+    }
+    let deviceset = format!(
+        "{{\"next_device_id\":{},\"BaseDeviceUUID\":\"\",\"BaseDeviceFilesystem\":\"ext4\"}}",
+        next + 1
+    );
+    disk.file(
+        "devicemapper/metadata/deviceset-metadata".into(),
+        0o600,
+        deviceset.as_bytes(),
+    );
+    let tx = format!("{{\"open_transaction_id\":{next},\"device_hash\":\"\",\"device_id\":0}}");
+    disk.file(
+        "devicemapper/metadata/transaction-metadata".into(),
+        0o600,
+        tx.as_bytes(),
+    );
+}

@@ -1,0 +1,77 @@
+//! The layerspec specification: Docker's classic storage drivers (aufs, overlay, overlay2,
+//! devicemapper) and the union mechanisms under them, as a pure, deterministic state machine.
+//!
+//! A [`Store`] is the state of one driver root: image layers and containers. [`Store::apply`]
+//! is the transition: it runs one [`Op`] and returns the step's [`Outcome`] (a [`Value`] or
+//! an [`Errno`]), changing nothing when the outcome is an errno. [`ModelDriver`] wraps it in
+//! the [`Driver`] trait the real, kernel-backed drivers implement too, so the harness can run
+//! both side by side and compare their [`Observation`]s.
+//!
+//! The union code (lookup, copy-up, whiteouts, opaque directories, readdir) is shared by all
+//! file-level drivers; they differ only in [`Policy`] and in their on-disk encoding.
+//!
+//! ```
+//! use layerspec_model::*;
+//!
+//! let mut d = ModelDriver::new(DriverKind::Overlay2, OverlayOptions::default());
+//! d.add_layer(&LayerSpec {
+//!     id: "base".into(),
+//!     parent: None,
+//!     entries: vec![Entry {
+//!         path: "/etc/hosts".into(),
+//!         kind: EntryKind::File(Content::Bytes(b"127.0.0.1 localhost\n".to_vec())),
+//!         mode: None,
+//!         xattrs: Default::default(),
+//!     }],
+//! })
+//! .unwrap();
+//! d.apply(&Op::CreateContainer { id: "c1".into(), image: Some("base".into()) }).unwrap();
+//! let unlink = Op::File { container: None, op: FileOp::Unlink { path: "/etc/hosts".into() } };
+//! assert_eq!(d.apply(&unlink).unwrap(), Ok(Value::Unit));
+//! let stat = Op::File { container: None, op: FileOp::Stat { path: "/etc/hosts".into() } };
+//! assert_eq!(d.apply(&stat).unwrap(), Err(Errno::ENOENT));
+//! // The container's diff now holds an overlayfs whiteout: a character device 0:0.
+//! let obs = d.observe().unwrap();
+//! assert_eq!(obs.storage["overlay2/c1/diff/etc/hosts"].kind, "whiteout");
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod changes;
+mod check;
+mod container;
+mod copy_up;
+mod digest;
+mod dir;
+mod driver;
+mod errno;
+mod inode;
+mod invariants;
+mod layout;
+mod lower;
+mod namei;
+mod observe;
+mod params;
+mod path;
+mod readdir;
+mod step;
+mod store;
+mod tree;
+
+pub use check::{applies as check_applies, evaluate as evaluate_check, upper_dir, Check};
+pub use container::{Container, Dentry};
+pub use digest::{content_digest, pseudo_random, seed_for_path, short_name};
+pub use driver::{observe_store, Driver, DriverError, ModelDriver};
+pub use errno::{Errno, UnknownErrno};
+pub use invariants::{check as check_invariants, Violation, INVARIANTS};
+pub use layout::{mount_data, DATA_ROOT, PAGE_SIZE};
+pub use lower::{Layer, LowerStack};
+pub use observe::{Accounting, MergedEntry, MergedView, Observation, StorageEntry};
+pub use params::{DirRename, DriverKind, OverlayOptions, Policy};
+pub use path::{validate_scenario_path, BadPath, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
+pub use step::{
+    Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,
+    Op, Outcome, StatInfo, Value,
+};
+pub use store::{StepError, Store};
+pub use tree::{Body, Ino, Inode, Origin, Tree};

@@ -1,0 +1,213 @@
+//! The lower stack of a container: its image layers, and the merged index of them.
+//!
+//! Image layers never change once built, so the union of a stack is computed once, when the
+//! stack is made, into a tree of merged dentries (the model's dentry cache). A lookup in the
+//! lower stack is then one map probe per path component, however many layers the image
+//! has, instead of one probe per layer.
+
+use crate::tree::{Body, Ino, Inode, Tree, ROOT};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// An image layer as the model holds it: its changes as a tree, whiteouts and opaque
+/// directories kept abstract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    /// The layer id.
+    pub id: String,
+    /// The parent layer's id.
+    pub parent: Option<String>,
+    /// The layer's contents (its diff).
+    pub tree: Tree,
+}
+
+/// A merged dentry of the lower stack.
+#[derive(Clone, Debug)]
+pub struct LowerNode {
+    /// The topmost layer (index in the stack, 0 = lowest) that holds this name.
+    pub layer: usize,
+    /// The inode in that layer.
+    pub ino: Ino,
+    /// For a directory: merged children by name.
+    pub children: Option<BTreeMap<String, NodeId>>,
+    /// A directory that more than one layer contributes to.
+    pub merged: bool,
+}
+
+/// Index of a [`LowerNode`] in its stack.
+pub type NodeId = u32;
+
+/// A container's image layers, lowest first, with their merged index.
+#[derive(Clone, Debug)]
+pub struct LowerStack {
+    layers: Vec<Arc<Layer>>,
+    nodes: Vec<LowerNode>,
+}
+
+impl LowerStack {
+    /// The root of the index.
+    pub const ROOT: NodeId = 0;
+
+    /// Builds the stack and its index from layers given lowest first.
+    pub fn new(layers: Vec<Arc<Layer>>) -> LowerStack {
+        let mut stack = LowerStack {
+            nodes: vec![LowerNode {
+                layer: 0,
+                ino: ROOT,
+                children: Some(BTreeMap::new()),
+                merged: false,
+            }],
+            layers: Vec::new(),
+        };
+        for (i, layer) in layers.iter().enumerate() {
+            stack.nodes[0].layer = i;
+            stack.nodes[0].merged = i > 0;
+            stack.apply(i, &layer.tree, ROOT, Self::ROOT);
+        }
+        stack.layers = layers;
+        stack
+    }
+
+    /// Applies one layer's directory `dir` onto the merged directory `node`.
+    fn apply(&mut self, layer: usize, tree: &Tree, dir: Ino, node: NodeId) {
+        let Some(children) = tree.get(dir).children() else {
+            return;
+        };
+        for (name, &ino) in children {
+            let inode = tree.get(ino);
+            let existing = self.child(node, name);
+            match &inode.body {
+                Body::Whiteout => {
+                    self.children_mut(node).remove(name);
+                }
+                Body::Dir { opaque, .. } => {
+                    let keep =
+                        existing.filter(|&e| !*opaque && self.nodes[e as usize].children.is_some());
+                    let id = match keep {
+                        Some(e) => {
+                            let n = &mut self.nodes[e as usize];
+                            n.layer = layer;
+                            n.ino = ino;
+                            n.merged = true;
+                            e
+                        }
+                        None => self.push(layer, ino, true, name, node),
+                    };
+                    self.apply(layer, tree, ino, id);
+                }
+                _ => {
+                    self.push(layer, ino, false, name, node);
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, layer: usize, ino: Ino, dir: bool, name: &str, parent: NodeId) -> NodeId {
+        let id = self.nodes.len() as NodeId;
+        self.nodes.push(LowerNode {
+            layer,
+            ino,
+            children: dir.then(BTreeMap::new),
+            merged: false,
+        });
+        self.children_mut(parent).insert(name.to_string(), id);
+        id
+    }
+
+    fn children_mut(&mut self, node: NodeId) -> &mut BTreeMap<String, NodeId> {
+        self.nodes[node as usize]
+            .children
+            .as_mut()
+            .expect("parent is a directory")
+    }
+
+    /// The merged dentry `id`.
+    pub fn node(&self, id: NodeId) -> &LowerNode {
+        &self.nodes[id as usize]
+    }
+
+    /// The inode behind a merged dentry.
+    pub fn inode(&self, id: NodeId) -> &Inode {
+        let n = self.node(id);
+        self.layers[n.layer].tree.get(n.ino)
+    }
+
+    /// The inode `ino` of layer `layer`.
+    pub fn layer_inode(&self, layer: usize, ino: Ino) -> &Inode {
+        self.layers[layer].tree.get(ino)
+    }
+
+    /// The child `name` of merged directory `id`.
+    pub fn child(&self, id: NodeId, name: &str) -> Option<NodeId> {
+        self.node(id).children.as_ref()?.get(name).copied()
+    }
+
+    /// Looks up an absolute canonical path in the merged lower view (no symlinks followed).
+    pub fn lookup(&self, path: &str) -> Option<NodeId> {
+        let mut cur = Self::ROOT;
+        for name in crate::path::components(path) {
+            cur = self.child(cur, name)?;
+        }
+        Some(cur)
+    }
+
+    /// The layers, lowest first.
+    pub fn layers(&self) -> &[Arc<Layer>] {
+        &self.layers
+    }
+
+    /// Whether the stack has no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The merged lower view as one tree, hard links within a layer kept as one inode: what
+    /// a devicemapper snapshot of the image holds, or an overlay layer's `root/`.
+    pub fn flatten(&self) -> Tree {
+        let mut out = Tree::new();
+        let mut map: BTreeMap<(usize, Ino), Ino> = BTreeMap::new();
+        if !self.layers.is_empty() {
+            let root = self.inode(Self::ROOT);
+            let r = out.get_mut(ROOT);
+            r.mode = root.mode;
+            r.xattrs = root.xattrs.clone();
+        }
+        self.flatten_into(Self::ROOT, ROOT, &mut out, &mut map);
+        out
+    }
+
+    fn flatten_into(
+        &self,
+        node: NodeId,
+        dir: Ino,
+        out: &mut Tree,
+        map: &mut BTreeMap<(usize, Ino), Ino>,
+    ) {
+        let Some(children) = &self.node(node).children else {
+            return;
+        };
+        for (name, &child) in children {
+            let n = self.node(child);
+            let key = (n.layer, n.ino);
+            if let Some(&ino) = map.get(&key) {
+                out.attach(dir, name, ino);
+                continue;
+            }
+            let src = self.inode(child);
+            let body = match &src.body {
+                Body::Dir { .. } => crate::tree::empty_dir(false),
+                other => other.clone(),
+            };
+            let ino = out.alloc(Inode {
+                body,
+                origin: None,
+                ..src.clone()
+            });
+            if !src.is_dir() {
+                map.insert(key, ino);
+            }
+            out.attach(dir, name, ino);
+            self.flatten_into(child, ino, out, map);
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The language both sides speak: layers to build, steps to run, values steps return.
+
+use crate::errno::Errno;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Identifies an image layer (a directory name in Docker's layout).
+pub type LayerId = String;
+/// Identifies a container (its writable layer's directory name).
+pub type ContainerId = String;
+
+/// What kind of file an entry or a merged path is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
+}
+
+impl Kind {
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Char => "char",
+            Kind::Block => "block",
+        }
+    }
+}
+
+/// File contents as a scenario states them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Exactly these bytes.
+    Bytes(Vec<u8>),
+    /// `len` deterministic pseudo-random bytes, seeded by `seed` (see [`crate::pseudo_random`]).
+    Random {
+        /// Number of bytes.
+        len: u64,
+        /// Seed of the generator.
+        seed: u64,
+    },
+}
+
+impl Content {
+    /// The bytes themselves.
+    pub fn materialize(&self) -> Vec<u8> {
+        match self {
+            Content::Bytes(b) => b.clone(),
+            Content::Random { len, seed } => crate::digest::pseudo_random(*seed, *len as usize),
+        }
+    }
+}
+
+/// What an image-layer entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File(Content),
+    /// A directory; `opaque` hides everything below it in lower layers.
+    Dir {
+        /// Whether the directory is opaque.
+        opaque: bool,
+    },
+    /// A symbolic link with this target.
+    Symlink(String),
+    /// A hard link to an entry listed earlier in the same layer.
+    HardLink(String),
+    /// A whiteout: removes the name from the layers below.
+    Whiteout,
+}
+
+/// One entry of an image layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Absolute path inside the image.
+    pub path: String,
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Permission bits; `None` means the default (0o644 files, 0o755 dirs, 0o777 symlinks).
+    pub mode: Option<u32>,
+    /// Extended attributes (`user.*`).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// An image layer: its id, its parent and the changes it makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// The layer id.
+    pub id: LayerId,
+    /// The parent layer, if any.
+    pub parent: Option<LayerId>,
+    /// The changes, in file order.
+    pub entries: Vec<Entry>,
+}
+
+/// A file-level operation on a container's merged view.
+#[allow(missing_docs)] // the fields are the system call's arguments
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// `open(path, O_CREAT|O_EXCL|O_WRONLY, mode)`.
+    Create { path: String, mode: Option<u32> },
+    /// `open(path, O_WRONLY)` and `pwrite` at `offset` (no `O_CREAT`: make files with `create`).
+    Write {
+        path: String,
+        offset: u64,
+        data: Content,
+    },
+    /// `open(path, O_WRONLY|O_APPEND)` and `write`.
+    Append { path: String, data: Vec<u8> },
+    /// `truncate(path, size)`.
+    Truncate { path: String, size: u64 },
+    /// `open(path, O_RDONLY)` and `pread`; `len = None` reads to the end.
+    Read {
+        path: String,
+        offset: u64,
+        len: Option<u64>,
+    },
+    /// `unlink(path)`.
+    Unlink { path: String },
+    /// `mkdir(path, mode)`.
+    Mkdir { path: String, mode: Option<u32> },
+    /// `rmdir(path)`.
+    Rmdir { path: String },
+    /// `rename(from, to)`.
+    Rename { from: String, to: String },
+    /// `link(from, to)`.
+    Link { from: String, to: String },
+    /// `symlink(target, path)`.
+    Symlink { target: String, path: String },
+    /// `readlink(path)`.
+    Readlink { path: String },
+    /// `chmod(path, mode)`.
+    Chmod { path: String, mode: u32 },
+    /// `lstat(path)`.
+    Stat { path: String },
+    /// `opendir` + `readdir`, names sorted, without `.` and `..`.
+    Readdir { path: String },
+    /// `setxattr(path, name, value)`.
+    Setxattr {
+        path: String,
+        name: String,
+        value: Vec<u8>,
+    },
+    /// `getxattr(path, name)`.
+    Getxattr { path: String, name: String },
+    /// `removexattr(path, name)`.
+    Removexattr { path: String, name: String },
+}
+
+/// One step of a trace, as the model and the real drivers execute it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A file operation on a container (`None`: the most recently created one).
+    File {
+        /// The container acted on.
+        container: Option<ContainerId>,
+        /// The operation.
+        op: FileOp,
+    },
+    /// Create a container on an image layer (or on an empty image).
+    CreateContainer {
+        /// New container id.
+        id: ContainerId,
+        /// Top image layer.
+        image: Option<LayerId>,
+    },
+    /// Unmount and remove a container and its writable layer.
+    RemoveContainer {
+        /// The container.
+        id: ContainerId,
+    },
+    /// Turn a container's changes into a new image layer on top of its image.
+    Commit {
+        /// The container.
+        container: Option<ContainerId>,
+        /// The new layer's id.
+        layer: LayerId,
+    },
+    /// Unmount and mount again.
+    Remount {
+        /// The container.
+        container: Option<ContainerId>,
+    },
+    /// Docker's change list of a container.
+    Changes {
+        /// The container.
+        container: Option<ContainerId>,
+    },
+}
+
+/// `lstat` as scenarios compare it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatInfo {
+    /// File type.
+    pub kind: Kind,
+    /// `st_size` (for directories: filesystem-specific, not compared by the harness).
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// `st_nlink`.
+    pub nlink: u32,
+}
+
+/// One line of Docker's change list.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Change {
+    /// Path in the container.
+    pub path: String,
+    /// `A`, `C` or `D`.
+    pub kind: ChangeKind,
+}
+
+/// Docker's change kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum ChangeKind {
+    /// Added.
+    A,
+    /// Changed.
+    C,
+    /// Deleted.
+    D,
+}
+
+/// What a successful step returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// Nothing.
+    Unit,
+    /// Bytes read or an xattr value.
+    Bytes(Vec<u8>),
+    /// A symlink target.
+    Target(String),
+    /// `lstat` result.
+    Stat(StatInfo),
+    /// Directory entries, sorted.
+    Names(Vec<String>),
+    /// Docker's change list, sorted by path.
+    Changes(Vec<Change>),
+}
+
+/// The result of one step: a value or an errno.
+pub type Outcome = Result<Value, Errno>;
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Unit => f.write_str("ok"),
+            Value::Bytes(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
+            Value::Target(t) => write!(f, "{t:?}"),
+            Value::Stat(s) => write!(
+                f,
+                "{{ kind = {:?}, size = {}, mode = 0o{:o}, nlink = {} }}",
+                s.kind.name(),
+                s.size,
+                s.mode,
+                s.nlink
+            ),
+            Value::Names(n) => write!(f, "{n:?}"),
+            Value::Changes(c) => {
+                f.write_str("[")?;
+                for (i, ch) in c.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "[\"{:?}\", {:?}]", ch.kind, ch.path)?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+impl FileOp {
+    /// The scenario-file name of the operation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FileOp::Create { .. } => "create",
+            FileOp::Write { .. } => "write",
+            FileOp::Append { .. } => "append",
+            FileOp::Truncate { .. } => "truncate",
+            FileOp::Read { .. } => "read",
+            FileOp::Unlink { .. } => "unlink",
+            FileOp::Mkdir { .. } => "mkdir",
+            FileOp::Rmdir { .. } => "rmdir",
+            FileOp::Rename { .. } => "rename",
+            FileOp::Link { .. } => "link",
+            FileOp::Symlink { .. } => "symlink",
+            FileOp::Readlink { .. } => "readlink",
+            FileOp::Chmod { .. } => "chmod",
+            FileOp::Stat { .. } => "stat",
+            FileOp::Readdir { .. } => "readdir",
+            FileOp::Setxattr { .. } => "setxattr",
+            FileOp::Getxattr { .. } => "getxattr",
+            FileOp::Removexattr { .. } => "removexattr",
+        }
+    }
+}

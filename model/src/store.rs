@@ -1,0 +1,353 @@
+//! The spec's state machine: image layers and containers of one driver, and the transition
+//! that runs one [`Op`].
+
+use crate::container::Container;
+use crate::lower::{Layer, LowerStack};
+use crate::params::{DriverKind, OverlayOptions, Policy};
+use crate::step::{EntryKind, LayerSpec, Op, Outcome, Value};
+use crate::tree::{empty_dir, file_body, new_inode, Body, Ino, Tree, ROOT};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// A step the scenario itself got wrong (as opposed to an errno the filesystem returns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepError {
+    /// No container with this id (or none at all for a step without `container`).
+    NoContainer(Option<String>),
+    /// A container with this id exists already.
+    ContainerExists(String),
+    /// No image layer with this id.
+    NoLayer(String),
+    /// An image layer with this id exists already.
+    LayerExists(String),
+    /// A layer entry cannot be built.
+    BadEntry {
+        /// The layer.
+        layer: String,
+        /// Index of the entry in the layer's list.
+        entry: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The driver does not support this step.
+    Unsupported(String),
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::NoContainer(None) => f.write_str("no container exists for this step"),
+            StepError::NoContainer(Some(c)) => write!(f, "no container `{c}`"),
+            StepError::ContainerExists(c) => write!(f, "container `{c}` exists already"),
+            StepError::NoLayer(l) => write!(f, "no layer `{l}`"),
+            StepError::LayerExists(l) => write!(f, "layer `{l}` exists already"),
+            StepError::BadEntry {
+                layer,
+                entry,
+                reason,
+            } => write!(f, "layer `{layer}`, entry {entry}: {reason}"),
+            StepError::Unsupported(s) => write!(f, "unsupported: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// All state of one driver in the model: its image layers and its containers.
+#[derive(Clone, Debug)]
+pub struct Store {
+    driver: DriverKind,
+    options: OverlayOptions,
+    layers: BTreeMap<String, Arc<Layer>>,
+    layer_order: Vec<String>,
+    containers: BTreeMap<String, Container>,
+    container_order: Vec<String>,
+    stacks: BTreeMap<String, Arc<LowerStack>>,
+}
+
+impl Store {
+    /// An empty driver root.
+    pub fn new(driver: DriverKind, options: OverlayOptions) -> Store {
+        Store {
+            driver,
+            options,
+            layers: BTreeMap::new(),
+            layer_order: Vec::new(),
+            containers: BTreeMap::new(),
+            container_order: Vec::new(),
+            stacks: BTreeMap::new(),
+        }
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    /// The overlay options.
+    pub fn options(&self) -> OverlayOptions {
+        self.options
+    }
+
+    /// Image layers in creation order.
+    pub fn layers(&self) -> impl Iterator<Item = &Arc<Layer>> {
+        self.layer_order.iter().map(|id| &self.layers[id])
+    }
+
+    /// The layer `id`.
+    pub fn layer(&self, id: &str) -> Option<&Arc<Layer>> {
+        self.layers.get(id)
+    }
+
+    /// Containers in creation order.
+    pub fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.container_order.iter().map(|id| &self.containers[id])
+    }
+
+    /// The container `id`, or the most recently created one.
+    pub fn container(&self, id: Option<&str>) -> Result<&Container, StepError> {
+        let id = self.container_id(id)?;
+        Ok(&self.containers[&id])
+    }
+
+    fn container_id(&self, id: Option<&str>) -> Result<String, StepError> {
+        match id {
+            Some(id) if self.containers.contains_key(id) => Ok(id.to_string()),
+            Some(id) => Err(StepError::NoContainer(Some(id.to_string()))),
+            None => self
+                .container_order
+                .last()
+                .cloned()
+                .ok_or(StepError::NoContainer(None)),
+        }
+    }
+
+    /// The ids of `top` and its ancestors, lowest first.
+    pub fn chain(&self, top: Option<&str>) -> Vec<String> {
+        let mut chain = Vec::new();
+        let mut cur = top.map(str::to_string);
+        while let Some(id) = cur {
+            cur = self.layers.get(&id).and_then(|l| l.parent.clone());
+            chain.push(id);
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// The lower stack of image `top` (cached: image layers never change).
+    pub fn stack(&mut self, top: Option<&str>) -> Arc<LowerStack> {
+        let key = top.unwrap_or("").to_string();
+        if let Some(s) = self.stacks.get(&key) {
+            return Arc::clone(s);
+        }
+        let layers = self
+            .chain(top)
+            .iter()
+            .map(|id| Arc::clone(&self.layers[id]))
+            .collect();
+        let s = Arc::new(LowerStack::new(layers));
+        self.stacks.insert(key, Arc::clone(&s));
+        s
+    }
+
+    /// Builds an image layer from its entries.
+    pub fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), StepError> {
+        if self.layers.contains_key(&spec.id) {
+            return Err(StepError::LayerExists(spec.id.clone()));
+        }
+        if let Some(p) = &spec.parent {
+            if !self.layers.contains_key(p) {
+                return Err(StepError::NoLayer(p.clone()));
+            }
+        }
+        let tree = build_tree(spec)?;
+        self.insert_layer(Layer {
+            id: spec.id.clone(),
+            parent: spec.parent.clone(),
+            tree,
+        });
+        Ok(())
+    }
+
+    fn insert_layer(&mut self, layer: Layer) {
+        self.layer_order.push(layer.id.clone());
+        self.layers.insert(layer.id.clone(), Arc::new(layer));
+    }
+
+    /// The transition: runs `op`, returning its outcome; on an errno nothing has changed.
+    pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
+        match op {
+            Op::File { container, op } => {
+                let id = self.container_id(container.as_deref())?;
+                Ok(self.containers.get_mut(&id).expect("exists").apply(op))
+            }
+            Op::CreateContainer { id, image } => {
+                if self.containers.contains_key(id) {
+                    return Err(StepError::ContainerExists(id.clone()));
+                }
+                if let Some(i) = image {
+                    if !self.layers.contains_key(i) {
+                        return Err(StepError::NoLayer(i.clone()));
+                    }
+                }
+                let stack = self.stack(image.as_deref());
+                let policy = Policy::new(self.driver, self.options);
+                let c = Container::new(id, image.clone(), stack, policy);
+                self.containers.insert(id.clone(), c);
+                self.container_order.push(id.clone());
+                Ok(Ok(Value::Unit))
+            }
+            Op::RemoveContainer { id } => {
+                if self.containers.remove(id).is_none() {
+                    return Err(StepError::NoContainer(Some(id.clone())));
+                }
+                self.container_order.retain(|c| c != id);
+                Ok(Ok(Value::Unit))
+            }
+            Op::Commit { container, layer } => {
+                if self.layers.contains_key(layer) {
+                    return Err(StepError::LayerExists(layer.clone()));
+                }
+                let c = self.container(container.as_deref())?;
+                let image = self.image_tree(c);
+                let new = c.commit_layer(layer, &image);
+                self.insert_layer(new);
+                Ok(Ok(Value::Unit))
+            }
+            Op::Remount { container } => {
+                // Everything the model holds is what is on disk: a remount keeps it all.
+                self.container(container.as_deref())?;
+                Ok(Ok(Value::Unit))
+            }
+            Op::Changes { container } => {
+                let c = self.container(container.as_deref())?;
+                let image = self.image_tree(c);
+                Ok(Ok(Value::Changes(c.changes(&image))))
+            }
+        }
+    }
+
+    /// The image's whole filesystem under a container (what devicemapper compares with).
+    pub fn image_tree(&self, c: &Container) -> Tree {
+        if !c.policy.flat {
+            return Tree::new();
+        }
+        let layers = self
+            .chain(c.image.as_deref())
+            .iter()
+            .map(|id| Arc::clone(&self.layers[id]))
+            .collect();
+        let flat = LowerStack::new(layers).flatten();
+        // Same inode numbers as the container's snapshot: both flatten the same stack.
+        flat
+    }
+
+    /// Runs an op that must not fail with an errno (for trace setup); a convenience for
+    /// tests and benchmarks.
+    pub fn apply_ok(&mut self, op: &Op) -> Result<Value, String> {
+        match self.apply(op) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{op:?}: {e}")),
+            Err(e) => Err(format!("{op:?}: {e}")),
+        }
+    }
+}
+
+/// Parent directories made for an entry: 0o755.
+const IMPLIED_DIR_MODE: u32 = 0o755;
+
+fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
+    let mut t = Tree::new();
+    let mut explicit: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, e) in spec.entries.iter().enumerate() {
+        let bad = |reason: String| StepError::BadEntry {
+            layer: spec.id.clone(),
+            entry: i,
+            reason,
+        };
+        if let Err(b) = crate::path::validate_scenario_path(&e.path) {
+            return Err(bad(format!("`{}`: {b}", e.path)));
+        }
+        let names: Vec<&str> = crate::path::components(&e.path).collect();
+        let Some((last, dirs)) = names.split_last() else {
+            // `/` itself: only its mode and xattrs can be set.
+            if let EntryKind::Dir { .. } = e.kind {
+                let r = t.get_mut(ROOT);
+                r.mode = e.mode.unwrap_or(0o755);
+                r.xattrs = e.xattrs.clone();
+                continue;
+            }
+            return Err(bad("`/` can only be a directory".into()));
+        };
+        if let Some(prev) = explicit.insert(e.path.clone(), i) {
+            return Err(bad(format!(
+                "`{}` is listed twice (first as entry {prev})",
+                e.path
+            )));
+        }
+        let mut cur = ROOT;
+        for d in dirs {
+            cur = match t.child(cur, d) {
+                Some(c) if t.get(c).is_dir() => c,
+                Some(_) => return Err(bad(format!("a parent of `{}` is not a directory", e.path))),
+                None => {
+                    let n = t.alloc(new_inode(IMPLIED_DIR_MODE, empty_dir(false)));
+                    t.attach(cur, d, n);
+                    n
+                }
+            };
+        }
+        if let Some(existing) = t.child(cur, last) {
+            // A directory made implicitly by an earlier entry, now listed itself.
+            let ok = t.get(existing).is_dir() && matches!(e.kind, EntryKind::Dir { .. });
+            if !ok {
+                return Err(bad(format!("`{}` clashes with an earlier entry", e.path)));
+            }
+            let inode = t.get_mut(existing);
+            inode.mode = e.mode.unwrap_or(0o755);
+            inode.xattrs = e.xattrs.clone();
+            if let (Body::Dir { opaque, .. }, EntryKind::Dir { opaque: o }) =
+                (&mut inode.body, &e.kind)
+            {
+                *opaque = *o;
+            }
+            continue;
+        }
+        let ino: Ino = match &e.kind {
+            EntryKind::File(c) => t.alloc(new_inode(
+                e.mode.unwrap_or(0o644),
+                file_body(c.materialize()),
+            )),
+            EntryKind::Dir { opaque } => {
+                t.alloc(new_inode(e.mode.unwrap_or(0o755), empty_dir(*opaque)))
+            }
+            EntryKind::Symlink(target) => {
+                if target.is_empty() {
+                    return Err(bad("a symlink target must not be empty".into()));
+                }
+                t.alloc(new_inode(0o777, Body::Symlink(target.clone())))
+            }
+            EntryKind::Whiteout => t.alloc(new_inode(0, Body::Whiteout)),
+            EntryKind::HardLink(to) => {
+                if !explicit.contains_key(to) || explicit[to] >= i {
+                    return Err(bad(format!(
+                        "hard link to `{to}`, which is not an earlier entry of this layer"
+                    )));
+                }
+                let target = t.lookup(to).expect("earlier entry exists");
+                match t.get(target).body {
+                    Body::File { .. } | Body::Symlink(_) => {}
+                    _ => return Err(bad(format!("cannot hard-link `{to}`: not a file"))),
+                }
+                t.attach(cur, last, target);
+                continue;
+            }
+        };
+        if !e.xattrs.is_empty() {
+            t.get_mut(ino).xattrs = e.xattrs.clone();
+        }
+        t.attach(cur, last, ino);
+    }
+    Ok(t)
+}

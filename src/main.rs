@@ -1,0 +1,168 @@
+//! The `layerspec` command: run, check, claims.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use layerspec::report;
+use layerspec::runner::{RunResult, Status};
+use layerspec::suite::{self, Outcome};
+use layerspec_model::DriverKind;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "layerspec",
+    version,
+    about = "Executable specification of Docker's storage drivers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenario files on the model and on every real backend this machine can run.
+    Run {
+        /// Files or directories (default: scenarios/).
+        paths: Vec<PathBuf>,
+        /// Run the model only.
+        #[arg(long)]
+        model_only: bool,
+        /// Only these drivers (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        driver: Vec<String>,
+        /// One JSON object per scenario x driver x backend.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate scenario files without running them.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print each claim id with the scenarios that cite it.
+    Claims {
+        /// Files or directories (default: scenarios/).
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("layerspec: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn default_paths(p: Vec<PathBuf>) -> Vec<PathBuf> {
+    if p.is_empty() {
+        vec![PathBuf::from("scenarios")]
+    } else {
+        p
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { paths } => {
+            let files = suite::discover(&paths).map_err(anyhow::Error::msg)?;
+            let (ok, errs) = suite::load(&files);
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            println!("{} file(s) valid, {} invalid", ok.len(), errs.len());
+            Ok(if errs.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Claims { paths } => {
+            let files = suite::discover(&default_paths(paths)).map_err(anyhow::Error::msg)?;
+            let (ok, errs) = suite::load(&files);
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            let mut cov: Vec<_> = layerspec::claims::coverage(&ok).into_iter().collect();
+            cov.sort_by_key(|(id, _)| layerspec::claims::sort_key(id));
+            for (id, who) in cov {
+                println!("{id:<7} {:>3}  {}", who.len(), who.join(" "));
+            }
+            Ok(if errs.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Run {
+            paths,
+            model_only,
+            driver,
+            json,
+        } => {
+            let only: Option<Vec<DriverKind>> = if driver.is_empty() {
+                None
+            } else {
+                Some(
+                    driver
+                        .iter()
+                        .map(|d| d.parse())
+                        .collect::<Result<_, String>>()
+                        .map_err(anyhow::Error::msg)?,
+                )
+            };
+            let files = suite::discover(&default_paths(paths)).map_err(anyhow::Error::msg)?;
+            let (scenarios, errs) = suite::load(&files);
+            if !errs.is_empty() {
+                for e in &errs {
+                    eprintln!("{e}");
+                }
+                return Ok(ExitCode::from(2));
+            }
+            let mut outcomes: Vec<Outcome> = Vec::new();
+            for s in &scenarios {
+                let model = suite::run_model(s, only.as_deref());
+                if !model_only {
+                    for m in &model {
+                        for (backend, status) in suite::real_backends(m.driver) {
+                            outcomes.push(Outcome {
+                                scenario: m.scenario.clone(),
+                                driver: m.driver,
+                                backend,
+                                result: RunResult {
+                                    status,
+                                    observation: None,
+                                },
+                            });
+                        }
+                    }
+                }
+                outcomes.extend(model);
+            }
+            outcomes.sort_by(|a, b| {
+                (&a.scenario, a.driver, &a.backend).cmp(&(&b.scenario, b.driver, &b.backend))
+            });
+            if json {
+                for o in &outcomes {
+                    println!("{}", report::json_line(o));
+                }
+            } else {
+                print!("{}", report::table(&outcomes));
+            }
+            let failed = outcomes
+                .iter()
+                .any(|o| matches!(o.result.status, Status::Fail(_)));
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

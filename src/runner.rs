@@ -1,0 +1,236 @@
+//! Runs a scenario on one driver backend: builds its layers and containers, replays the
+//! trace, judges every step against the file's expectations, and returns the final
+//! observation.
+
+use crate::scenario::{Action, Expect, Expected, Scenario, Step};
+use layerspec_model::{
+    evaluate_check, Driver, DriverError, DriverKind, Errno, Observation, Op, Outcome, Value,
+};
+use serde::Serialize;
+
+/// How a scenario went on one driver and backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "status", content = "detail")]
+pub enum Status {
+    /// Every step as expected.
+    Pass,
+    /// A step did not do what the file says; the detail names it.
+    Fail(String),
+    /// Not run, with the reason.
+    Skip(String),
+}
+
+/// The result of one scenario x driver x backend.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// Pass, fail or skip.
+    pub status: Status,
+    /// The observation at the end (when the run got that far).
+    pub observation: Option<Observation>,
+}
+
+/// Runs `scenario` on `driver`.
+pub fn run(scenario: &Scenario, driver: &mut dyn Driver) -> RunResult {
+    let kind = driver.kind();
+    let backend = driver.backend();
+    if let Some(s) = scenario
+        .steps
+        .iter()
+        .find(|s| matches!(s.action, Action::Thin(_)))
+    {
+        return RunResult {
+            status: Status::Skip(format!(
+                "step {} is a thin-pool step; the block-level thin-pool model is not built yet",
+                s.index
+            )),
+            observation: None,
+        };
+    }
+    let fail = |msg: String| RunResult {
+        status: Status::Fail(msg),
+        observation: None,
+    };
+    for l in &scenario.layers {
+        if let Err(e) = driver.add_layer(l) {
+            return fail(format!("building layer `{}`: {e}", l.id));
+        }
+    }
+    // Containers: id -> has an image; `current` is the most recently created.
+    let mut containers: Vec<(String, bool)> = Vec::new();
+    for (id, image) in &scenario.containers {
+        let op = Op::CreateContainer {
+            id: id.clone(),
+            image: image.clone(),
+        };
+        match driver.apply(&op) {
+            Ok(Ok(_)) => containers.push((id.clone(), image.is_some())),
+            Ok(Err(e)) => return fail(format!("creating container `{id}`: {e}")),
+            Err(e) => return fail(format!("creating container `{id}`: {e}")),
+        }
+    }
+    for step in &scenario.steps {
+        if let Err(msg) = run_step(step, driver, kind, backend, &mut containers) {
+            return fail(format!(
+                "step {} (`{}`, line {}): {msg}",
+                step.index, step.text, step.line
+            ));
+        }
+    }
+    match driver.observe() {
+        Ok(obs) => RunResult {
+            status: Status::Pass,
+            observation: Some(obs),
+        },
+        Err(e) => fail(format!("observing at the end: {e}")),
+    }
+}
+
+fn run_step(
+    step: &Step,
+    driver: &mut dyn Driver,
+    kind: DriverKind,
+    backend: &str,
+    containers: &mut Vec<(String, bool)>,
+) -> Result<(), String> {
+    match &step.action {
+        Action::Thin(_) => Err("thin-pool steps need the thin-pool model".into()),
+        Action::Check { container, checks } => {
+            let (id, has_image) = match container {
+                Some(c) => containers
+                    .iter()
+                    .find(|(id, _)| id == c)
+                    .cloned()
+                    .ok_or_else(|| format!("no container `{c}`"))?,
+                None => containers
+                    .last()
+                    .cloned()
+                    .ok_or("no container exists for this check")?,
+            };
+            let obs = driver.observe().map_err(|e| e.to_string())?;
+            for c in checks {
+                evaluate_check(&obs, kind, &id, has_image, c)
+                    .map_err(|got| format!("expected {c}, but {got}"))?;
+            }
+            Ok(())
+        }
+        Action::Op(op) => {
+            let outcome: Outcome = driver.apply(op).map_err(|e: DriverError| e.to_string())?;
+            track_containers(op, &outcome, containers);
+            let expect = step
+                .expect
+                .get(kind, backend)
+                .copied()
+                .ok_or_else(|| format!("`expect` has no value for {kind} and no default"))?;
+            let value = match (expect, outcome) {
+                (Expect::Ok, Ok(v)) => v,
+                (Expect::Ok, Err(e)) => return Err(format!("expected ok, got {e}")),
+                (Expect::Errno(want), Err(got)) if want == got => return Ok(()),
+                (Expect::Errno(want), Err(got)) => {
+                    return Err(format!("expected {want}, got {got}"))
+                }
+                (Expect::Errno(want), Ok(v)) => {
+                    return Err(format!("expected {want}, got ok ({v})"))
+                }
+            };
+            let Some(returns) = &step.returns else {
+                return Ok(());
+            };
+            let want = returns
+                .get(kind, backend)
+                .ok_or_else(|| format!("`returns` has no value for {kind} and no default"))?;
+            compare(want, &value)
+        }
+    }
+}
+
+fn track_containers(op: &Op, outcome: &Outcome, containers: &mut Vec<(String, bool)>) {
+    if outcome.is_err() {
+        return;
+    }
+    match op {
+        Op::CreateContainer { id, image } => containers.push((id.clone(), image.is_some())),
+        Op::RemoveContainer { id } => containers.retain(|(c, _)| c != id),
+        _ => {}
+    }
+}
+
+/// Compares a returned value with what the file states; `Err` says how they differ.
+pub fn compare(want: &Expected, got: &Value) -> Result<(), String> {
+    let mismatch = || Err(format!("expected {}, got {got}", show(want)));
+    match (want, got) {
+        (Expected::Text(t), Value::Bytes(b)) if t.as_bytes() == b.as_slice() => Ok(()),
+        (Expected::Text(t), Value::Target(s)) if t == s => Ok(()),
+        (Expected::Names(n), Value::Names(g)) if n == g => Ok(()),
+        (Expected::Changes(c), Value::Changes(g)) => {
+            let g: Vec<(String, String)> = g
+                .iter()
+                .map(|c| (format!("{:?}", c.kind), c.path.clone()))
+                .collect();
+            if &g == c {
+                Ok(())
+            } else {
+                mismatch()
+            }
+        }
+        (
+            Expected::Stat {
+                kind,
+                size,
+                mode,
+                nlink,
+            },
+            Value::Stat(s),
+        ) => {
+            let ok = kind.as_deref().is_none_or(|k| k == s.kind.name())
+                && size.is_none_or(|v| v == s.size)
+                && mode.is_none_or(|v| v == s.mode)
+                && nlink.is_none_or(|v| v == s.nlink);
+            if ok {
+                Ok(())
+            } else {
+                mismatch()
+            }
+        }
+        _ => mismatch(),
+    }
+}
+
+fn show(want: &Expected) -> String {
+    match want {
+        Expected::Text(t) => format!("{t:?}"),
+        Expected::Names(n) => format!("{n:?}"),
+        Expected::Changes(c) => format!(
+            "{:?}",
+            c.iter()
+                .map(|(k, p)| [k.as_str(), p.as_str()])
+                .collect::<Vec<_>>()
+        ),
+        Expected::Blocks(b) => format!("{b:?}"),
+        Expected::Stat {
+            kind,
+            size,
+            mode,
+            nlink,
+        } => {
+            let mut parts = Vec::new();
+            if let Some(k) = kind {
+                parts.push(format!("kind = {k:?}"));
+            }
+            if let Some(s) = size {
+                parts.push(format!("size = {s}"));
+            }
+            if let Some(m) = mode {
+                parts.push(format!("mode = 0o{m:o}"));
+            }
+            if let Some(n) = nlink {
+                parts.push(format!("nlink = {n}"));
+            }
+            format!("{{ {} }}", parts.join(", "))
+        }
+    }
+}
+
+/// An errno for the harness's own messages.
+pub fn errno_name(e: Errno) -> &'static str {
+    e.name()
+}

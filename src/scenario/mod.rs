@@ -1,0 +1,194 @@
+//! Scenario files (`SCENARIOS.md`): what they hold once parsed, and the parser.
+
+mod parse;
+
+pub use parse::{parse_file, parse_str, ParseError};
+
+use layerspec_model::{Check, DriverKind, Errno, LayerSpec, Op, OverlayOptions};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A parsed scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The one-line title.
+    pub title: String,
+    /// Claim ids and references it checks.
+    pub claims: Vec<String>,
+    /// Drivers named by the file (`None`: the default set).
+    pub drivers: Option<Vec<DriverKind>>,
+    /// `[options]`.
+    pub options: Options,
+    /// Image layers in file order.
+    pub layers: Vec<LayerSpec>,
+    /// `[[container]]` tables: id and image.
+    pub containers: Vec<(String, Option<String>)>,
+    /// The trace.
+    pub steps: Vec<Step>,
+}
+
+/// `[options]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Backing filesystem of the driver root.
+    pub backing: Backing,
+    /// Inode count for ext4.
+    pub inodes: Option<u64>,
+    /// Backing filesystem size, as written (`"256M"`).
+    pub size: Option<String>,
+    /// overlayfs options.
+    pub overlay: OverlayOptions,
+    /// Whether `[options.overlay]` was given at all.
+    pub overlay_given: bool,
+    /// devicemapper: whether deletes reach the pool.
+    pub discard: Option<bool>,
+}
+
+/// The filesystem under the driver root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backing {
+    /// tmpfs (default).
+    #[default]
+    Tmpfs,
+    /// ext4 on a loop device.
+    Ext4,
+    /// xfs on a loop device.
+    Xfs,
+}
+
+/// A value that may differ per driver: `x` or `{ default = x, overlay2 = y }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerDriver<T> {
+    /// The value for drivers not named.
+    pub default: Option<T>,
+    /// Values by driver or backend name.
+    pub by_name: BTreeMap<String, T>,
+}
+
+impl<T> PerDriver<T> {
+    /// The same value for every driver.
+    pub fn all(v: T) -> Self {
+        PerDriver {
+            default: Some(v),
+            by_name: BTreeMap::new(),
+        }
+    }
+
+    /// The value for `driver` on `backend` (backend keys win over driver keys).
+    pub fn get(&self, driver: DriverKind, backend: &str) -> Option<&T> {
+        self.by_name
+            .get(&format!("{}.{backend}", driver.name()))
+            .or_else(|| self.by_name.get(backend))
+            .or_else(|| self.by_name.get(driver.name()))
+            .or(self.default.as_ref())
+    }
+}
+
+/// What a step must end in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Success.
+    Ok,
+    /// This errno.
+    Errno(Errno),
+}
+
+/// What a step must return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// Bytes read, a symlink target or an xattr value, as text.
+    Text(String),
+    /// Some `stat` fields.
+    Stat {
+        /// `file`, `dir`, ...
+        kind: Option<String>,
+        /// `st_size`.
+        size: Option<u64>,
+        /// Permission bits.
+        mode: Option<u32>,
+        /// `st_nlink`.
+        nlink: Option<u32>,
+    },
+    /// Sorted names (readdir).
+    Names(Vec<String>),
+    /// Docker's change list.
+    Changes(Vec<(String, String)>),
+    /// Per block: the step index whose write it holds, or `"zero"` (thin pool).
+    Blocks(Vec<String>),
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// An operation run by the driver.
+    Op(Op),
+    /// Assertions on the observation.
+    Check {
+        /// The container they concern (`None`: the current one).
+        container: Option<String>,
+        /// The assertions.
+        checks: Vec<Check>,
+    },
+    /// A thin-pool step (block level), by op name.
+    Thin(String),
+}
+
+/// One step of a trace.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Index from 0 in file order.
+    pub index: usize,
+    /// The step as written in the file.
+    pub text: String,
+    /// Line of the step in the file (1-based).
+    pub line: usize,
+    /// What it does.
+    pub action: Action,
+    /// Outcome it must have.
+    pub expect: PerDriver<Expect>,
+    /// Value it must return, if stated.
+    pub returns: Option<PerDriver<Expected>>,
+}
+
+impl Scenario {
+    /// The drivers this scenario runs on: those it names, else every file-level driver
+    /// whose capabilities cover its steps.
+    pub fn drivers(&self) -> Vec<DriverKind> {
+        if let Some(d) = &self.drivers {
+            return d.clone();
+        }
+        if self
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Thin(_)))
+        {
+            return vec![DriverKind::Thinpool];
+        }
+        DriverKind::FILE_LEVEL
+            .into_iter()
+            .filter(|&d| {
+                if self.options.overlay_given && !d.is_overlayfs() {
+                    return false;
+                }
+                self.steps.iter().all(|s| match &s.action {
+                    Action::Check { checks, .. } => {
+                        checks.iter().all(|c| layerspec_model::check_applies(d, c))
+                    }
+                    _ => true,
+                })
+            })
+            .collect()
+    }
+
+    /// The scenario's name: its path below `scenarios/`, without `.toml`.
+    pub fn name(&self) -> String {
+        let s = self.file.to_string_lossy().replace('\\', "/");
+        let s = s.strip_suffix(".toml").unwrap_or(&s);
+        match s.rfind("scenarios/") {
+            Some(i) => s[i + "scenarios/".len()..].to_string(),
+            None => s.to_string(),
+        }
+    }
+}

@@ -1,0 +1,917 @@
+//! The scenario parser: TOML 1.1 through `toml` and serde, unknown keys rejected, and every
+//! error located by file, line and column.
+
+use super::{Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step};
+use layerspec_model::{
+    seed_for_path, validate_scenario_path, Check, Content, DriverKind, Entry, EntryKind, Errno,
+    FileOp, LayerSpec, Op, OverlayOptions,
+};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A located problem in a scenario file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// The file.
+    pub file: PathBuf,
+    /// Line, 1-based.
+    pub line: usize,
+    /// Column, 1-based.
+    pub column: usize,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Reads and parses one scenario file.
+pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ParseError {
+        file: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_str(path, &text)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ParseError {
+        let (line, column) = line_col(self.text, span.start);
+        ParseError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    title: Spanned<String>,
+    #[serde(default)]
+    claims: Vec<String>,
+    drivers: Option<Vec<Spanned<String>>>,
+    options: Option<OptionsDoc>,
+    #[serde(default)]
+    layer: Vec<Spanned<LayerDoc>>,
+    #[serde(default)]
+    container: Vec<Spanned<ContainerDoc>>,
+    trace: Option<TraceDoc>,
+    pool: Option<PoolDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionsDoc {
+    backing: Option<Spanned<String>>,
+    inodes: Option<u64>,
+    size: Option<String>,
+    overlay: Option<OverlayDoc>,
+    discard: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverlayDoc {
+    redirect_dir: Option<Spanned<String>>,
+    metacopy: Option<bool>,
+    index: Option<bool>,
+    xino: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the thin-pool model reads these (next issue); the format is checked now
+struct PoolDoc {
+    data_blocks: u64,
+    block_sectors: Option<u64>,
+    metadata_blocks: Option<u64>,
+    low_water_blocks: Option<u64>,
+    error_if_no_space: Option<bool>,
+    discard_passdown: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerDoc {
+    id: Spanned<String>,
+    parent: Option<Spanned<String>>,
+    #[serde(default)]
+    entries: Vec<Spanned<EntryDoc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryDoc {
+    path: Spanned<String>,
+    data: Option<String>,
+    size: Option<u64>,
+    dir: Option<bool>,
+    symlink: Option<String>,
+    link: Option<String>,
+    whiteout: Option<bool>,
+    mode: Option<u32>,
+    opaque: Option<bool>,
+    xattrs: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerDoc {
+    id: Spanned<String>,
+    image: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceDoc {
+    #[serde(default)]
+    steps: Vec<Spanned<StepDoc>>,
+}
+
+/// Every key any step may have; which ones an op takes is checked by hand.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StepDoc {
+    op: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    offset: Option<u64>,
+    data: Option<String>,
+    size: Option<u64>,
+    len: Option<u64>,
+    mode: Option<u32>,
+    from: Option<Spanned<String>>,
+    to: Option<Spanned<String>>,
+    target: Option<String>,
+    name: Option<String>,
+    value: Option<String>,
+    id: Option<String>,
+    image: Option<String>,
+    layer: Option<String>,
+    expect: Option<Spanned<toml::Value>>,
+    returns: Option<Spanned<toml::Value>>,
+    // check
+    whiteout: Option<Spanned<String>>,
+    opaque: Option<Spanned<String>>,
+    in_upper: Option<Spanned<String>>,
+    not_in_upper: Option<Spanned<String>>,
+    copied_up_bytes: Option<u64>,
+    inodes_used: Option<u64>,
+    pool_data_blocks: Option<u64>,
+    mapped_blocks: Option<toml::Value>,
+    shared_blocks: Option<toml::Value>,
+    // thin pool
+    dev: Option<u64>,
+    origin: Option<u64>,
+    block: Option<u64>,
+    count: Option<u64>,
+    sectors: Option<u64>,
+}
+
+/// The keys each op takes, besides `op`, `expect`, `returns`.
+fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
+    Some(match op {
+        "create" | "mkdir" => &["container", "path", "mode"],
+        "write" => &["container", "path", "offset", "data", "size"],
+        "append" => &["container", "path", "data"],
+        "truncate" => &["container", "path", "size"],
+        "read" => &["container", "path", "offset", "len"],
+        "unlink" | "rmdir" | "readlink" | "stat" | "readdir" => &["container", "path"],
+        "rename" | "link" => &["container", "from", "to"],
+        "symlink" => &["container", "target", "path"],
+        "chmod" => &["container", "path", "mode"],
+        "setxattr" => &["container", "path", "name", "value"],
+        "getxattr" | "removexattr" => &["container", "path", "name"],
+        "create_container" => &["id", "image"],
+        "remove_container" => &["id"],
+        "commit" => &["container", "layer"],
+        "remount" | "changes" => &["container"],
+        "check" => &[
+            "container",
+            "whiteout",
+            "opaque",
+            "in_upper",
+            "not_in_upper",
+            "copied_up_bytes",
+            "inodes_used",
+            "pool_data_blocks",
+            "mapped_blocks",
+            "shared_blocks",
+        ],
+        "create_thin" => &["dev", "sectors"],
+        "snapshot" => &["origin", "dev"],
+        "delete_thin" => &["dev"],
+        "write_blocks" | "read_blocks" | "discard_blocks" => &["dev", "block", "count"],
+        "write_bytes" => &["dev", "offset", "len"],
+        _ => return None,
+    })
+}
+
+const OPS: &str = "create, write, append, truncate, read, unlink, mkdir, rmdir, rename, link, \
+symlink, readlink, chmod, stat, readdir, setxattr, getxattr, removexattr, create_container, \
+remove_container, commit, remount, changes, check, create_thin, snapshot, delete_thin, \
+write_blocks, write_bytes, read_blocks, discard_blocks";
+
+/// Parses scenario text; `file` names it in errors.
+pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
+    let ctx = Ctx { file, text };
+    let doc: Doc = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ctx.err(span, e.message().trim().to_string())
+    })?;
+    let title = doc.title.get_ref().trim().to_string();
+    if title.is_empty() || title.contains('\n') {
+        return Err(ctx.err(doc.title.span(), "`title` must be one non-empty line"));
+    }
+    let drivers = match &doc.drivers {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for d in list {
+                let k: DriverKind = d
+                    .get_ref()
+                    .parse()
+                    .map_err(|e: String| ctx.err(d.span(), e))?;
+                out.push(k);
+            }
+            if out.is_empty() {
+                return Err(ctx.err(0..0, "`drivers` must name at least one driver"));
+            }
+            Some(out)
+        }
+    };
+    let options = parse_options(&ctx, doc.options)?;
+
+    let mut layer_ids = BTreeSet::new();
+    let mut layers = Vec::new();
+    for l in &doc.layer {
+        let ld = l.get_ref();
+        let id = ld.id.get_ref();
+        check_id(&ctx, &ld.id, "layer id")?;
+        if let Some(p) = &ld.parent {
+            if !layer_ids.contains(p.get_ref()) {
+                return Err(ctx.err(
+                    p.span(),
+                    format!("parent `{}` is not a layer defined above", p.get_ref()),
+                ));
+            }
+        }
+        if !layer_ids.insert(id.clone()) {
+            return Err(ctx.err(ld.id.span(), format!("duplicate layer id `{id}`")));
+        }
+        let mut entries = Vec::new();
+        let mut seen = BTreeSet::new();
+        for e in &ld.entries {
+            let entry = parse_entry(&ctx, e)?;
+            if !seen.insert(entry.path.clone()) {
+                return Err(ctx.err(
+                    e.get_ref().path.span(),
+                    format!("`{}` is listed twice in layer `{id}`", entry.path),
+                ));
+            }
+            if let EntryKind::HardLink(to) = &entry.kind {
+                if !seen.contains(to) || to == &entry.path {
+                    return Err(ctx.err(
+                        e.span(),
+                        format!(
+                            "`link = \"{to}\"` must name an entry listed earlier in this layer"
+                        ),
+                    ));
+                }
+            }
+            entries.push(entry);
+        }
+        layers.push(LayerSpec {
+            id: id.clone(),
+            parent: ld.parent.as_ref().map(|p| p.get_ref().clone()),
+            entries,
+        });
+    }
+
+    let mut containers = Vec::new();
+    let mut container_ids = BTreeSet::new();
+    for c in &doc.container {
+        let cd = c.get_ref();
+        check_id(&ctx, &cd.id, "container id")?;
+        if layer_ids.contains(cd.id.get_ref()) || !container_ids.insert(cd.id.get_ref().clone()) {
+            return Err(ctx.err(cd.id.span(), format!("duplicate id `{}`", cd.id.get_ref())));
+        }
+        if let Some(i) = &cd.image {
+            if !layer_ids.contains(i.get_ref()) {
+                return Err(ctx.err(
+                    i.span(),
+                    format!("image `{}` is not a layer defined above", i.get_ref()),
+                ));
+            }
+        }
+        containers.push((
+            cd.id.get_ref().clone(),
+            cd.image.as_ref().map(|i| i.get_ref().clone()),
+        ));
+    }
+
+    let mut steps = Vec::new();
+    if let Some(t) = doc.trace {
+        for (i, s) in t.steps.into_iter().enumerate() {
+            steps.push(parse_step(&ctx, i, s)?);
+        }
+    }
+    if let Some(p) = &doc.pool {
+        if !(128..=2_097_152).contains(&p.block_sectors.unwrap_or(128))
+            || p.block_sectors.unwrap_or(128) % 128 != 0
+        {
+            return Err(ctx.err(
+                0..0,
+                "[pool] block_sectors must be a multiple of 128 in 128..=2097152 (THIN1)",
+            ));
+        }
+    }
+    Ok(Scenario {
+        file: file.to_path_buf(),
+        title,
+        claims: doc.claims,
+        drivers,
+        options,
+        layers,
+        containers,
+        steps,
+    })
+}
+
+fn check_id(ctx: &Ctx, id: &Spanned<String>, what: &str) -> Result<(), ParseError> {
+    let s = id.get_ref();
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !s.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ctx.err(
+            id.span(),
+            format!(
+                "{what} `{s}` must be 1-64 characters of A-Z a-z 0-9 - _ . (it names a directory)"
+            ),
+        ))
+    }
+}
+
+fn check_path(ctx: &Ctx, p: &Spanned<String>) -> Result<String, ParseError> {
+    validate_scenario_path(p.get_ref())
+        .map_err(|e| ctx.err(p.span(), format!("`{}`: {e}", p.get_ref())))?;
+    Ok(p.get_ref().clone())
+}
+
+fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError> {
+    let Some(o) = o else {
+        return Ok(Options::default());
+    };
+    let backing = match o.backing.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+        None | Some(("tmpfs", _)) => Backing::Tmpfs,
+        Some(("ext4", _)) => Backing::Ext4,
+        Some(("xfs", _)) => Backing::Xfs,
+        Some((other, span)) => {
+            return Err(ctx.err(
+                span,
+                format!("backing `{other}`: expected \"tmpfs\", \"ext4\" or \"xfs\""),
+            ))
+        }
+    };
+    let mut overlay = OverlayOptions::default();
+    let overlay_given = o.overlay.is_some();
+    if let Some(ov) = o.overlay {
+        if let Some(r) = ov.redirect_dir {
+            overlay.redirect_dir = match r.get_ref().as_str() {
+                "on" => true,
+                "off" | "nofollow" | "follow" => false,
+                other => {
+                    return Err(ctx.err(
+                        r.span(),
+                        format!("redirect_dir `{other}`: expected \"on\", \"off\", \"follow\" or \"nofollow\""),
+                    ))
+                }
+            };
+        }
+        overlay.metacopy = ov.metacopy.unwrap_or(false);
+        overlay.index = ov.index.unwrap_or(false);
+        if let Some(x) = ov.xino {
+            overlay.xino = match x.get_ref().as_str() {
+                "on" | "auto" => true,
+                "off" => false,
+                other => {
+                    return Err(ctx.err(
+                        x.span(),
+                        format!("xino `{other}`: expected \"on\", \"off\" or \"auto\""),
+                    ))
+                }
+            };
+        }
+    }
+    Ok(Options {
+        backing,
+        inodes: o.inodes,
+        size: o.size,
+        overlay,
+        overlay_given,
+        discard: o.discard,
+    })
+}
+
+fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
+    let d = e.get_ref();
+    let path = check_path(ctx, &d.path)?;
+    let kinds = [
+        d.data.is_some(),
+        d.size.is_some(),
+        d.dir == Some(true),
+        d.symlink.is_some(),
+        d.link.is_some(),
+        d.whiteout == Some(true),
+    ];
+    let n = kinds.iter().filter(|k| **k).count();
+    if n > 1 {
+        return Err(ctx.err(
+            e.span(),
+            "an entry has one of data, size, dir, symlink, link, whiteout",
+        ));
+    }
+    let kind = if let Some(data) = &d.data {
+        EntryKind::File(Content::Bytes(data.as_bytes().to_vec()))
+    } else if let Some(size) = d.size {
+        EntryKind::File(Content::Random {
+            len: size,
+            seed: seed_for_path(&path),
+        })
+    } else if d.dir == Some(true) {
+        EntryKind::Dir {
+            opaque: d.opaque.unwrap_or(false),
+        }
+    } else if let Some(t) = &d.symlink {
+        if t.is_empty() {
+            return Err(ctx.err(e.span(), "`symlink` target must not be empty"));
+        }
+        EntryKind::Symlink(t.clone())
+    } else if let Some(l) = &d.link {
+        validate_scenario_path(l).map_err(|b| ctx.err(e.span(), format!("link `{l}`: {b}")))?;
+        EntryKind::HardLink(l.clone())
+    } else if d.whiteout == Some(true) {
+        EntryKind::Whiteout
+    } else {
+        // An entry with only a path is an empty file.
+        EntryKind::File(Content::Bytes(Vec::new()))
+    };
+    if d.opaque == Some(true) && !matches!(kind, EntryKind::Dir { .. }) {
+        return Err(ctx.err(e.span(), "`opaque = true` needs `dir = true`"));
+    }
+    if let Some(m) = d.mode {
+        if m > 0o7777 {
+            return Err(ctx.err(
+                e.span(),
+                format!("mode 0o{m:o} is not permission bits (at most 0o7777)"),
+            ));
+        }
+    }
+    Ok(Entry {
+        path,
+        kind,
+        mode: d.mode,
+        xattrs: d
+            .xattrs
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect(),
+    })
+}
+
+fn present_keys(s: &StepDoc) -> Vec<&'static str> {
+    let mut k = Vec::new();
+    macro_rules! has {
+        ($($f:ident),*) => { $( if s.$f.is_some() { k.push(stringify!($f)); } )* };
+    }
+    has!(
+        container,
+        path,
+        offset,
+        data,
+        size,
+        len,
+        mode,
+        from,
+        to,
+        target,
+        name,
+        value,
+        id,
+        image,
+        layer,
+        whiteout,
+        opaque,
+        in_upper,
+        not_in_upper,
+        copied_up_bytes,
+        inodes_used,
+        pool_data_blocks,
+        mapped_blocks,
+        shared_blocks,
+        dev,
+        origin,
+        block,
+        count,
+        sectors
+    );
+    k
+}
+
+fn parse_step(ctx: &Ctx, index: usize, s: Spanned<StepDoc>) -> Result<Step, ParseError> {
+    let span = s.span();
+    let text = ctx.text[span.clone()].trim().to_string();
+    let (line, _) = line_col(ctx.text, span.start);
+    let d = s.into_inner();
+    let at = |msg: String| ctx.err(span.clone(), format!("step {index}: {msg}"));
+    let Some(op) = &d.op else {
+        return Err(at("missing `op`".into()));
+    };
+    let opname = op.get_ref().as_str();
+    let Some(allowed) = allowed_keys(opname) else {
+        return Err(ctx.err(
+            op.span(),
+            format!("step {index}: unknown op `{opname}` (expected one of {OPS})"),
+        ));
+    };
+    for k in present_keys(&d) {
+        if !allowed.contains(&k) {
+            return Err(at(format!(
+                "`{k}` is not a field of `{opname}` (it takes {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    let need_path = |p: &Option<Spanned<String>>, what: &str| -> Result<String, ParseError> {
+        match p {
+            Some(p) => check_path(ctx, p),
+            None => Err(at(format!("`{opname}` needs `{what}`"))),
+        }
+    };
+    let need =
+        |v: Option<u64>, what: &str| v.ok_or_else(|| at(format!("`{opname}` needs `{what}`")));
+    let need_s = |v: &Option<String>, what: &str| {
+        v.clone()
+            .ok_or_else(|| at(format!("`{opname}` needs `{what}`")))
+    };
+    let container = d.container.as_ref().map(|c| c.get_ref().clone());
+    let file = |op: FileOp| {
+        Action::Op(Op::File {
+            container: container.clone(),
+            op,
+        })
+    };
+    let action = match opname {
+        "create" => file(FileOp::Create {
+            path: need_path(&d.path, "path")?,
+            mode: d.mode,
+        }),
+        "mkdir" => file(FileOp::Mkdir {
+            path: need_path(&d.path, "path")?,
+            mode: d.mode,
+        }),
+        "write" => {
+            let path = need_path(&d.path, "path")?;
+            let data = match (&d.data, d.size) {
+                (Some(s), None) => Content::Bytes(s.as_bytes().to_vec()),
+                (None, Some(n)) => Content::Random {
+                    len: n,
+                    seed: seed_for_path(&path) ^ index as u64,
+                },
+                _ => return Err(at("`write` needs one of `data` or `size`".into())),
+            };
+            file(FileOp::Write {
+                path,
+                offset: d.offset.unwrap_or(0),
+                data,
+            })
+        }
+        "append" => file(FileOp::Append {
+            path: need_path(&d.path, "path")?,
+            data: need_s(&d.data, "data")?.into_bytes(),
+        }),
+        "truncate" => file(FileOp::Truncate {
+            path: need_path(&d.path, "path")?,
+            size: need(d.size, "size")?,
+        }),
+        "read" => file(FileOp::Read {
+            path: need_path(&d.path, "path")?,
+            offset: d.offset.unwrap_or(0),
+            len: d.len,
+        }),
+        "unlink" => file(FileOp::Unlink {
+            path: need_path(&d.path, "path")?,
+        }),
+        "rmdir" => file(FileOp::Rmdir {
+            path: need_path(&d.path, "path")?,
+        }),
+        "readlink" => file(FileOp::Readlink {
+            path: need_path(&d.path, "path")?,
+        }),
+        "stat" => file(FileOp::Stat {
+            path: need_path(&d.path, "path")?,
+        }),
+        "readdir" => file(FileOp::Readdir {
+            path: need_path(&d.path, "path")?,
+        }),
+        "rename" => file(FileOp::Rename {
+            from: need_path(&d.from, "from")?,
+            to: need_path(&d.to, "to")?,
+        }),
+        "link" => file(FileOp::Link {
+            from: need_path(&d.from, "from")?,
+            to: need_path(&d.to, "to")?,
+        }),
+        "symlink" => file(FileOp::Symlink {
+            target: need_s(&d.target, "target")?,
+            path: need_path(&d.path, "path")?,
+        }),
+        "chmod" => {
+            let mode = d.mode.ok_or_else(|| at("`chmod` needs `mode`".into()))?;
+            file(FileOp::Chmod {
+                path: need_path(&d.path, "path")?,
+                mode,
+            })
+        }
+        "setxattr" => file(FileOp::Setxattr {
+            path: need_path(&d.path, "path")?,
+            name: need_s(&d.name, "name")?,
+            value: d.value.clone().unwrap_or_default().into_bytes(),
+        }),
+        "getxattr" => file(FileOp::Getxattr {
+            path: need_path(&d.path, "path")?,
+            name: need_s(&d.name, "name")?,
+        }),
+        "removexattr" => file(FileOp::Removexattr {
+            path: need_path(&d.path, "path")?,
+            name: need_s(&d.name, "name")?,
+        }),
+        "create_container" => Action::Op(Op::CreateContainer {
+            id: need_s(&d.id, "id")?,
+            image: d.image.clone(),
+        }),
+        "remove_container" => Action::Op(Op::RemoveContainer {
+            id: need_s(&d.id, "id")?,
+        }),
+        "commit" => Action::Op(Op::Commit {
+            container,
+            layer: need_s(&d.layer, "layer")?,
+        }),
+        "remount" => Action::Op(Op::Remount { container }),
+        "changes" => Action::Op(Op::Changes { container }),
+        "check" => {
+            let mut checks = Vec::new();
+            for (v, f) in [
+                (&d.whiteout, Check::Whiteout as fn(String) -> Check),
+                (&d.opaque, Check::Opaque),
+                (&d.in_upper, Check::InUpper),
+                (&d.not_in_upper, Check::NotInUpper),
+            ] {
+                if let Some(p) = v {
+                    checks.push(f(check_path(ctx, p)?));
+                }
+            }
+            if let Some(n) = d.copied_up_bytes {
+                checks.push(Check::CopiedUpBytes(n));
+            }
+            if let Some(n) = d.inodes_used {
+                checks.push(Check::InodesUsed(n));
+            }
+            if let Some(n) = d.pool_data_blocks {
+                checks.push(Check::PoolDataBlocks(n));
+            }
+            if d.mapped_blocks.is_some() || d.shared_blocks.is_some() {
+                return Ok(Step {
+                    index,
+                    text,
+                    line,
+                    action: Action::Thin("check".into()),
+                    expect: PerDriver::all(Expect::Ok),
+                    returns: None,
+                });
+            }
+            if checks.is_empty() {
+                return Err(at("`check` needs at least one assertion key".into()));
+            }
+            Action::Check { container, checks }
+        }
+        thin => {
+            for (v, what) in [(d.dev, "dev"), (d.origin, "origin")] {
+                if v.is_some_and(|v| v >= 1 << 24) {
+                    return Err(at(format!(
+                        "`{what}` must be a 24-bit thin device id (THIN1)"
+                    )));
+                }
+            }
+            Action::Thin(thin.to_string())
+        }
+    };
+    let expect = match &d.expect {
+        None => PerDriver::all(Expect::Ok),
+        Some(v) => per_driver(ctx, v, &|val: &toml::Value| match val {
+            toml::Value::String(s) if s == "ok" => Ok(Expect::Ok),
+            toml::Value::String(s) => s
+                .parse::<Errno>()
+                .map(Expect::Errno)
+                .map_err(|e| e.to_string()),
+            _ => Err("`expect` is \"ok\" or an errno name such as \"ENOENT\"".into()),
+        })?,
+    };
+    let returns = match &d.returns {
+        None => None,
+        Some(v) => Some(per_driver(ctx, v, &|val| expected(opname, val))?),
+    };
+    if returns.is_some()
+        && !matches!(
+            opname,
+            "read" | "readlink" | "stat" | "readdir" | "getxattr" | "changes" | "read_blocks"
+        )
+    {
+        return Err(at(format!(
+            "`{opname}` returns nothing to compare: drop `returns`"
+        )));
+    }
+    Ok(Step {
+        index,
+        text,
+        line,
+        action,
+        expect,
+        returns,
+    })
+}
+
+const PER_DRIVER_KEYS: &[&str] = &[
+    "default",
+    "aufs",
+    "overlay",
+    "overlay2",
+    "devicemapper",
+    "thinpool",
+    "model",
+    "kernel",
+    "fuse",
+    "vm",
+];
+
+fn is_per_driver_key(k: &str) -> bool {
+    let base = k.split('.').next().unwrap_or(k);
+    PER_DRIVER_KEYS.contains(&base) && k.split('.').count() <= 2
+}
+
+fn per_driver<T>(
+    ctx: &Ctx,
+    v: &Spanned<toml::Value>,
+    one: &dyn Fn(&toml::Value) -> Result<T, String>,
+) -> Result<PerDriver<T>, ParseError> {
+    let err = |m: String| ctx.err(v.span(), m);
+    if let toml::Value::Table(t) = v.get_ref() {
+        let stat_keys = ["kind", "size", "mode", "nlink"];
+        let looks_per_driver = !t.is_empty() && t.keys().all(|k| is_per_driver_key(k));
+        if looks_per_driver {
+            let mut out = PerDriver {
+                default: None,
+                by_name: BTreeMap::new(),
+            };
+            for (k, val) in t {
+                let parsed = one(val).map_err(|m| err(format!("`{k}`: {m}")))?;
+                if k == "default" {
+                    out.default = Some(parsed);
+                } else {
+                    out.by_name.insert(k.clone(), parsed);
+                }
+            }
+            return Ok(out);
+        }
+        if let Some(bad) = t.keys().find(|k| !stat_keys.contains(&k.as_str())) {
+            return Err(err(format!(
+                "unknown key `{bad}`: a per-driver table has keys {}; a stat table has {}",
+                PER_DRIVER_KEYS.join(", "),
+                stat_keys.join(", ")
+            )));
+        }
+    }
+    one(v.get_ref()).map(PerDriver::all).map_err(err)
+}
+
+fn expected(op: &str, v: &toml::Value) -> Result<Expected, String> {
+    use toml::Value as V;
+    let strings = |a: &Vec<V>| -> Result<Vec<String>, String> {
+        a.iter()
+            .map(|x| {
+                x.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| "expected a list of strings".to_string())
+            })
+            .collect()
+    };
+    match (op, v) {
+        ("read" | "readlink" | "getxattr", V::String(s)) => Ok(Expected::Text(s.clone())),
+        ("stat", V::Table(t)) => {
+            let int = |k: &str| -> Result<Option<u64>, String> {
+                match t.get(k) {
+                    None => Ok(None),
+                    Some(V::Integer(i)) if *i >= 0 => Ok(Some(*i as u64)),
+                    Some(_) => Err(format!("stat `{k}` must be a non-negative integer")),
+                }
+            };
+            let kind = match t.get("kind") {
+                None => None,
+                Some(V::String(s))
+                    if ["file", "dir", "symlink", "fifo", "char", "block"]
+                        .contains(&s.as_str()) =>
+                {
+                    Some(s.clone())
+                }
+                Some(_) => {
+                    return Err(
+                        "stat `kind` is one of file, dir, symlink, fifo, char, block".into(),
+                    )
+                }
+            };
+            Ok(Expected::Stat {
+                kind,
+                size: int("size")?,
+                mode: int("mode")?.map(|m| m as u32),
+                nlink: int("nlink")?.map(|m| m as u32),
+            })
+        }
+        ("readdir", V::Array(a)) => Ok(Expected::Names(strings(a)?)),
+        ("read_blocks", V::Array(a)) => Ok(Expected::Blocks(
+            a.iter()
+                .map(|x| match x {
+                    V::Integer(i) => i.to_string(),
+                    V::String(s) => s.clone(),
+                    _ => String::new(),
+                })
+                .collect(),
+        )),
+        ("changes", V::Array(a)) => {
+            let mut out = Vec::new();
+            for item in a {
+                let pair = item
+                    .as_array()
+                    .map(strings)
+                    .transpose()?
+                    .unwrap_or_default();
+                match pair.as_slice() {
+                    [k, p] if ["A", "C", "D"].contains(&k.as_str()) => {
+                        out.push((k.clone(), p.clone()))
+                    }
+                    _ => {
+                        return Err(
+                            "`changes` returns a list of [kind, path] with kind A, C or D".into(),
+                        )
+                    }
+                }
+            }
+            Ok(Expected::Changes(out))
+        }
+        ("read" | "readlink" | "getxattr", _) => Err(format!("`{op}` returns a string")),
+        ("stat", _) => Err("`stat` returns a table { kind, size, mode, nlink }".into()),
+        ("readdir", _) => Err("`readdir` returns a list of names".into()),
+        ("changes", _) => Err("`changes` returns a list of [kind, path]".into()),
+        _ => Err(format!("`{op}` returns nothing to compare")),
+    }
+}

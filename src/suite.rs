@@ -1,0 +1,91 @@
+//! A suite: scenario files found under paths, run on every driver and backend that applies.
+
+use crate::runner::{run, RunResult, Status};
+use crate::scenario::{parse_file, ParseError, Scenario};
+use layerspec_model::{DriverKind, ModelDriver};
+use std::path::{Path, PathBuf};
+
+/// Every `.toml` file under `paths` (files are taken as they are), sorted.
+pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out).map_err(|e| format!("{}: {e}", p.display()))?;
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", p.display()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Parses every file; all errors are returned, not just the first.
+pub fn load(files: &[PathBuf]) -> (Vec<Scenario>, Vec<ParseError>) {
+    let mut ok = Vec::new();
+    let mut errs = Vec::new();
+    for f in files {
+        match parse_file(f) {
+            Ok(s) => ok.push(s),
+            Err(e) => errs.push(e),
+        }
+    }
+    (ok, errs)
+}
+
+/// One line of a suite's results.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Scenario name (path below `scenarios/`).
+    pub scenario: String,
+    /// Driver.
+    pub driver: DriverKind,
+    /// Backend.
+    pub backend: String,
+    /// Result.
+    pub result: RunResult,
+}
+
+/// Runs one scenario on the model for every driver it applies to (or the `only` ones).
+pub fn run_model(s: &Scenario, only: Option<&[DriverKind]>) -> Vec<Outcome> {
+    s.drivers()
+        .into_iter()
+        .filter(|d| only.is_none_or(|o| o.contains(d)))
+        .map(|d| Outcome {
+            scenario: s.name(),
+            driver: d,
+            backend: "model".into(),
+            result: run(s, &mut ModelDriver::new(d, s.options.overlay)),
+        })
+        .collect()
+}
+
+/// The real backends for `driver` and, for each one this machine cannot run, why.
+pub fn real_backends(driver: DriverKind) -> Vec<(String, Status)> {
+    layerspec_real::backends_for(driver)
+        .into_iter()
+        .map(|b| {
+            let status = match b.unavailable {
+                Some(reason) => Status::Skip(reason),
+                None => Status::Pass,
+            };
+            (b.name.to_string(), status)
+        })
+        .collect()
+}
