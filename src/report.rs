@@ -9,14 +9,19 @@ use std::fmt::Write;
 /// One JSON object per outcome: `{"scenario","driver","backend","status","detail"}`.
 pub fn json_line(o: &Outcome) -> String {
     let (status, detail) = split(&o.result.status);
-    json!({
-        "scenario": o.scenario,
-        "driver": o.driver.name(),
-        "backend": o.backend,
-        "status": status,
-        "detail": detail,
-    })
-    .to_string()
+    // Keys in the contract's order (serde_json's maps would sort them).
+    let fields = [
+        ("scenario", json!(o.scenario)),
+        ("driver", json!(o.driver.name())),
+        ("backend", json!(o.backend)),
+        ("status", json!(status)),
+        ("detail", json!(detail)),
+    ];
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json!(k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
 }
 
 fn split(s: &Status) -> (&'static str, &str) {

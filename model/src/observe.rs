@@ -89,11 +89,11 @@ pub struct Accounting {
     pub mount_data_len: BTreeMap<String, usize>,
 }
 
-/// Text of a file's contents for observations: the text itself when short and printable,
-/// else `sha:<digest>`-style hex.
+/// Text of a file's contents for observations: `text:` and the text itself when short and
+/// printable, else `fnv:` and the content digest.
 pub fn content_text(data: &[u8]) -> String {
     if data.len() <= 64 && data.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\n') {
-        format!("{:?}", String::from_utf8_lossy(data))
+        format!("text:{}", String::from_utf8_lossy(data))
     } else {
         format!("fnv:{}", content_digest(data))
     }

@@ -1,0 +1,120 @@
+//! Malformed scenario files get one located line and exit status 2 (issue 2, "Must show").
+
+use std::io::Write;
+use std::process::Command;
+
+fn check(text: &str) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!("layerspec-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "case{:x}.toml",
+        layerspec_model::content_digest(text.as_bytes()).len() + text.len()
+    ));
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_layerspec"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (
+        out.status.code().unwrap_or(-1),
+        stderr.replace(&path.display().to_string(), "FILE"),
+    )
+}
+
+fn assert_located(text: &str, line: usize, needle: &str) {
+    let (code, err) = check(text);
+    assert_eq!(code, 2, "exit status for {text:?}: {err}");
+    let first = err.lines().next().unwrap_or("");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        first.starts_with(&format!("FILE:{line}:")),
+        "located at line {line}: {first}"
+    );
+    assert!(
+        first.contains(needle),
+        "{first:?} should mention {needle:?}"
+    );
+}
+
+const HEAD: &str = "title = \"t\"\n[[layer]]\nid = \"base\"\n";
+
+#[test]
+fn wrong_type() {
+    assert_located("title = 3\n", 1, "string");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    assert_located("title = \"t\"\ncolour = \"red\"\n", 2, "colour");
+}
+
+#[test]
+fn unknown_entry_key() {
+    assert_located(
+        &format!("{HEAD}entries = [{{ path = \"/a\", colour = 1 }}]\n"),
+        4,
+        "colour",
+    );
+}
+
+#[test]
+fn unknown_op() {
+    let t = format!("{HEAD}[[container]]\nid = \"c\"\nimage = \"base\"\n[trace]\nsteps = [\n  {{ op = \"frobnicate\", path = \"/a\" }},\n]\n");
+    assert_located(&t, 9, "unknown op `frobnicate`");
+}
+
+#[test]
+fn bad_errno_name() {
+    let t = format!(
+        "{HEAD}[trace]\nsteps = [\n  {{ op = \"stat\", path = \"/a\", expect = \"ENOPE\" }},\n]\n"
+    );
+    assert_located(&t, 6, "unknown errno name `ENOPE`");
+}
+
+#[test]
+fn duplicate_layer_id() {
+    assert_located(
+        &format!("{HEAD}[[layer]]\nid = \"base\"\n"),
+        5,
+        "duplicate layer id",
+    );
+}
+
+#[test]
+fn missing_parent() {
+    assert_located(
+        &format!("{HEAD}[[layer]]\nid = \"app\"\nparent = \"nope\"\n"),
+        6,
+        "parent `nope`",
+    );
+}
+
+#[test]
+fn dotdot_path() {
+    let t = format!(
+        "{HEAD}[trace]\nsteps = [\n  {{ op = \"stat\", path = \"/a/../../etc/passwd\" }},\n]\n"
+    );
+    assert_located(&t, 6, "..");
+}
+
+#[test]
+fn field_of_another_op() {
+    let t = format!(
+        "{HEAD}[trace]\nsteps = [\n  {{ op = \"unlink\", path = \"/a\", mode = 0o644 }},\n]\n"
+    );
+    assert_located(&t, 6, "`mode` is not a field of `unlink`");
+}
+
+#[test]
+fn valid_file_passes() {
+    let (code, err) = check(&format!(
+        "{HEAD}entries = [{{ path = \"/a\", data = \"x\" }}]\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+}
