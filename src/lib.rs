@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod claims;
+pub mod compare;
 pub mod report;
 pub mod runner;
 pub mod scenario;
