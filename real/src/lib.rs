@@ -16,3 +16,20 @@
 mod probe;
 
 pub use probe::{backends_for, Backend, HostFacts};
+
+use layerspec_model::{Driver, DriverKind, OverlayOptions};
+
+/// Opens a real driver of `kind` on `backend` (`kernel` or `fuse`) in a fresh sandbox, or
+/// says why it cannot run here.
+pub fn open_backend(
+    kind: DriverKind,
+    backend: &str,
+    options: OverlayOptions,
+) -> Result<Box<dyn Driver + Send>, String> {
+    let _ = options;
+    match backends_for(kind).into_iter().find(|b| b.name == backend) {
+        None => Err(format!("{kind} has no `{backend}` backend")),
+        Some(Backend { unavailable: Some(why), .. }) => Err(why),
+        Some(_) => Err(format!("{kind} on {backend}: not built yet")),
+    }
+}
