@@ -1,7 +1,7 @@
 //! Named invariants of the spec's state, checked after every step by the property tests.
 
 use crate::store::Store;
-use crate::tree::{Body, Tree, ROOT};
+use crate::tree::{Tree, ROOT};
 use std::collections::BTreeMap;
 
 /// An invariant that does not hold, with what broke it.
@@ -35,7 +35,7 @@ pub fn check(store: &Store) -> Vec<Violation> {
                     invariant: "no_whiteout_in_flat_driver",
                     detail: format!("{}: whiteout at {path}", c.id),
                 });
-            } else if c.lower.lookup(&path).is_none() && !redirected_below(c, &path) {
+            } else if !hides_something(c, &path) {
                 out.push(Violation {
                     invariant: "whiteouts_only_over_lower_names",
                     detail: format!("{}: whiteout at {path} hides nothing", c.id),
@@ -54,12 +54,14 @@ pub fn check(store: &Store) -> Vec<Violation> {
     out
 }
 
-/// A whiteout may also hide a name below a directory that was renamed away (redirect).
-fn redirected_below(c: &crate::container::Container, path: &str) -> bool {
-    c.upper
-        .paths()
-        .iter()
-        .any(|(_, i)| matches!(&c.upper.get(*i).body, Body::Dir { redirect: Some(r), .. } if crate::path::is_below(path, r) || path == r))
+/// Whether the whiteout at `path` hides a name of the lower stack: its parent, looked up
+/// through the union (redirects and opaque markers applied), has that name below.
+fn hides_something(c: &crate::container::Container, path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    c.resolve(crate::path::parent(path), false)
+        .ok()
+        .and_then(|r| r.target)
+        .is_some_and(|d| c.lower_has(d, name))
 }
 
 fn nlink_counts_names(t: &Tree, who: &str, out: &mut Vec<Violation>) {
