@@ -242,33 +242,38 @@ pub fn render(store: &Store) -> (BTreeMap<String, StorageEntry>, u64) {
     disk.finish()
 }
 
-/// The overlay mount data Docker would pass for a container, with `l/` paths relative to
-/// the driver root (overlay2) as Docker does when the absolute form does not fit a page.
+/// The overlay mount data Docker would pass for a container, with the driver under
+/// Docker's default data root. See [`overlay_mount_data`].
 pub fn mount_data(store: &Store, c: &Container) -> Option<String> {
-    let opts = store.options().mount_string();
-    match store.driver() {
+    let chain = store.chain(c.image.as_deref());
+    overlay_mount_data(store.driver(), store.options(), &chain, &c.id, DATA_ROOT)
+}
+
+/// The overlay mount data for container `id` on the image `chain` (lowest first): overlay2
+/// with `l/` paths relative to the driver root, as Docker mounts it from there so the data
+/// fits a page (DOCK2); overlay with absolute paths under `data_root`. `None` when nothing
+/// is mounted (no image).
+pub fn overlay_mount_data(
+    driver: DriverKind,
+    options: crate::params::OverlayOptions,
+    chain: &[String],
+    id: &str,
+    data_root: &str,
+) -> Option<String> {
+    let opts = options.mount_string();
+    let top = chain.last()?;
+    match driver {
         DriverKind::Overlay2 => {
-            let lowers: Vec<String> = store
-                .chain(c.image.as_deref())
-                .iter()
-                .rev()
-                .map(|id| format!("l/{}", short_name(id)))
-                .collect();
-            if lowers.is_empty() {
-                return None;
-            }
+            let lowers: Vec<String> = chain.iter().rev().map(|l| format!("l/{}", short_name(l))).collect();
             Some(format!(
-                "index=off,lowerdir={},upperdir={id}/diff,workdir={id}/work{opts}",
-                lowers.join(":"),
-                id = c.id
+                "lowerdir={},upperdir={id}/diff,workdir={id}/work{opts}",
+                lowers.join(":")
             ))
         }
         DriverKind::Overlay => {
-            let image = c.image.as_ref()?;
-            let base = format!("{DATA_ROOT}/overlay");
+            let base = format!("{data_root}/overlay");
             Some(format!(
-                "lowerdir={base}/{image}/root,upperdir={base}/{id}/upper,workdir={base}/{id}/work{opts}",
-                id = c.id
+                "lowerdir={base}/{top}/root,upperdir={base}/{id}/upper,workdir={base}/{id}/work{opts}"
             ))
         }
         _ => None,

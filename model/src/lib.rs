@@ -64,9 +64,9 @@ pub use digest::{content_digest, pseudo_random, seed_for_path, short_name};
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
-pub use layout::{mount_data, DATA_ROOT, PAGE_SIZE};
+pub use layout::{mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
 pub use lower::{Layer, LowerStack};
-pub use observe::{Accounting, MergedEntry, MergedView, Observation, StorageEntry};
+pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
 pub use params::{DirRename, DriverKind, OverlayOptions, Policy};
 pub use path::{validate_scenario_path, BadPath, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 pub use step::{

@@ -87,14 +87,13 @@ pub struct OverlayOptions {
 }
 
 impl OverlayOptions {
-    /// The option string as it appears in the mount data, in the kernel's order.
+    /// The options as Docker's mount data carries them: Docker always passes `index=off`
+    /// (overlay2) unless a scenario turns index on; the rest only when on.
     pub fn mount_string(&self) -> String {
         let mut s = String::new();
+        s.push_str(if self.index { ",index=on" } else { ",index=off" });
         if self.redirect_dir {
             s.push_str(",redirect_dir=on");
-        }
-        if self.index {
-            s.push_str(",index=on");
         }
         if self.xino {
             s.push_str(",xino=on");
@@ -148,7 +147,9 @@ impl Policy {
             driver,
             dir_rename: match driver {
                 DriverKind::Aufs => DirRename::ExdevIfLowerChildren,
-                _ if ovl && overlay.redirect_dir => DirRename::Redirect,
+                // metacopy=on turns redirect_dir on when it is not set (kernel
+                // ovl_fs_params_verify), so renamed metacopy files keep their data.
+                _ if ovl && (overlay.redirect_dir || overlay.metacopy) => DirRename::Redirect,
                 _ => DirRename::ExdevIfLower,
             },
             metacopy: ovl && overlay.metacopy,

@@ -1,35 +1,61 @@
-//! The kernel-backed side of layerspec: which real backends this machine can run for each
-//! driver, and (as they land) the drivers themselves, implementing
-//! [`layerspec_model::Driver`] like the model does.
+//! The kernel-backed side of layerspec: real drivers implementing
+//! [`layerspec_model::Driver`] like the model does, each in its own sandbox (a thread with a
+//! private mount namespace and a fresh driver root), and the probe of which backends this
+//! machine can run.
 //!
-//! ```
-//! use layerspec_model::DriverKind;
-//! for b in layerspec_real::backends_for(DriverKind::Overlay2) {
-//!     match &b.unavailable {
-//!         None => println!("{} can run", b.name),
-//!         Some(why) => println!("{} skipped: {why}", b.name),
-//!     }
-//! }
+//! ```no_run
+//! use layerspec_model::{Driver, DriverKind, OverlayOptions};
+//! let mut d = layerspec_real::open_backend(DriverKind::Overlay2, "kernel", OverlayOptions::default())
+//!     .expect("root and overlayfs");
+//! let obs = d.observe().unwrap();
+//! assert!(obs.storage.contains_key("overlay2/l"));
 //! ```
 #![deny(missing_docs)]
 
+mod changes;
+mod layer;
+mod observe;
+mod ops;
+mod overlay;
 mod probe;
+mod sandbox;
+mod sys;
 
+pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, Backend, HostFacts};
+pub use sandbox::{parse_size, sweep, BackingFs, Sandbox, PREFIX};
 
 use layerspec_model::{Driver, DriverKind, OverlayOptions};
 
-/// Opens a real driver of `kind` on `backend` (`kernel` or `fuse`) in a fresh sandbox, or
-/// says why it cannot run here.
-pub fn open_backend(
+/// Opens a real driver of `kind` on `backend` (`kernel` or `fuse`) over tmpfs, or says why
+/// it cannot run here.
+pub fn open_backend(kind: DriverKind, backend: &str, options: OverlayOptions) -> Result<Box<dyn Driver + Send>, String> {
+    open_backend_on(kind, backend, options, BackingFs::Tmpfs)
+}
+
+/// Like [`open_backend`], on the given backing filesystem.
+pub fn open_backend_on(
     kind: DriverKind,
     backend: &str,
     options: OverlayOptions,
+    backing: BackingFs,
 ) -> Result<Box<dyn Driver + Send>, String> {
-    let _ = options;
     match backends_for(kind).into_iter().find(|b| b.name == backend) {
-        None => Err(format!("{kind} has no `{backend}` backend")),
-        Some(Backend { unavailable: Some(why), .. }) => Err(why),
-        Some(_) => Err(format!("{kind} on {backend}: not built yet")),
+        None => return Err(format!("{kind} has no `{backend}` backend")),
+        Some(Backend { unavailable: Some(why), .. }) => return Err(why),
+        Some(_) => {}
     }
+    let imp = match backend {
+        "kernel" => Implementation::Kernel,
+        "fuse" => {
+            if options != OverlayOptions::default() {
+                return Err("fuse-overlayfs has no redirect_dir/index/metacopy/xino options".into());
+            }
+            Implementation::Fuse
+        }
+        _ => return Err(format!("backend `{backend}` is not built")),
+    };
+    OverlayDriver::new(kind, imp, options, backing)
+        .map(|d| Box::new(d) as Box<dyn Driver + Send>)
+        .map_err(|e| format!("cannot start a {backend} sandbox: {e}"))
 }

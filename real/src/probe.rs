@@ -63,14 +63,12 @@ pub struct Backend {
 /// The real backends DESIGN.md lists for `driver`, with this machine's verdict on each.
 pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
     let h = HostFacts::read();
-    let not_built = "the kernel-backed drivers are not built yet (issue 3); only the model runs";
     let need_root = (!h.root).then(|| "needs root (mount namespaces, mounts)".to_string());
     match driver {
         DriverKind::Overlay | DriverKind::Overlay2 => {
             let kernel = need_root
                 .clone()
-                .or_else(|| (!h.overlay).then(|| "/proc/filesystems has no overlay".into()))
-                .or_else(|| Some(not_built.into()));
+                .or_else(|| (!h.overlay).then(|| "/proc/filesystems has no overlay".into()));
             let mut v = vec![Backend {
                 name: "kernel",
                 unavailable: kernel,
@@ -80,7 +78,9 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
                     .or_else(|| {
                         (!h.fuse_overlayfs).then(|| "fuse-overlayfs is not installed".into())
                     })
-                    .or_else(|| Some(not_built.into()));
+                    .or_else(|| {
+                        (!Path::new("/dev/fuse").exists()).then(|| "/dev/fuse is missing".into())
+                    });
                 v.push(Backend {
                     name: "fuse",
                     unavailable: fuse,

@@ -1,0 +1,248 @@
+//! Docker's views of a real container's writable layer: the change list (moby
+//! `archive.OverlayChanges`), the diff a commit turns into a layer, and the bytes that were
+//! copied up.
+
+use crate::layer::is_whiteout;
+use crate::sys;
+use layerspec_model::{Change, ChangeKind, Content, Entry, EntryKind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn sorted(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    let mut v: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    v.sort_by_key(|e| e.file_name());
+    Ok(v)
+}
+
+fn opaque(p: &Path) -> bool {
+    sys::getxattr(p, "trusted.overlay.opaque", false).is_ok_and(|v| v == b"y")
+}
+
+/// moby's overlay change walker: `upper` against the lower layer directories (top first).
+pub fn overlay_changes(upper: &Path, lowers: &[std::path::PathBuf]) -> io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    let mut changed_dirs = BTreeSet::new();
+    walk_changes(upper, "", lowers, &mut changed_dirs, &mut out)?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn walk_changes(
+    dir: &Path,
+    rel: &str,
+    lowers: &[std::path::PathBuf],
+    changed_dirs: &mut BTreeSet<String>,
+    out: &mut Vec<Change>,
+) -> io::Result<()> {
+    for e in sorted(dir)? {
+        let p = e.path();
+        let path = format!("{rel}/{}", e.file_name().to_string_lossy());
+        let m = fs::symlink_metadata(&p)?;
+        let in_lower = |path: &str| lowers.iter().find_map(|l| fs::metadata(l.join(path.trim_start_matches('/'))).ok());
+        let kind = if is_whiteout(&m) || (m.is_dir() && opaque(&p) && in_lower(&path).is_some()) {
+            Some(ChangeKind::D)
+        } else {
+            match in_lower(&path) {
+                None => Some(ChangeKind::A),
+                Some(l) if l.is_dir() && m.is_dir() && same_dir(&l, &m) => None,
+                Some(_) => Some(ChangeKind::C),
+            }
+        };
+        if let Some(kind) = kind {
+            if m.is_dir() {
+                changed_dirs.insert(path.clone());
+            }
+            if kind != ChangeKind::C {
+                let parent = path.rsplit_once('/').map_or("", |(p, _)| p).to_string();
+                if !parent.is_empty() && changed_dirs.insert(parent.clone()) {
+                    out.push(Change { path: parent, kind: ChangeKind::C });
+                }
+            }
+            out.push(Change { path: path.clone(), kind });
+        }
+        if m.is_dir() {
+            walk_changes(&p, &path, lowers, changed_dirs, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// moby: a directory is unchanged when size, mode and mtime agree.
+fn same_dir(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.size() == b.size() && a.mode() == b.mode() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec()
+}
+
+/// The diff a commit carries, read from the writable layer `upper` (with file data read
+/// through `merged`, so metacopy files and redirected directories come whole): entries in
+/// walk order, whiteouts as whiteouts, `.wh.*` names turned into what a layer applier makes
+/// of them, hard links within the layer kept.
+pub fn diff_entries(upper: &Path, merged: &Path) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let root = fs::symlink_metadata(upper)?;
+    out.push(dir_entry("/", &root, false, user_xattrs(upper)?));
+    let mut links = BTreeMap::new();
+    diff_walk(upper, merged, "", &mut out, &mut links)?;
+    Ok(out)
+}
+
+fn dir_entry(path: &str, m: &fs::Metadata, opaque: bool, xattrs: BTreeMap<String, Vec<u8>>) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind: EntryKind::Dir { opaque },
+        mode: Some(m.mode() & 0o7777),
+        xattrs,
+    }
+}
+
+fn user_xattrs(p: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
+    let mut x = BTreeMap::new();
+    for n in sys::llistxattr(p)? {
+        if n.starts_with("user.") {
+            x.insert(n.clone(), sys::getxattr(p, &n, false)?);
+        }
+    }
+    Ok(x)
+}
+
+fn diff_walk(
+    upper: &Path,
+    merged: &Path,
+    rel: &str,
+    out: &mut Vec<Entry>,
+    links: &mut BTreeMap<(u64, u64), String>,
+) -> io::Result<()> {
+    let dir_index = out.len() - 1;
+    for e in sorted(&upper.join(rel.trim_start_matches('/')))? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = format!("{rel}/{name}");
+        let p = e.path();
+        let m = fs::symlink_metadata(&p)?;
+        if let Some(target) = name.strip_prefix(".wh.") {
+            if name == ".wh..wh..opq" {
+                if let EntryKind::Dir { opaque } = &mut out[dir_index].kind {
+                    *opaque = true;
+                }
+            } else if !target.starts_with(".wh.") && !target.is_empty() {
+                out.push(plain(format!("{rel}/{target}"), EntryKind::Whiteout));
+            }
+            continue;
+        }
+        if is_whiteout(&m) {
+            out.push(plain(path, EntryKind::Whiteout));
+        } else if m.is_dir() {
+            let redirect = sys::getxattr(&p, "trusted.overlay.redirect", false).is_ok();
+            out.push(dir_entry(&path, &m, opaque(&p) || redirect, user_xattrs(&p)?));
+            if redirect {
+                // The whole merged directory travels: its lower part is elsewhere.
+                merged_walk(merged, &path, out)?;
+            } else {
+                diff_walk(upper, merged, &path, out, links)?;
+            }
+        } else if m.file_type().is_symlink() {
+            out.push(plain(path, EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned())));
+        } else if let Some(first) = links.get(&(m.dev(), m.ino())) {
+            out.push(plain(path, EntryKind::HardLink(first.clone())));
+        } else {
+            links.insert((m.dev(), m.ino()), path.clone());
+            let data = fs::read(merged.join(path.trim_start_matches('/')))?;
+            out.push(Entry {
+                path,
+                kind: EntryKind::File(Content::Bytes(data)),
+                mode: Some(m.mode() & 0o7777),
+                xattrs: user_xattrs(&p)?,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn merged_walk(merged: &Path, rel: &str, out: &mut Vec<Entry>) -> io::Result<()> {
+    for e in sorted(&merged.join(rel.trim_start_matches('/')))? {
+        let path = format!("{rel}/{}", e.file_name().to_string_lossy());
+        let p = e.path();
+        let m = fs::symlink_metadata(&p)?;
+        if m.is_dir() {
+            out.push(dir_entry(&path, &m, false, user_xattrs(&p)?));
+            merged_walk(merged, &path, out)?;
+        } else if m.file_type().is_symlink() {
+            out.push(plain(path, EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned())));
+        } else {
+            out.push(Entry {
+                path,
+                kind: EntryKind::File(Content::Bytes(fs::read(&p)?)),
+                mode: Some(m.mode() & 0o7777),
+                xattrs: user_xattrs(&p)?,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn plain(path: String, kind: EntryKind) -> Entry {
+    Entry { path, kind, mode: None, xattrs: BTreeMap::new() }
+}
+
+/// Sizes of the regular files of every image layer, by (device, inode).
+pub fn lower_file_sizes(top: &Path, layer_dirs: &[(String, String)]) -> io::Result<BTreeMap<(u64, u64), u64>> {
+    let mut out = BTreeMap::new();
+    for (_, rel) in layer_dirs {
+        sizes(&top.join(rel), &mut out)?;
+    }
+    Ok(out)
+}
+
+fn sizes(dir: &Path, out: &mut BTreeMap<(u64, u64), u64>) -> io::Result<()> {
+    for e in sorted(dir)? {
+        let m = fs::symlink_metadata(e.path())?;
+        if m.is_dir() {
+            sizes(&e.path(), out)?;
+        } else if m.is_file() {
+            out.insert((m.dev(), m.ino()), m.size());
+        }
+    }
+    Ok(())
+}
+
+/// Bytes copied up into `upper`: for every upper regular file with data and an origin, the
+/// size of the lower file it came from. overlayfs reports the origin's inode number as the
+/// merged `st_ino` of a copied-up file (OVL6), which finds that lower file.
+pub fn copied_up_bytes(upper: &Path, merged: &Path, lower: &BTreeMap<(u64, u64), u64>) -> io::Result<u64> {
+    let by_ino: BTreeMap<u64, u64> = lower.iter().map(|((_, i), s)| (*i, *s)).collect();
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    copied_walk(upper, merged, "", &by_ino, &mut seen, &mut total)?;
+    Ok(total)
+}
+
+fn copied_walk(
+    upper: &Path,
+    merged: &Path,
+    rel: &str,
+    by_ino: &BTreeMap<u64, u64>,
+    seen: &mut BTreeSet<u64>,
+    total: &mut u64,
+) -> io::Result<()> {
+    for e in sorted(&upper.join(rel.trim_start_matches('/')))? {
+        let path = format!("{rel}/{}", e.file_name().to_string_lossy());
+        let m = fs::symlink_metadata(e.path())?;
+        if m.is_dir() {
+            copied_walk(upper, merged, &path, by_ino, seen, total)?;
+            continue;
+        }
+        let has_origin = sys::getxattr(&e.path(), "trusted.overlay.origin", false).is_ok();
+        let metacopy = sys::getxattr(&e.path(), "trusted.overlay.metacopy", false).is_ok();
+        if !m.is_file() || !has_origin || metacopy || !seen.insert(m.ino()) {
+            continue;
+        }
+        if let Ok(mm) = fs::symlink_metadata(merged.join(path.trim_start_matches('/'))) {
+            if let Some(size) = by_ino.get(&mm.ino()) {
+                *total += size;
+            }
+        }
+    }
+    Ok(())
+}

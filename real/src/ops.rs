@@ -1,0 +1,137 @@
+//! File steps run for real. The sandbox thread chroots into the container's merged root
+//! first, so every path (and every symlink in it, absolute targets and `..` included)
+//! resolves inside the container, exactly as for a process in it.
+
+use crate::sys;
+use layerspec_model::{Errno, FileOp, Kind, Outcome, StatInfo, Value};
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+fn errno(e: io::Error) -> Errno {
+    // An errno outside the spec's list is reported as EIO so the difference still shows.
+    sys::errno_of(&e).unwrap_or(Errno::EIO)
+}
+
+/// Runs one file step in the current (chrooted) root.
+pub fn run(op: &FileOp) -> Outcome {
+    run_io(op).map_err(errno)
+}
+
+fn run_io(op: &FileOp) -> io::Result<Value> {
+    let p = |s: &String| Path::new(s).to_path_buf();
+    Ok(match op {
+        FileOp::Create { path, mode } => {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode.unwrap_or(0o644))
+                .open(p(path))?;
+            Value::Unit
+        }
+        FileOp::Write { path, offset, data } => {
+            let mut f = fs::OpenOptions::new().write(true).open(p(path))?;
+            f.seek(SeekFrom::Start(*offset))?;
+            f.write_all(&data.materialize())?;
+            Value::Unit
+        }
+        FileOp::Append { path, data } => {
+            let mut f = fs::OpenOptions::new().append(true).open(p(path))?;
+            f.write_all(data)?;
+            Value::Unit
+        }
+        FileOp::Truncate { path, size } => {
+            // truncate(2), not an open: the spec's truncate step.
+            let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            truncate(&c, *size)?;
+            Value::Unit
+        }
+        FileOp::Read { path, offset, len } => {
+            let mut f = fs::File::open(p(path))?;
+            f.seek(SeekFrom::Start(*offset))?;
+            let mut buf = Vec::new();
+            match len {
+                Some(n) => {
+                    f.take(*n).read_to_end(&mut buf)?;
+                }
+                None => {
+                    f.read_to_end(&mut buf)?;
+                }
+            }
+            Value::Bytes(buf)
+        }
+        FileOp::Unlink { path } => {
+            fs::remove_file(p(path))?;
+            Value::Unit
+        }
+        FileOp::Mkdir { path, mode } => {
+            fs::DirBuilder::new().mode(mode.unwrap_or(0o755)).create(p(path))?;
+            Value::Unit
+        }
+        FileOp::Rmdir { path } => {
+            fs::remove_dir(p(path))?;
+            Value::Unit
+        }
+        FileOp::Rename { from, to } => {
+            fs::rename(p(from), p(to))?;
+            Value::Unit
+        }
+        FileOp::Link { from, to } => {
+            fs::hard_link(p(from), p(to))?;
+            Value::Unit
+        }
+        FileOp::Symlink { target, path } => {
+            std::os::unix::fs::symlink(target, p(path))?;
+            Value::Unit
+        }
+        FileOp::Readlink { path } => Value::Target(fs::read_link(p(path))?.to_string_lossy().into_owned()),
+        FileOp::Chmod { path, mode } => {
+            fs::set_permissions(p(path), fs::Permissions::from_mode(*mode))?;
+            Value::Unit
+        }
+        FileOp::Stat { path } => {
+            let m = fs::symlink_metadata(p(path))?;
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else if ft.is_char_device() {
+                Kind::Char
+            } else if ft.is_block_device() {
+                Kind::Block
+            } else {
+                Kind::File
+            };
+            Value::Stat(StatInfo {
+                kind,
+                size: m.size(),
+                mode: m.mode() & 0o7777,
+                nlink: m.nlink() as u32,
+            })
+        }
+        FileOp::Readdir { path } => {
+            let mut names: Vec<String> = fs::read_dir(p(path))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            names.sort();
+            Value::Names(names)
+        }
+        FileOp::Setxattr { path, name, value } => {
+            sys::setxattr(&p(path), name, Some(value))?;
+            Value::Unit
+        }
+        FileOp::Getxattr { path, name } => Value::Bytes(sys::getxattr(&p(path), name, true)?),
+        FileOp::Removexattr { path, name } => {
+            sys::setxattr(&p(path), name, None)?;
+            Value::Unit
+        }
+    })
+}
+
+fn truncate(path: &std::ffi::CStr, size: u64) -> io::Result<()> {
+    sys::truncate(path, size)
+}

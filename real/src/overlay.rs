@@ -1,0 +1,514 @@
+//! The real `overlay` and `overlay2` drivers on kernel overlayfs or on fuse-overlayfs, with
+//! Docker's on-disk layout exactly as the model renders it (`layerspec_model` layout.rs).
+
+use crate::changes;
+use crate::layer::{self, mkdir, write_file};
+use crate::observe;
+use crate::ops;
+use crate::sandbox::{BackingFs, Sandbox};
+use crate::sys::{self, Log};
+use layerspec_model::{
+    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry,
+    LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError, Value, DATA_ROOT,
+};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+
+/// Which overlayfs implementation mounts the containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// The host kernel's overlayfs.
+    Kernel,
+    /// fuse-overlayfs.
+    Fuse,
+}
+
+#[derive(Clone, Debug)]
+struct ContainerRec {
+    id: String,
+    image: Option<String>,
+}
+
+/// A real overlay or overlay2 driver root in its own sandbox.
+pub struct OverlayDriver {
+    kind: DriverKind,
+    imp: Implementation,
+    options: OverlayOptions,
+    layers: BTreeMap<String, Option<String>>,
+    containers: Vec<ContainerRec>,
+    fuse: Arc<Mutex<BTreeMap<String, Child>>>,
+    sandbox: Sandbox,
+}
+
+fn backend_err(what: &str, e: io::Error, log: &Log) -> DriverError {
+    DriverError::Backend(format!("{what}: {e} (last actions: {})", log.tail(4).join("; ")))
+}
+
+impl OverlayDriver {
+    /// A fresh driver root of `kind` (overlay or overlay2) on `backing`.
+    pub fn new(kind: DriverKind, imp: Implementation, options: OverlayOptions, backing: BackingFs) -> io::Result<Self> {
+        let sandbox = Sandbox::new(backing)?;
+        let name = kind.name();
+        sandbox.run(move |inside| -> io::Result<()> {
+            let top = inside.root.join(name);
+            let mode = if kind == DriverKind::Overlay2 { 0o710 } else { 0o700 };
+            mkdir(&mut inside.log, &top, mode)?;
+            if kind == DriverKind::Overlay2 {
+                mkdir(&mut inside.log, &top.join("l"), 0o700)?;
+            }
+            Ok(())
+        })?;
+        Ok(OverlayDriver {
+            kind,
+            imp,
+            options,
+            layers: BTreeMap::new(),
+            containers: Vec::new(),
+            fuse: Arc::new(Mutex::new(BTreeMap::new())),
+            sandbox,
+        })
+    }
+
+    fn chain(&self, top: Option<&str>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = top.map(String::from);
+        while let Some(id) = cur {
+            cur = self.layers.get(&id).cloned().flatten();
+            out.push(id);
+        }
+        out.reverse();
+        out
+    }
+
+    fn container(&self, id: Option<&str>) -> Result<ContainerRec, StepError> {
+        match id {
+            Some(id) => self
+                .containers
+                .iter()
+                .find(|c| c.id == id)
+                .cloned()
+                .ok_or_else(|| StepError::NoContainer(Some(id.to_string()))),
+            None => self.containers.last().cloned().ok_or(StepError::NoContainer(None)),
+        }
+    }
+
+    /// Where a container's merged root is, relative to the driver directory.
+    fn merged_rel(&self, c: &ContainerRec) -> String {
+        match (self.kind, c.image.is_some()) {
+            (_, true) => format!("{}/merged", c.id),
+            (DriverKind::Overlay2, false) => format!("{}/diff", c.id),
+            _ => format!("{}/root", c.id),
+        }
+    }
+
+    /// Builds a layer (from a scenario or a commit) in the driver's layout.
+    fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
+        if self.layers.contains_key(&spec.id) {
+            return Err(StepError::LayerExists(spec.id.clone()).into());
+        }
+        if let Some(p) = &spec.parent {
+            if !self.layers.contains_key(p) {
+                return Err(StepError::NoLayer(p.clone()).into());
+            }
+        }
+        let kind = self.kind;
+        let lower = self.chain(spec.parent.as_deref());
+        let parent = lower.last().cloned();
+        let id = spec.id.clone();
+        self.sandbox
+            .run(move |inside| -> Result<(), DriverError> {
+                let top = inside.root.join(kind.name());
+                let log = &mut inside.log;
+                let r = (|| -> io::Result<()> {
+                    match kind {
+                        DriverKind::Overlay2 => {
+                            let dir = overlay2_skeleton(log, &top, &spec.id, &lower)?;
+                            mkdir(log, &dir.join("diff"), 0o755)?;
+                            layer::write_entries(log, &dir.join("diff"), &spec)?;
+                        }
+                        _ => {
+                            let dir = top.join(&spec.id);
+                            mkdir(log, &dir, 0o700)?;
+                            let root = dir.join("root");
+                            match lower.last() {
+                                Some(parent) => {
+                                    let proot = top.join(parent).join("root");
+                                    mkdir(log, &root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
+                                    layer::farm_copy(log, &proot, &root)?;
+                                    let staged = dir.join("staged-diff");
+                                    mkdir(log, &staged, 0o755)?;
+                                    layer::write_entries(log, &staged, &spec)?;
+                                    let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
+                                    fs::set_permissions(&root, fs::Permissions::from_mode(m))?;
+                                    layer::apply_diff(log, &staged, &root)?;
+                                    log.note(format!("rm -r {}", staged.display()));
+                                    fs::remove_dir_all(&staged)?;
+                                }
+                                None => {
+                                    mkdir(log, &root, 0o755)?;
+                                    layer::write_entries(log, &root, &spec)?;
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                })();
+                r.map_err(|e| backend_err(&format!("building layer `{}`", spec.id), e, log))
+            })?;
+        self.layers.insert(id, parent);
+        Ok(())
+    }
+
+    fn create_container(&mut self, id: &str, image: Option<&str>) -> Result<(), DriverError> {
+        if self.containers.iter().any(|c| c.id == id) || self.layers.contains_key(id) {
+            return Err(StepError::ContainerExists(id.to_string()).into());
+        }
+        if let Some(i) = image {
+            if !self.layers.contains_key(i) {
+                return Err(StepError::NoLayer(i.to_string()).into());
+            }
+        }
+        let rec = ContainerRec {
+            id: id.to_string(),
+            image: image.map(String::from),
+        };
+        let kind = self.kind;
+        let chain = self.chain(image);
+        let id2 = id.to_string();
+        self.sandbox.run(move |inside| -> Result<(), DriverError> {
+            let top = inside.root.join(kind.name());
+            let log = &mut inside.log;
+            let r = (|| -> io::Result<()> {
+                match kind {
+                    DriverKind::Overlay2 => {
+                        let dir = overlay2_skeleton(log, &top, &id2, &chain)?;
+                        mkdir(log, &dir.join("diff"), 0o755)?;
+                        if !chain.is_empty() {
+                            mkdir(log, &dir.join("merged"), 0o700)?;
+                        }
+                    }
+                    _ => {
+                        let dir = top.join(&id2);
+                        mkdir(log, &dir, 0o700)?;
+                        match chain.last() {
+                            Some(image) => {
+                                write_file(log, &dir.join("lower-id"), 0o644, image.as_bytes())?;
+                                let rootmode = fs::symlink_metadata(top.join(image).join("root"))?.mode() & 0o7777;
+                                mkdir(log, &dir.join("upper"), rootmode)?;
+                                mkdir(log, &dir.join("work"), 0o700)?;
+                                mkdir(log, &dir.join("merged"), 0o700)?;
+                            }
+                            None => mkdir(log, &dir.join("root"), 0o755)?,
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            r.map_err(|e| backend_err(&format!("creating container `{id2}`"), e, log))
+        })?;
+        self.containers.push(rec.clone());
+        if image.is_some() {
+            self.mount(&rec)?;
+        }
+        Ok(())
+    }
+
+    fn mount(&self, c: &ContainerRec) -> Result<(), DriverError> {
+        let kind = self.kind;
+        let imp = self.imp;
+        let options = self.options;
+        let chain = self.chain(c.image.as_deref());
+        let id = c.id.clone();
+        let fuse = Arc::clone(&self.fuse);
+        self.sandbox.run(move |inside| -> Result<(), DriverError> {
+            let top = inside.root.join(kind.name());
+            let root_s = inside.root.display().to_string();
+            let data = overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount");
+            let merged = PathBuf::from(format!("{id}/merged"));
+            let log = &mut inside.log;
+            let r = (|| -> io::Result<()> {
+                // overlay2 mounts from the driver root with relative `l/` paths, as Docker
+                // does to keep the data within a page; classic mount(2) data, no fsconfig.
+                sys::chdir(&top)?;
+                match imp {
+                    Implementation::Kernel => sys::mount(log, "overlay", &merged, "overlay", &data),
+                    Implementation::Fuse => {
+                        let fuse_data = fuse_options(&data);
+                        let mut cmd = Command::new("fuse-overlayfs");
+                        cmd.arg("-f").arg("-o").arg(&fuse_data).arg(&merged).current_dir(&top);
+                        unsafe_pre_exec(&mut cmd);
+                        log.note(format!("{cmd:?}"));
+                        let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+                        wait_mounted(&top.join(&merged), child, &id, &fuse)
+                    }
+                }
+            })();
+            r.map_err(|e| backend_err(&format!("mounting container `{id}`"), e, log))
+        })
+    }
+
+    fn unmount(&self, c: &ContainerRec) -> Result<(), DriverError> {
+        if c.image.is_none() {
+            return Ok(());
+        }
+        let kind = self.kind;
+        let id = c.id.clone();
+        let fuse = Arc::clone(&self.fuse);
+        self.sandbox.run(move |inside| -> Result<(), DriverError> {
+            let merged = inside.root.join(kind.name()).join(&id).join("merged");
+            let r = sys::umount(&mut inside.log, &merged, false);
+            if let Some(mut child) = fuse.lock().expect("fuse map").remove(&id) {
+                let _ = child.wait();
+            }
+            r.map_err(|e| backend_err(&format!("unmounting `{id}`"), e, &inside.log))
+        })
+    }
+
+    fn file_op(&self, c: &ContainerRec, op: layerspec_model::FileOp) -> Outcome {
+        let root_rel = format!("{}/{}", self.kind.name(), self.merged_rel(c));
+        self.sandbox.run(move |inside| {
+            let root = inside.root.join(&root_rel);
+            if let Err(e) = inside.real_root.enter(&root) {
+                panic!("cannot chroot into {}: {e}", root.display());
+            }
+            let out = ops::run(&op);
+            inside.real_root.leave().expect("leave chroot");
+            out
+        })
+    }
+
+    fn commit(&mut self, c: &ContainerRec, layer: &str) -> Result<(), DriverError> {
+        if self.layers.contains_key(layer) {
+            return Err(StepError::LayerExists(layer.to_string()).into());
+        }
+        let kind = self.kind;
+        let upper_rel = match (kind, c.image.is_some()) {
+            (DriverKind::Overlay2, _) => format!("{}/diff", c.id),
+            (_, true) => format!("{}/upper", c.id),
+            _ => format!("{}/root", c.id),
+        };
+        let merged_rel = self.merged_rel(c);
+        let (id, parent) = (layer.to_string(), c.image.clone());
+        let entries = self.sandbox.run(move |inside| -> io::Result<Vec<Entry>> {
+            let top = inside.root.join(kind.name());
+            changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))
+        });
+        let entries = entries.map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
+        self.write_layer(LayerSpec { id, parent, entries })
+    }
+
+    fn changes(&self, c: &ContainerRec) -> Result<Vec<layerspec_model::Change>, DriverError> {
+        let kind = self.kind;
+        let chain = self.chain(c.image.as_deref());
+        let (id, has_image) = (c.id.clone(), c.image.is_some());
+        self.sandbox
+            .run(move |inside| -> io::Result<Vec<layerspec_model::Change>> {
+                let top = inside.root.join(kind.name());
+                let (upper, lowers): (PathBuf, Vec<PathBuf>) = match kind {
+                    DriverKind::Overlay2 => (
+                        top.join(&id).join("diff"),
+                        chain.iter().rev().map(|l| top.join(l).join("diff")).collect(),
+                    ),
+                    _ if has_image => (
+                        top.join(&id).join("upper"),
+                        chain.last().map(|l| vec![top.join(l).join("root")]).unwrap_or_default(),
+                    ),
+                    _ => (top.join(&id).join("root"), Vec::new()),
+                };
+                changes::overlay_changes(&upper, &lowers)
+            })
+            .map_err(|e| DriverError::Backend(format!("computing changes: {e}")))
+    }
+}
+
+/// `overlay2/<id>` with `link`, `l/<short>`, `lower` and `work` (when it has a parent), and
+/// `committed` in the parent (moby overlay2 `create`).
+fn overlay2_skeleton(log: &mut Log, top: &Path, id: &str, lower: &[String]) -> io::Result<PathBuf> {
+    let dir = top.join(id);
+    mkdir(log, &dir, 0o710)?;
+    let short = short_name(id);
+    log.note(format!("ln -s ../{id}/diff l/{short}"));
+    symlink(format!("../{id}/diff"), top.join("l").join(&short))?;
+    write_file(log, &dir.join("link"), 0o644, short.as_bytes())?;
+    if let Some(parent) = lower.last() {
+        let l: Vec<String> = lower.iter().rev().map(|p| format!("l/{}", short_name(p))).collect();
+        write_file(log, &dir.join("lower"), 0o644, l.join(":").as_bytes())?;
+        mkdir(log, &dir.join("work"), 0o700)?;
+        let committed = top.join(parent).join("committed");
+        if fs::symlink_metadata(&committed).is_err() {
+            write_file(log, &committed, 0o600, b"")?;
+        }
+    }
+    Ok(dir)
+}
+
+/// fuse-overlayfs takes lowerdir/upperdir/workdir only; the kernel's feature options are not
+/// its own.
+fn fuse_options(data: &str) -> String {
+    data.split(',')
+        .filter(|o| o.starts_with("lowerdir=") || o.starts_with("upperdir=") || o.starts_with("workdir="))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn unsafe_pre_exec(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when our thread dies, so a
+    // fuse daemon never outlives the sandbox.
+    unsafe {
+        cmd.pre_exec(sys::die_with_parent);
+    }
+}
+
+fn wait_mounted(merged: &Path, mut child: Child, id: &str, fuse: &Mutex<BTreeMap<String, Child>>) -> io::Result<()> {
+    let parent_dev = fs::metadata(merged.parent().expect("has parent"))?.dev();
+    for _ in 0..500 {
+        if fs::metadata(merged).is_ok_and(|m| m.dev() != parent_dev) {
+            fuse.lock().expect("fuse map").insert(id.to_string(), child);
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(io::Error::other(format!("fuse-overlayfs exited ({status}): {}", err.trim())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    Err(io::Error::other("fuse-overlayfs did not mount within 5 s"))
+}
+
+impl Driver for OverlayDriver {
+    fn kind(&self) -> DriverKind {
+        self.kind
+    }
+
+    fn backend(&self) -> &'static str {
+        match self.imp {
+            Implementation::Kernel => "kernel",
+            Implementation::Fuse => "fuse",
+        }
+    }
+
+    fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
+        self.write_layer(spec.clone())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
+        match op {
+            Op::File { container, op } => {
+                let c = self.container(container.as_deref())?;
+                Ok(self.file_op(&c, op.clone()))
+            }
+            Op::CreateContainer { id, image } => {
+                self.create_container(id, image.as_deref())?;
+                Ok(Ok(Value::Unit))
+            }
+            Op::RemoveContainer { id } => {
+                let c = self.container(Some(id))?;
+                self.unmount(&c)?;
+                let kind = self.kind;
+                let id2 = id.clone();
+                self.sandbox
+                    .run(move |inside| -> io::Result<()> {
+                        let top = inside.root.join(kind.name());
+                        inside.log.note(format!("rm -r {id2}"));
+                        fs::remove_dir_all(top.join(&id2))?;
+                        if kind == DriverKind::Overlay2 {
+                            fs::remove_file(top.join("l").join(short_name(&id2)))?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| DriverError::Backend(format!("removing `{id}`: {e}")))?;
+                self.containers.retain(|x| x.id != *id);
+                Ok(Ok(Value::Unit))
+            }
+            Op::Commit { container, layer } => {
+                let c = self.container(container.as_deref())?;
+                self.commit(&c, layer)?;
+                Ok(Ok(Value::Unit))
+            }
+            Op::Remount { container } => {
+                let c = self.container(container.as_deref())?;
+                self.unmount(&c)?;
+                if c.image.is_some() {
+                    self.mount(&c)?;
+                }
+                Ok(Ok(Value::Unit))
+            }
+            Op::Changes { container } => {
+                let c = self.container(container.as_deref())?;
+                Ok(Ok(Value::Changes(self.changes(&c)?)))
+            }
+        }
+    }
+
+    fn observe(&mut self) -> Result<Observation, DriverError> {
+        let kind = self.kind;
+        let options = self.options;
+        let containers: Vec<(ContainerRec, String, Vec<String>)> = self
+            .containers
+            .iter()
+            .map(|c| (c.clone(), self.merged_rel(c), self.chain(c.image.as_deref())))
+            .collect();
+        let layer_dirs: Vec<(String, String)> = self
+            .layers
+            .keys()
+            .map(|l| {
+                let sub = if kind == DriverKind::Overlay2 { "diff" } else { "root" };
+                (l.clone(), format!("{l}/{sub}"))
+            })
+            .collect();
+        self.sandbox
+            .run(move |inside| -> io::Result<Observation> {
+                let top = inside.root.join(kind.name());
+                let (storage, inodes_used) = observe::storage(&top, kind.name())?;
+                let mut merged = BTreeMap::new();
+                let mut accounting = Accounting {
+                    inodes_used,
+                    ..Accounting::default()
+                };
+                let lower_sizes = changes::lower_file_sizes(&top, &layer_dirs)?;
+                for (c, merged_rel, chain) in &containers {
+                    let root = top.join(merged_rel);
+                    merged.insert(c.id.clone(), observe::merged_view(&root)?);
+                    let upper = match (kind, c.image.is_some()) {
+                        (DriverKind::Overlay2, _) => top.join(&c.id).join("diff"),
+                        (_, true) => top.join(&c.id).join("upper"),
+                        _ => top.join(&c.id).join("root"),
+                    };
+                    let copied = if c.image.is_some() {
+                        changes::copied_up_bytes(&upper, &root, &lower_sizes)?
+                    } else {
+                        0
+                    };
+                    accounting.copied_up_bytes.insert(c.id.clone(), copied);
+                    if let Some(data) = overlay_mount_data(kind, options, chain, &c.id, DATA_ROOT) {
+                        accounting.mount_data_len.insert(c.id.clone(), data.len());
+                    }
+                }
+                Ok(Observation {
+                    merged,
+                    storage,
+                    accounting,
+                })
+            })
+            .map_err(|e| DriverError::Backend(format!("observing: {e}")))
+    }
+}
+
+impl Drop for OverlayDriver {
+    fn drop(&mut self) {
+        for c in self.containers.clone().iter().rev() {
+            let _ = self.unmount(c);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! A sandbox: one OS thread with its own mount namespace (root made private), a fresh
+//! temporary directory, and a backing filesystem mounted there. Every real side effect of a
+//! driver runs on that thread. Nothing outlives it: on drop the thread unmounts and exits,
+//! the namespace dies with it, and the host directory is removed; after a SIGKILL the
+//! namespace dies with the process and [`sweep`] removes what is left at the next start.
+
+use crate::sys::{self, Log, RootFd};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Once;
+use std::thread::JoinHandle;
+
+/// Name prefix of everything a sandbox creates on the host.
+pub const PREFIX: &str = "layerspec-";
+
+/// The filesystem under the driver root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackingFs {
+    /// tmpfs.
+    Tmpfs,
+    /// ext4 on a loop device over a sparse file, with an optional inode count (`-N`).
+    Ext4 {
+        /// Size, e.g. `"256M"`.
+        size: String,
+        /// Inode count.
+        inodes: Option<u64>,
+    },
+    /// xfs on a loop device.
+    Xfs {
+        /// Size.
+        size: String,
+    },
+}
+
+/// What a job sees on the sandbox thread.
+pub struct Inside {
+    /// The mounted backing filesystem's root (inside the namespace).
+    pub root: PathBuf,
+    /// The side-effect log.
+    pub log: Log,
+    /// The real root, to leave chroots.
+    pub real_root: RootFd,
+}
+
+type Job = Box<dyn FnOnce(&mut Inside) + Send>;
+
+/// A running sandbox.
+pub struct Sandbox {
+    tx: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    host_dir: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+impl Sandbox {
+    /// Starts a sandbox with `backing` mounted at its root.
+    pub fn new(backing: BackingFs) -> io::Result<Sandbox> {
+        SWEEP.call_once(|| {
+            let _ = sweep();
+        });
+        let host_dir = std::env::temp_dir().join(format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir(&host_dir)?;
+        let (tx, rx) = channel::<Job>();
+        let (ready_tx, ready_rx) = channel::<io::Result<()>>();
+        let dir = host_dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("layerspec-sandbox".into())
+            .spawn(move || {
+                let mut inside = match setup(&dir, &backing) {
+                    Ok(i) => {
+                        let _ = ready_tx.send(Ok(()));
+                        i
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    job(&mut inside);
+                }
+                let _ = inside.real_root.leave();
+                let _ = sys::umount(&mut inside.log, &inside.root, true);
+            })?;
+        let sandbox = Sandbox {
+            tx: Some(tx),
+            thread: Some(thread),
+            host_dir,
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(sandbox),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::other("sandbox thread died while starting")),
+        }
+    }
+
+    /// Runs `f` on the sandbox thread and returns its result.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce(&mut Inside) -> R + Send + 'static) -> R {
+        let (tx, rx) = channel();
+        let job: Job = Box::new(move |inside| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inside)));
+            let _ = inside.real_root.leave();
+            let _ = tx.send(r);
+        });
+        self.tx
+            .as_ref()
+            .expect("sandbox running")
+            .send(job)
+            .expect("sandbox thread alive");
+        match rx.recv().expect("sandbox thread answers") {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// The sandbox's directory on the host (empty there: its contents live in the namespace).
+    pub fn host_dir(&self) -> &Path {
+        &self.host_dir
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.host_dir);
+    }
+}
+
+fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
+    let mut log = Log::default();
+    sys::private_mount_namespace(&mut log)?;
+    // Opened after unshare: a root fd from the old namespace would lead back into its
+    // mount tree, where the sandbox's mounts are not.
+    let real_root = RootFd::open()?;
+    let root = dir.join("mnt");
+    std::fs::create_dir(&root)?;
+    match backing {
+        BackingFs::Tmpfs => sys::mount(&mut log, "tmpfs", &root, "tmpfs", "mode=0755")?,
+        BackingFs::Ext4 { size, inodes } => {
+            let img = dir.join("backing.img");
+            make_image(&img, size)?;
+            let mut mkfs = Command::new("mkfs.ext4");
+            mkfs.args(["-q", "-F", "-E", "nodiscard", "-O", "^has_journal"]);
+            if let Some(n) = inodes {
+                mkfs.args(["-N", &n.to_string()]);
+            }
+            run(&mut log, mkfs.arg(&img))?;
+            run(&mut log, Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&root))?;
+        }
+        BackingFs::Xfs { size } => {
+            let img = dir.join("backing.img");
+            make_image(&img, size)?;
+            run(&mut log, Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img))?;
+            run(&mut log, Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&root))?;
+        }
+    }
+    Ok(Inside { root, log, real_root })
+}
+
+fn make_image(img: &Path, size: &str) -> io::Result<()> {
+    let bytes = parse_size(size).ok_or_else(|| io::Error::other(format!("bad size `{size}`")))?;
+    std::fs::File::create(img)?.set_len(bytes)
+}
+
+/// `"256M"` -> bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mult)
+}
+
+/// Runs a helper program from the sandbox thread (so it shares the namespace).
+pub fn run(log: &mut Log, cmd: &mut Command) -> io::Result<()> {
+    log.note(format!("{cmd:?}"));
+    let out = cmd.output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Removes what killed runs left: sandbox directories of processes that no longer exist,
+/// and loop devices backed by files in them. Returns what it removed.
+pub fn sweep() -> io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut log = Log::default();
+    let tmp = std::env::temp_dir();
+    let dead = |name: &str| -> bool {
+        name.strip_prefix(PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !sys::pid_alive(pid))
+    };
+    // Loop devices first: their backing files live in the directories.
+    if let Ok(entries) = std::fs::read_dir("/sys/block") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+                continue;
+            };
+            let backing = backing.trim();
+            let in_dead = Path::new(backing)
+                .strip_prefix(&tmp)
+                .ok()
+                .and_then(|r| r.components().next())
+                .is_some_and(|c| dead(&c.as_os_str().to_string_lossy()));
+            if in_dead && sys::loop_detach(&mut log, &Path::new("/dev").join(&name)).is_ok() {
+                removed.push(format!("/dev/{name} ({backing})"));
+            }
+        }
+    }
+    for e in std::fs::read_dir(&tmp)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if dead(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path().display().to_string());
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}

@@ -1,0 +1,209 @@
+//! Every `unsafe` call and raw system call of layerspec: mount namespaces, mounts, chroot,
+//! device nodes, xattrs, loop devices. Each one that changes something is logged through
+//! [`Log`], so a failing run shows what it did to the real layers.
+
+#![allow(unsafe_code)]
+
+use layerspec_model::Errno;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// A record of the side effects a sandbox made, in order.
+#[derive(Debug, Default)]
+pub struct Log {
+    lines: Vec<String>,
+}
+
+impl Log {
+    /// Records one action.
+    pub fn note(&mut self, line: impl Into<String>) {
+        self.lines.push(line.into());
+    }
+
+    /// The last `n` actions, for error reports.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        self.lines[self.lines.len().saturating_sub(n)..].to_vec()
+    }
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The errno of an I/O error, if the spec knows it.
+pub fn errno_of(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().and_then(Errno::from_number)
+}
+
+/// Gives the calling thread its own mount namespace with every mount private, its own
+/// root, cwd and umask (`CLONE_FS`), and umask 0 so modes are taken as given.
+pub fn private_mount_namespace(log: &mut Log) -> io::Result<()> {
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS) })?;
+    let root = CString::new("/").expect("no NUL");
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })?;
+    unsafe { libc::umask(0) };
+    log.note("unshare(CLONE_NEWNS|CLONE_FS); mount --make-rprivate /; umask 0");
+    Ok(())
+}
+
+/// `mount(source, target, fstype, 0, data)`.
+pub fn mount(log: &mut Log, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()> {
+    let (s, t, f, d) = (
+        CString::new(source)?,
+        cpath(target)?,
+        CString::new(fstype)?,
+        CString::new(data)?,
+    );
+    log.note(format!("mount -t {fstype} {source} {} -o {data}", target.display()));
+    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) })
+}
+
+/// `umount2(target, flags)`.
+pub fn umount(log: &mut Log, target: &Path, detach: bool) -> io::Result<()> {
+    let t = cpath(target)?;
+    log.note(format!("umount {}{}", target.display(), if detach { " (lazy)" } else { "" }));
+    check(unsafe { libc::umount2(t.as_ptr(), if detach { libc::MNT_DETACH } else { 0 }) })
+}
+
+/// An overlayfs whiteout as a layer builder makes it: `mknod(path, S_IFCHR | 0, 0)`.
+pub fn mknod_whiteout(log: &mut Log, path: &Path) -> io::Result<()> {
+    let p = cpath(path)?;
+    log.note(format!("mknod {} c 0 0", path.display()));
+    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) })
+}
+
+/// `lsetxattr` (no symlink following).
+pub fn lsetxattr(log: &mut Log, path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let (p, n) = (cpath(path)?, CString::new(name)?);
+    log.note(format!("setfattr -h -n {name} -v {:?} {}", String::from_utf8_lossy(value), path.display()));
+    check(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+}
+
+/// `setxattr` / `removexattr` (following symlinks), as a step runs it.
+pub fn setxattr(path: &Path, name: &str, value: Option<&[u8]>) -> io::Result<()> {
+    let (p, n) = (cpath(path)?, CString::new(name)?);
+    match value {
+        Some(v) => check(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) }),
+        None => check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }),
+    }
+}
+
+/// `getxattr` (following) or `lgetxattr`.
+pub fn getxattr(path: &Path, name: &str, follow: bool) -> io::Result<Vec<u8>> {
+    let (p, n) = (cpath(path)?, CString::new(name)?);
+    let mut buf = vec![0u8; 65536];
+    let r = unsafe {
+        if follow {
+            libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        } else {
+            libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// `llistxattr`: every xattr name of `path` (no symlink following), sorted.
+pub fn llistxattr(path: &Path) -> io::Result<Vec<String>> {
+    let p = cpath(path)?;
+    let mut buf = vec![0u8; 65536];
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    let mut names: Vec<String> = buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A file descriptor of the real root, kept to leave a chroot.
+pub struct RootFd(libc::c_int);
+
+impl RootFd {
+    /// Opens `/` (before any chroot).
+    pub fn open() -> io::Result<RootFd> {
+        let r = unsafe { libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RootFd(r))
+    }
+
+    /// Makes `dir` the calling thread's root and cwd: paths resolve inside it, absolute
+    /// symlinks and `..` included, as in a container.
+    pub fn enter(&self, dir: &Path) -> io::Result<()> {
+        self.leave()?;
+        let d = cpath(dir)?;
+        check(unsafe { libc::chroot(d.as_ptr()) })?;
+        check(unsafe { libc::chdir(c"/".as_ptr()) })
+    }
+
+    /// Back to the real root.
+    pub fn leave(&self) -> io::Result<()> {
+        check(unsafe { libc::fchdir(self.0) })?;
+        check(unsafe { libc::chroot(c".".as_ptr()) })?;
+        check(unsafe { libc::chdir(c"/".as_ptr()) })
+    }
+}
+
+impl Drop for RootFd {
+    fn drop(&mut self) {
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Changes the thread's cwd (mounts with relative `l/` paths are made from the driver root).
+pub fn chdir(dir: &Path) -> io::Result<()> {
+    let d = cpath(dir)?;
+    check(unsafe { libc::chdir(d.as_ptr()) })
+}
+
+/// Asks the kernel to SIGKILL a child when the thread that started it dies (`pre_exec`).
+pub fn die_with_parent() -> io::Result<()> {
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })
+}
+
+/// Whether process `pid` exists.
+pub fn pid_alive(pid: u32) -> bool {
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Detaches loop device `dev` (`LOOP_CLR_FD`).
+pub fn loop_detach(log: &mut Log, dev: &Path) -> io::Result<()> {
+    const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+    let f = std::fs::File::open(dev)?;
+    log.note(format!("losetup -d {}", dev.display()));
+    use std::os::fd::AsRawFd;
+    check(unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD as _, 0) })
+}
+
+/// `truncate(2)`.
+pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
+    check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) })
+}
