@@ -138,6 +138,7 @@ impl Container {
             let new = out.alloc(Inode {
                 body,
                 origin: None,
+                impure: false,
                 version: 0,
                 ..inode.clone()
             });
@@ -171,6 +172,7 @@ impl Container {
             let new = out.alloc(Inode {
                 body,
                 origin: None,
+                impure: false,
                 version: 0,
                 ..inode
             });
@@ -280,6 +282,7 @@ fn diff_as_layer(image: &Tree, fs: &Tree) -> Tree {
                     let n = out.alloc(Inode {
                         body,
                         origin: None,
+                        impure: false,
                         version: 0,
                         ..src.clone()
                     });

@@ -3,7 +3,7 @@
 use crate::lower::{LowerStack, NodeId};
 use crate::params::Policy;
 use crate::tree::{Ino, Tree};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// A merged dentry: what a name resolves to in the union.
@@ -46,9 +46,20 @@ pub struct Container {
     pub copied_up_bytes: u64,
     /// Lower hard-linked inodes copied up, by (layer, inode).
     pub index: BTreeMap<(usize, Ino), IndexEntry>,
-    /// Whether any whiteout was made by the filesystem (overlayfs then keeps one shared
-    /// whiteout inode in `work/work`).
+    /// Whether a whiteout was made since the last mount: overlayfs then keeps the shared
+    /// whiteout inode in `work/work` (which every mount empties).
     pub made_whiteout: bool,
+    /// The mount generation: bumped by every remount.
+    pub generation: u32,
+    /// Whiteouts made as links of the shared whiteout, with the mount generation whose
+    /// shared inode they link.
+    pub shared_whiteouts: BTreeMap<Ino, u32>,
+    /// Whiteouts the upper filesystem made itself (rename with `RENAME_WHITEOUT`): not
+    /// links of the shared whiteout.
+    pub own_whiteouts: BTreeSet<Ino>,
+    /// overlay driver: how many image-layer roots in the driver hold each lower file, by
+    /// (layer id, inode): its farm of hard links (DOCK1).
+    pub farm_roots: Arc<BTreeMap<(String, Ino), u32>>,
 }
 
 impl Container {
@@ -75,6 +86,10 @@ impl Container {
             copied_up_bytes: 0,
             index: BTreeMap::new(),
             made_whiteout: false,
+            generation: 0,
+            shared_whiteouts: BTreeMap::new(),
+            own_whiteouts: BTreeSet::new(),
+            farm_roots: Arc::new(BTreeMap::new()),
         };
         // The upper root is the merged root: give it the image root's attributes.
         if !c.lower.is_empty() {
@@ -84,6 +99,12 @@ impl Container {
             r.version = 0;
         }
         c
+    }
+
+    /// Unmount and mount again: everything on disk stays, `work/work` is emptied.
+    pub fn remount(&mut self) {
+        self.generation += 1;
+        self.made_whiteout = false;
     }
 
     /// The root dentry.

@@ -65,10 +65,14 @@ impl Container {
             ino: node.ino,
         };
         let src = self.lower.inode(l).clone();
+        // overlayfs records no origin for a hard-linked lower file unless index=on (seen
+        // here; overlay's layer farms make every image file hard-linked): without it,
+        // metadata-only copy-up is not possible either.
+        let keeps_origin = src.is_dir() || self.stat(d).nlink <= 1 || self.policy.keep_hard_links;
         let body = match src.body {
             Body::Dir { .. } => empty_dir(false),
             Body::File { data, .. } => {
-                let meta_only = how == CopyUp::Meta && self.policy.metacopy;
+                let meta_only = how == CopyUp::Meta && self.policy.metacopy && keeps_origin;
                 if !meta_only {
                     self.copied_up_bytes += data.len() as u64;
                 }
@@ -82,13 +86,16 @@ impl Container {
         let hard_linked = matches!(body, Body::File { .. }) && src.nlink > 1;
         let ino = self.upper.alloc(Inode {
             body,
-            origin: Some(origin),
+            origin: keeps_origin.then_some(origin),
             version: 0,
             ..src
         });
         self.upper.attach(parent, name, ino);
         self.upper.get_mut(ino).version = 0;
-        self.upper.get_mut(parent).version = parent_version;
+        // The kernel marks the parent impure on every copy-up into it (seen here).
+        let p = self.upper.get_mut(parent);
+        p.impure = true;
+        p.version = parent_version;
         if hard_linked && self.policy.keep_hard_links {
             self.index.insert(
                 (origin.layer, origin.ino),

@@ -18,6 +18,7 @@ impl Container {
             let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
             self.upper.attach(parent, name, wh);
             self.made_whiteout = true;
+            self.shared_whiteouts.insert(wh, self.generation);
         } else {
             self.upper.detach(parent, name);
         }
@@ -152,6 +153,9 @@ impl Container {
         let (_, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
         let ino = src.upper.expect("copied up");
         let (parent, name) = self.new_name_parent(to)?;
+        if self.upper.get(ino).origin.is_some() {
+            self.upper.get_mut(parent).impure = true;
+        }
         self.add_name(parent, &name, ino);
         Ok(())
     }
@@ -215,6 +219,7 @@ impl Container {
         // Checks done; from here on nothing fails.
         let from_lower_has = self.lower_has(rf.parent(), &from_name);
         let to_lower_has = self.lower_has(rt.parent(), &to_name);
+        let to_parent_merged = rt.parent().lower.is_some();
         let src_merged = src_is_dir && src.lower.is_some();
         let mut dirs = rf.dirs;
         let (from_parent, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
@@ -224,10 +229,20 @@ impl Container {
         self.upper
             .move_entry(from_parent, &from_name, to_parent, &to_name);
         if from_lower_has {
+            // rename(RENAME_WHITEOUT): the upper filesystem makes this whiteout itself, not
+            // as a link of the shared one.
             let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
             self.upper.attach(from_parent, &from_name, wh);
-            self.made_whiteout = true;
+            self.own_whiteouts.insert(wh);
         }
+        let moved_origin = self.upper.get(moved).origin.is_some() || src_merged;
+        if from_parent != to_parent && moved_origin {
+            let v = self.upper.get(to_parent).version;
+            let p = self.upper.get_mut(to_parent);
+            p.impure = true;
+            p.version = v + 1;
+        }
+        let same_parent = from_parent == to_parent;
         if let Body::Dir {
             redirect, opaque, ..
         } = &mut self.upper.get_mut(moved).body
@@ -235,7 +250,13 @@ impl Container {
             if src_merged && self.policy.dir_rename == DirRename::Redirect {
                 // redirect_dir=on: the moved directory points back at its lower origin.
                 if redirect.is_none() {
-                    *redirect = Some(pf.clone());
+                    *redirect = Some(if same_parent { from_name.clone() } else { pf.clone() });
+                }
+            } else if self.policy.driver.is_overlayfs() {
+                // overlayfs marks a pure upper directory opaque when it moves into a merged
+                // directory (ovl_rename), so nothing of the image shows through it later.
+                if to_parent_merged && !src_merged {
+                    *opaque = true;
                 }
             } else if to_lower_has {
                 // A directory that never had lower contents must not merge with what the

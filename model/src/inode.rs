@@ -85,9 +85,10 @@ impl Container {
             }
         }
         if let (None, Some(l), true) = (d.upper, d.lower, self.policy.farm_links) {
-            // Every layer root from the one that made the file up to the image links it.
+            // Every layer root in the driver that holds the file links it.
             let n = self.lower.node(l);
-            let roots = (self.lower.layers().len() - n.layer) as u32;
+            let key = (self.lower.layers()[n.layer].id.clone(), n.ino);
+            let roots = self.farm_roots.get(&key).copied().unwrap_or(1);
             return inode.nlink * roots;
         }
         inode.nlink

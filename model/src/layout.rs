@@ -116,7 +116,7 @@ fn render_tree(
     tree: &Tree,
     enc: Encoding,
     ident: &str,
-    whiteout_key: Option<&str>,
+    whiteout_key: Option<SharedWhiteout>,
 ) {
     render_dir(disk, at, tree, ROOT, enc, ident, whiteout_key);
 }
@@ -128,7 +128,7 @@ fn render_dir(
     dir: Ino,
     enc: Encoding,
     ident: &str,
-    wk: Option<&str>,
+    wk: Option<SharedWhiteout>,
 ) {
     let Some(children) = tree.get(dir).children() else {
         return;
@@ -140,13 +140,13 @@ fn render_dir(
         match &inode.body {
             Body::Whiteout => match enc {
                 Encoding::Overlay => {
-                    disk.add(path, wk.map(String::from).or(key), entry("whiteout", 0));
+                    disk.add(path, shared(wk, ino).or(key), entry("whiteout", 0));
                 }
                 Encoding::Aufs => {
                     let mut e = entry("file", 0o444);
                     e.size = Some(0);
                     e.content = Some(content_text(b""));
-                    disk.add(format!("{at}/.wh.{name}"), wk.map(String::from).or(key), e);
+                    disk.add(format!("{at}/.wh.{name}"), shared(wk, ino).or(key), e);
                 }
             },
             Body::Dir {
@@ -166,20 +166,7 @@ fn render_dir(
                         e.xattrs
                             .insert("trusted.overlay.origin".into(), "<handle>".into());
                     }
-                    let impure = inode.children().is_some_and(|c| {
-                        c.values().any(|&i| {
-                            let ci = tree.get(i);
-                            ci.origin.is_some() && !ci.is_dir()
-                                || matches!(
-                                    ci.body,
-                                    Body::Dir {
-                                        redirect: Some(_),
-                                        ..
-                                    }
-                                )
-                        })
-                    });
-                    if impure {
+                    if inode.impure {
                         e.xattrs.insert("trusted.overlay.impure".into(), "y".into());
                     }
                 }
@@ -188,7 +175,7 @@ fn render_dir(
                     let mut m = entry("file", 0o444);
                     m.size = Some(0);
                     m.content = Some(content_text(b""));
-                    disk.add(format!("{path}/.wh..wh..opq"), wk.map(String::from), m);
+                    disk.add(format!("{path}/.wh..wh..opq"), wk.map(|w| w.key.to_string()), m);
                 }
                 render_dir(disk, &path, tree, ino, enc, ident, wk);
             }
@@ -280,6 +267,23 @@ pub fn overlay_mount_data(
     }
 }
 
+/// The inode a filesystem's own whiteouts share (`key`, plus the mount generation that made
+/// them for overlayfs), and the whiteouts that do not share it.
+#[derive(Clone, Copy)]
+struct SharedWhiteout<'a> {
+    key: &'a str,
+    except: &'a std::collections::BTreeSet<Ino>,
+    generations: Option<&'a BTreeMap<Ino, u32>>,
+}
+
+fn shared(wk: Option<SharedWhiteout>, ino: Ino) -> Option<String> {
+    let w = wk.filter(|w| !w.except.contains(&ino))?;
+    Some(match w.generations {
+        Some(g) => format!("{}:{}", w.key, g.get(&ino)?),
+        None => w.key.to_string(),
+    })
+}
+
 fn container_whiteout_key(c: &Container) -> String {
     format!("whiteout:{}", c.id)
 }
@@ -326,7 +330,7 @@ fn aufs(store: &Store, disk: &mut Disk) {
             &c.upper,
             Encoding::Aufs,
             &format!("c:{}", c.id),
-            Some(&wk),
+            Some(SharedWhiteout { key: &wk, except: &c.own_whiteouts, generations: None }),
         );
         write_layers(disk, &c.id, c.image.as_deref());
     }
@@ -408,22 +412,12 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     disk.dir(format!("{at}/{upper}"), 0o755);
     let root = c.upper.get(ROOT);
     let mut r = entry("dir", root.mode);
-    let impure = root.children().is_some_and(|ch| {
-        ch.values().any(|&i| {
-            let ci = c.upper.get(i);
-            ci.origin.is_some() && !ci.is_dir()
-                || matches!(
-                    ci.body,
-                    Body::Dir {
-                        redirect: Some(_),
-                        ..
-                    }
-                )
-        })
-    });
-    if impure {
+    if root.impure {
         r.xattrs.insert("trusted.overlay.impure".into(), "y".into());
     }
+    // The kernel records the upper layer's filesystem uuid on the upper root at mount time
+    // (uuid=on, the default since 6.6).
+    r.xattrs.insert("trusted.overlay.uuid".into(), "<uuid>".into());
     disk.add(format!("{at}/{upper}"), None, r);
     render_tree(
         disk,
@@ -431,27 +425,34 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
         &c.upper,
         Encoding::Overlay,
         &format!("c:{}", c.id),
-        Some(&wk),
+        Some(SharedWhiteout { key: &wk, except: &c.own_whiteouts, generations: Some(&c.shared_whiteouts) }),
     );
     disk.dir(format!("{at}/work"), 0o700);
     disk.dir(format!("{at}/work/work"), 0o0);
     if c.made_whiteout {
-        disk.add(
-            format!("{at}/work/work/#whiteout"),
-            Some(wk),
-            entry("whiteout", 0),
-        );
+        let key = format!("{wk}:{}", c.generation);
+        disk.add(format!("{at}/work/work/#whiteout"), Some(key), entry("whiteout", 0));
     }
     if c.policy.keep_hard_links {
-        disk.dir(format!("{at}/work/index"), 0o0);
-        for ((layer, ino), e) in &c.index {
-            let mut f = entry("file", c.upper.get(e.upper).mode);
-            f.size = Some(c.upper.get(e.upper).size());
-            disk.add(
-                format!("{at}/work/index/#origin-{layer}-{ino}"),
-                Some(format!("c:{}:{}", c.id, e.upper)),
-                f,
-            );
+        // index=on: the upper root records the lower root it belongs with, `work/index`
+        // the upper root, and every indexed copy-up is hard-linked there by origin handle
+        // with its overlay link count relative to the upper one (`U+n`).
+        if let Some((_, root)) = disk.entries.get_mut(&format!("{at}/{upper}")) {
+            root.xattrs.insert("trusted.overlay.origin".into(), "<handle>".into());
+        }
+        let mut index_dir = entry("dir", 0o0);
+        index_dir.xattrs.insert("trusted.overlay.upper".into(), "<handle>".into());
+        disk.add(format!("{at}/work/index"), None, index_dir);
+        let paths: BTreeMap<Ino, String> = c.upper.paths().into_iter().map(|(p, i)| (i, p)).collect();
+        for (n, ((layer, ino), e)) in c.index.iter().enumerate() {
+            let lower_nlink = c.lower.layer_inode(*layer, *ino).nlink;
+            let nlink = format!("U{:+}", i64::from(lower_nlink) - i64::from(e.names_gone) - 1);
+            let Some(path) = paths.get(&e.upper) else { continue };
+            let key = format!("{at}/{upper}{path}");
+            let Some((ident, upper_entry)) = disk.entries.get_mut(&key) else { continue };
+            upper_entry.xattrs.insert("trusted.overlay.nlink".into(), nlink);
+            let (ident, f) = (ident.clone(), upper_entry.clone());
+            disk.entries.insert(format!("{at}/work/index/#index-{n}"), (ident, f));
         }
     }
     disk.dir(format!("{at}/merged"), 0o700);

@@ -56,6 +56,7 @@ mod path;
 mod readdir;
 mod step;
 mod store;
+mod thin;
 mod tree;
 
 pub use check::{applies as check_applies, evaluate as evaluate_check, upper_dir, Check};
@@ -74,4 +75,12 @@ pub use step::{
     Op, Outcome, StatInfo, Value,
 };
 pub use store::{StepError, Store};
+pub use thin::units::{self as thin_units, BlockSize, PoolBlock, Sectors, ThinId, VirtBlock};
+pub use thin::{
+    check_thin_invariants, valid_sources, BadParams, BlockData, BlockTime, DeviceObservation,
+    DiscardMode, Features, MappedRange, Mapping, MappingMemory, NoSpaceMode, Piece, PoolMode,
+    PoolObservation, PoolParams, PoolStatus, Stamp, StatusError, ThinCheck, ThinDriver, ThinOp,
+    ThinOutcome, ThinPool, ThinStatus, ThinValue, DEFAULT_METADATA_BLOCKS, DEFAULT_THIN_SECTORS,
+    THIN_INVARIANTS,
+};
 pub use tree::{Body, Ino, Inode, Origin, Tree};

@@ -81,7 +81,11 @@ impl Container {
                     let lower = if *opaque {
                         None
                     } else if let Some(r) = redirect {
-                        self.lower.lookup(r)
+                        if r.starts_with('/') {
+                            self.lower.lookup(r)
+                        } else {
+                            dir.lower.and_then(|l| self.lower.child(l, r))
+                        }
                     } else {
                         dir.lower.and_then(|l| self.lower.child(l, name))
                     };

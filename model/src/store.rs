@@ -173,6 +173,29 @@ impl Store {
     fn insert_layer(&mut self, layer: Layer) {
         self.layer_order.push(layer.id.clone());
         self.layers.insert(layer.id.clone(), Arc::new(layer));
+        self.refresh_farm_roots();
+    }
+
+    /// overlay driver: counts, for every file of every layer, the layer roots (hard-link
+    /// farms) that hold it, and hands the counts to the containers (their lower files'
+    /// `st_nlink`).
+    fn refresh_farm_roots(&mut self) {
+        if !Policy::new(self.driver, self.options).farm_links {
+            return;
+        }
+        let mut roots: BTreeMap<(String, Ino), u32> = BTreeMap::new();
+        for id in self.layer_order.clone() {
+            let stack = self.stack(Some(&id));
+            let mut seen = std::collections::BTreeSet::new();
+            count_files(&stack, LowerStack::ROOT, &mut seen);
+            for key in seen {
+                *roots.entry(key).or_default() += 1;
+            }
+        }
+        let roots = Arc::new(roots);
+        for c in self.containers.values_mut() {
+            c.farm_roots = Arc::clone(&roots);
+        }
     }
 
     /// The transition: runs `op`, returning its outcome; on an errno nothing has changed.
@@ -193,7 +216,15 @@ impl Store {
                 }
                 let stack = self.stack(image.as_deref());
                 let policy = Policy::new(self.driver, self.options);
-                let c = Container::new(id, image.clone(), stack, policy);
+                let mut c = Container::new(id, image.clone(), stack, policy);
+                if let Some(other) = self.containers.values().next() {
+                    c.farm_roots = Arc::clone(&other.farm_roots);
+                } else if policy.farm_links {
+                    self.containers.insert(id.clone(), c);
+                    self.container_order.push(id.clone());
+                    self.refresh_farm_roots();
+                    return Ok(Ok(Value::Unit));
+                }
                 self.containers.insert(id.clone(), c);
                 self.container_order.push(id.clone());
                 Ok(Ok(Value::Unit))
@@ -216,8 +247,8 @@ impl Store {
                 Ok(Ok(Value::Unit))
             }
             Op::Remount { container } => {
-                // Everything the model holds is what is on disk: a remount keeps it all.
-                self.container(container.as_deref())?;
+                let id = self.container_id(container.as_deref())?;
+                self.containers.get_mut(&id).expect("exists").remount();
                 Ok(Ok(Value::Unit))
             }
             Op::Changes { container } => {
@@ -350,4 +381,20 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
         t.attach(cur, last, ino);
     }
     Ok(t)
+}
+
+/// The regular files a layer root shows, by (layer id, inode).
+fn count_files(stack: &LowerStack, node: crate::lower::NodeId, out: &mut std::collections::BTreeSet<(String, Ino)>) {
+    if let Some(children) = &stack.node(node).children {
+        for &c in children.values() {
+            let n = stack.node(c);
+            match stack.inode(c).body {
+                Body::File { .. } => {
+                    out.insert((stack.layers()[n.layer].id.clone(), n.ino));
+                }
+                Body::Dir { .. } => count_files(stack, c, out),
+                _ => {}
+            }
+        }
+    }
 }

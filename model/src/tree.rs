@@ -33,7 +33,8 @@ pub enum Body {
         children: BTreeMap<String, Ino>,
         /// Hides the lower layers' entries below this directory.
         opaque: bool,
-        /// overlayfs `redirect_dir`: the lower directory (absolute path) this one continues.
+        /// overlayfs `redirect_dir`: the lower directory this one continues, as the kernel
+        /// writes it: a bare name when renamed within its parent, else an absolute path.
         redirect: Option<String>,
     },
     /// A regular file.
@@ -62,6 +63,10 @@ pub struct Inode {
     pub nlink: u32,
     /// The lower inode this one was copied up from.
     pub origin: Option<Origin>,
+    /// overlayfs `trusted.overlay.impure`: this upper directory may hold entries that were
+    /// copied up or moved in, so readdir must look up their real inode numbers. Set by the
+    /// kernel and never cleared.
+    pub impure: bool,
     /// Monotonic change counter, bumped on every change of this inode's data, metadata or
     /// entries; Docker's change walker compares it in place of mtime.
     pub version: u64,
@@ -258,6 +263,7 @@ pub fn new_inode(mode: u32, body: Body) -> Inode {
         body,
         nlink: 0,
         origin: None,
+        impure: false,
         version: 0,
     }
 }

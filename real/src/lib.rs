@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod changes;
+mod copy_up;
 mod layer;
 mod observe;
 mod ops;

@@ -153,6 +153,7 @@ fn storage_entry(p: &Path, m: &fs::Metadata) -> io::Result<StorageEntry> {
             let shown = match name.as_str() {
                 "trusted.overlay.origin" | "trusted.overlay.upper" => "<handle>".to_string(),
                 "trusted.overlay.metacopy" => String::new(),
+                "trusted.overlay.uuid" => "<uuid>".to_string(),
                 _ if name.starts_with("user.") || name.starts_with("trusted.overlay.") => {
                     String::from_utf8_lossy(&v).into_owned()
                 }

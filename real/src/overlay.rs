@@ -2,6 +2,7 @@
 //! Docker's on-disk layout exactly as the model renders it (`layerspec_model` layout.rs).
 
 use crate::changes;
+use crate::copy_up;
 use crate::layer::{self, mkdir, write_file};
 use crate::observe;
 use crate::ops;
@@ -43,6 +44,8 @@ pub struct OverlayDriver {
     layers: BTreeMap<String, Option<String>>,
     containers: Vec<ContainerRec>,
     fuse: Arc<Mutex<BTreeMap<String, Child>>>,
+    /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
+    copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)>,
     sandbox: Sandbox,
 }
 
@@ -71,6 +74,7 @@ impl OverlayDriver {
             layers: BTreeMap::new(),
             containers: Vec::new(),
             fuse: Arc::new(Mutex::new(BTreeMap::new())),
+            copied: BTreeMap::new(),
             sandbox,
         })
     }
@@ -270,17 +274,48 @@ impl OverlayDriver {
         })
     }
 
-    fn file_op(&self, c: &ContainerRec, op: layerspec_model::FileOp) -> Outcome {
+    fn file_op(&mut self, c: &ContainerRec, op: layerspec_model::FileOp) -> Outcome {
         let root_rel = format!("{}/{}", self.kind.name(), self.merged_rel(c));
-        self.sandbox.run(move |inside| {
+        let upper_rel = format!("{}/{}", self.kind.name(), self.upper_rel(c));
+        let mounted = c.image.is_some();
+        let counted = self.copied.entry(c.id.clone()).or_default().clone();
+        let (out, copied) = self.sandbox.run(move |inside| {
             let root = inside.root.join(&root_rel);
-            if let Err(e) = inside.real_root.enter(&root) {
-                panic!("cannot chroot into {}: {e}", root.display());
-            }
-            let out = ops::run(&op);
+            let upper = inside.root.join(&upper_rel);
+            let enter = |inside: &mut crate::sandbox::Inside| {
+                if let Err(e) = inside.real_root.enter(&root) {
+                    panic!("cannot chroot into {}: {e}", root.display());
+                }
+            };
+            enter(inside);
+            let watch = if mounted { copy_up::before(&op) } else { None };
             inside.real_root.leave().expect("leave chroot");
-            out
-        })
+            let pre = watch.as_ref().map(|w| copy_up::in_upper(&upper, &w.before));
+            enter(inside);
+            let out = ops::run(&op);
+            let after = watch.as_ref().and_then(|w| w.after_path(&op));
+            inside.real_root.leave().expect("leave chroot");
+            let copied = match (watch, pre, after) {
+                (Some(w), Some(pre), Some(after)) => copy_up::measure(&upper, &w, pre, &after, &counted),
+                _ => None,
+            };
+            (out, copied)
+        });
+        if let Some((ino, bytes)) = copied {
+            let set = self.copied.get_mut(&c.id).expect("entry made above");
+            set.0.insert(ino);
+            set.1 += bytes;
+        }
+        out
+    }
+
+    /// Where a container's writable layer is, relative to the driver directory.
+    fn upper_rel(&self, c: &ContainerRec) -> String {
+        match (self.kind, c.image.is_some()) {
+            (DriverKind::Overlay2, _) => format!("{}/diff", c.id),
+            (_, true) => format!("{}/upper", c.id),
+            _ => format!("{}/root", c.id),
+        }
     }
 
     fn commit(&mut self, c: &ContainerRec, layer: &str) -> Result<(), DriverError> {
@@ -459,7 +494,8 @@ impl Driver for OverlayDriver {
             .iter()
             .map(|c| (c.clone(), self.merged_rel(c), self.chain(c.image.as_deref())))
             .collect();
-        let layer_dirs: Vec<(String, String)> = self
+        let copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)> = self.copied.clone();
+        let _layer_dirs: Vec<(String, String)> = self
             .layers
             .keys()
             .map(|l| {
@@ -470,26 +506,24 @@ impl Driver for OverlayDriver {
         self.sandbox
             .run(move |inside| -> io::Result<Observation> {
                 let top = inside.root.join(kind.name());
-                let (storage, inodes_used) = observe::storage(&top, kind.name())?;
+                // The driver's directory as it is on disk, without the containers' mounts.
+                let view = inside.root.parent().expect("sandbox dir").join("view");
+                if fs::symlink_metadata(&view).is_err() {
+                    fs::create_dir(&view)?;
+                }
+                sys::bind(&mut inside.log, &inside.root, &view)?;
+                let listed = observe::storage(&view.join(kind.name()), kind.name());
+                sys::umount(&mut inside.log, &view, false)?;
+                let (storage, inodes_used) = listed?;
                 let mut merged = BTreeMap::new();
                 let mut accounting = Accounting {
                     inodes_used,
                     ..Accounting::default()
                 };
-                let lower_sizes = changes::lower_file_sizes(&top, &layer_dirs)?;
                 for (c, merged_rel, chain) in &containers {
                     let root = top.join(merged_rel);
                     merged.insert(c.id.clone(), observe::merged_view(&root)?);
-                    let upper = match (kind, c.image.is_some()) {
-                        (DriverKind::Overlay2, _) => top.join(&c.id).join("diff"),
-                        (_, true) => top.join(&c.id).join("upper"),
-                        _ => top.join(&c.id).join("root"),
-                    };
-                    let copied = if c.image.is_some() {
-                        changes::copied_up_bytes(&upper, &root, &lower_sizes)?
-                    } else {
-                        0
-                    };
+                    let copied = copied.get(&c.id).map_or(0, |(_, b)| *b);
                     accounting.copied_up_bytes.insert(c.id.clone(), copied);
                     if let Some(data) = overlay_mount_data(kind, options, chain, &c.id, DATA_ROOT) {
                         accounting.mount_data_len.insert(c.id.clone(), data.len());

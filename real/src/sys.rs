@@ -76,6 +76,14 @@ pub fn mount(log: &mut Log, source: &str, target: &Path, fstype: &str, data: &st
     check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) })
 }
 
+/// A non-recursive bind mount: `target` shows `source`'s filesystem without the mounts
+/// on top of it, so the driver's directories read as they are on disk.
+pub fn bind(log: &mut Log, source: &Path, target: &Path) -> io::Result<()> {
+    let (s, t) = (cpath(source)?, cpath(target)?);
+    log.note(format!("mount --bind {} {}", source.display(), target.display()));
+    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })
+}
+
 /// `umount2(target, flags)`.
 pub fn umount(log: &mut Log, target: &Path, detach: bool) -> io::Result<()> {
     let t = cpath(target)?;

@@ -1,0 +1,73 @@
+//! Measuring copy-up on the real side: which steps made the kernel copy a file's data into
+//! the writable layer, and how many bytes. overlayfs leaves no record of that (a hard-linked
+//! lower file is copied up without an origin xattr), so each step that may copy up is
+//! watched: the file's size through the merged view and whether the upper layer held its
+//! data, before and after.
+
+use crate::sys;
+use layerspec_model::FileOp;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What is watched for one step.
+pub struct Watch {
+    /// The file's canonical path in the container before the step.
+    pub before: PathBuf,
+    /// Its size through the merged view before the step.
+    pub size: u64,
+}
+
+fn canonical(path: &str, follow: bool) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if follow {
+        return fs::canonicalize(p).ok();
+    }
+    let parent = fs::canonicalize(p.parent()?).ok()?;
+    Some(parent.join(p.file_name()?))
+}
+
+/// Inside the container's root: the file a copying step acts on, if any.
+pub fn before(op: &FileOp) -> Option<Watch> {
+    let (path, follow) = match op {
+        FileOp::Write { path, .. }
+        | FileOp::Append { path, .. }
+        | FileOp::Truncate { path, .. }
+        | FileOp::Chmod { path, .. }
+        | FileOp::Setxattr { path, .. }
+        | FileOp::Removexattr { path, .. } => (path, true),
+        FileOp::Link { from, .. } | FileOp::Rename { from, .. } => (from, false),
+        _ => return None,
+    };
+    let before = canonical(path, follow)?;
+    let m = fs::symlink_metadata(&before).ok()?;
+    m.is_file().then_some(Watch { before, size: m.size() })
+}
+
+impl Watch {
+    /// Inside the container's root, after the step: where the file is now.
+    pub fn after_path(&self, op: &FileOp) -> Option<PathBuf> {
+        match op {
+            FileOp::Rename { to, .. } => canonical(to, false),
+            _ => Some(self.before.clone()),
+        }
+    }
+}
+
+/// Outside: whether the upper layer holds the data of the file at `p` (container path).
+pub fn in_upper(upper: &Path, p: &Path) -> bool {
+    let u = upper.join(p.strip_prefix("/").unwrap_or(p));
+    fs::symlink_metadata(&u).is_ok_and(|m| m.is_file())
+        && sys::getxattr(&u, "trusted.overlay.metacopy", false).is_err()
+}
+
+/// Outside, after the step: the upper inode and the bytes copied, when the step brought the
+/// file's data up and it was not counted before (a second name of an indexed inode).
+pub fn measure(upper: &Path, w: &Watch, pre: bool, after: &Path, counted: &(BTreeSet<u64>, u64)) -> Option<(u64, u64)> {
+    if pre || !in_upper(upper, after) {
+        return None;
+    }
+    let m = fs::symlink_metadata(upper.join(after.strip_prefix("/").unwrap_or(after))).ok()?;
+    (!counted.0.contains(&m.ino())).then_some((m.ino(), w.size))
+}
