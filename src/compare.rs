@@ -18,10 +18,16 @@ pub fn diff_observations(model: &Observation, real: &Observation) -> Vec<String>
             (Some(m), Some(r)) => {
                 diff_maps(&format!("merged {c}"), &m.entries, &r.entries, &mut out);
                 if m.hard_links != r.hard_links {
-                    out.push(format!("merged {c}: hard links: model {:?}, real {:?}", m.hard_links, r.hard_links));
+                    out.push(format!(
+                        "merged {c}: hard links: model {:?}, real {:?}",
+                        m.hard_links, r.hard_links
+                    ));
                 }
             }
-            (m, _) => out.push(format!("container {c}: only the {} has it", if m.is_some() { "model" } else { "real driver" })),
+            (m, _) => out.push(format!(
+                "container {c}: only the {} has it",
+                if m.is_some() { "model" } else { "real driver" }
+            )),
         }
     }
     diff_maps("storage", &model.storage, &real.storage, &mut out);
@@ -46,9 +52,13 @@ fn diff_maps<V: PartialEq + serde::Serialize>(
         let show = |v: &V| serde_json::to_string(v).unwrap_or_default();
         match (model.get(k), real.get(k)) {
             (Some(m), Some(r)) if m == r => {}
-            (Some(m), Some(r)) => out.push(format!("{what} {k}: model {}, real {}", show(m), show(r))),
+            (Some(m), Some(r)) => {
+                out.push(format!("{what} {k}: model {}, real {}", show(m), show(r)))
+            }
             (Some(m), None) => out.push(format!("{what} {k}: only in the model: {}", show(m))),
-            (None, Some(r)) => out.push(format!("{what} {k}: only in the real driver: {}", show(r))),
+            (None, Some(r)) => {
+                out.push(format!("{what} {k}: only in the real driver: {}", show(r)))
+            }
             (None, None) => {}
         }
     }

@@ -18,6 +18,7 @@
 //! image = "base"
 //! [trace]
 //! steps = [
+//!   { op = "create", path = "/etc/new" },
 //!   { op = "write", path = "/etc/new", data = "hi" },
 //!   { op = "read", path = "/etc/new", returns = "hi" },
 //! ]
@@ -30,6 +31,7 @@
 
 pub mod claims;
 pub mod compare;
+pub mod fuzz;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -47,6 +47,9 @@ enum Cmd {
         /// Files or directories (default: scenarios/).
         paths: Vec<PathBuf>,
     },
+    /// Replay generated traces on the model and a backend; write each divergence, shrunk,
+    /// as a scenario file. Exit 0: none, 1: divergences, 2: the backend cannot run.
+    Fuzz(layerspec::fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn default_paths(p: Vec<PathBuf>) -> Vec<PathBuf> {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Fuzz(args) => Ok(ExitCode::from(layerspec::fuzz::main(&args))),
         Cmd::Check { paths } => {
             let files = suite::discover(&paths).map_err(anyhow::Error::msg)?;
             let (ok, errs) = suite::load(&files);
@@ -131,15 +135,19 @@ fn real_main() -> Result<ExitCode> {
                 if !model_only {
                     for m in &model {
                         for (backend, status) in suite::real_backends(m.driver) {
-                            outcomes.push(Outcome {
-                                scenario: m.scenario.clone(),
-                                driver: m.driver,
-                                backend,
-                                result: RunResult {
-                                    status,
-                                    observation: None,
+                            let o = match status {
+                                Status::Skip(_) => Outcome {
+                                    scenario: m.scenario.clone(),
+                                    driver: m.driver,
+                                    backend,
+                                    result: RunResult {
+                                        status,
+                                        observation: None,
+                                    },
                                 },
-                            });
+                                _ => suite::run_real(s, m.driver, &backend, Some(&m.result)),
+                            };
+                            outcomes.push(o);
                         }
                     }
                 }

@@ -8,6 +8,10 @@ use layerspec_model::{
 };
 use serde::Serialize;
 
+mod thin;
+
+pub use thin::run_thin;
+
 /// How a scenario went on one driver and backend.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "status", content = "detail")]
@@ -33,18 +37,8 @@ pub struct RunResult {
 pub fn run(scenario: &Scenario, driver: &mut dyn Driver) -> RunResult {
     let kind = driver.kind();
     let backend = driver.backend();
-    if let Some(s) = scenario
-        .steps
-        .iter()
-        .find(|s| matches!(s.action, Action::Thin(_)))
-    {
-        return RunResult {
-            status: Status::Skip(format!(
-                "step {} is a thin-pool step; the block-level thin-pool model is not built yet",
-                s.index
-            )),
-            observation: None,
-        };
+    if let Some(pool) = &scenario.options.pool {
+        return thin::run_on(scenario, pool, driver);
     }
     let fail = |msg: String| RunResult {
         status: Status::Fail(msg),
@@ -93,7 +87,7 @@ fn run_step(
     containers: &mut Vec<(String, bool)>,
 ) -> Result<(), String> {
     match &step.action {
-        Action::Thin(_) => Err("thin-pool steps need the thin-pool model".into()),
+        Action::Thin(_) => Err("thin-pool steps run only in a scenario with a `[pool]`".into()),
         Action::Check { container, checks } => {
             let (id, has_image) = match container {
                 Some(c) => containers

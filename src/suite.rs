@@ -76,11 +76,80 @@ pub fn run_model(s: &Scenario, only: Option<&[DriverKind]>) -> Vec<Outcome> {
         .collect()
 }
 
+/// The backing filesystem a scenario asks for, for the real side.
+pub fn backing(s: &Scenario) -> layerspec_real::BackingFs {
+    use crate::scenario::Backing;
+    let size = s.options.size.clone().unwrap_or_else(|| "256M".into());
+    match s.options.backing {
+        Backing::Tmpfs => layerspec_real::BackingFs::Tmpfs,
+        Backing::Ext4 => layerspec_real::BackingFs::Ext4 {
+            size,
+            inodes: s.options.inodes,
+        },
+        Backing::Xfs => layerspec_real::BackingFs::Xfs { size },
+    }
+}
+
+/// Runs one scenario on a real backend: the file's expectations first, then the real
+/// final observation against the model's (`model`, from [`run_model`]).
+pub fn run_real(
+    s: &Scenario,
+    driver: DriverKind,
+    backend: &str,
+    model: Option<&RunResult>,
+) -> Outcome {
+    let outcome = |status| Outcome {
+        scenario: s.name(),
+        driver,
+        backend: backend.to_string(),
+        result: RunResult {
+            status,
+            observation: None,
+        },
+    };
+    let mut real =
+        match layerspec_real::open_backend_on(driver, backend, s.options.overlay, backing(s)) {
+            Ok(d) => d,
+            Err(why) => return outcome(Status::Skip(why)),
+        };
+    let result = run(s, real.as_mut());
+    drop(real);
+    let (Status::Pass, Some(obs)) = (&result.status, &result.observation) else {
+        return Outcome {
+            scenario: s.name(),
+            driver,
+            backend: backend.to_string(),
+            result,
+        };
+    };
+    if let Some(m) = model.and_then(|m| m.observation.as_ref()) {
+        let diff = crate::compare::diff_observations(m, obs);
+        if !diff.is_empty() {
+            let mut msg = format!(
+                "the real observation differs from the model's at the end ({} differences):",
+                diff.len()
+            );
+            for d in diff.iter().take(12) {
+                msg.push_str("\n    ");
+                msg.push_str(d);
+            }
+            return outcome(Status::Fail(msg));
+        }
+    }
+    Outcome {
+        scenario: s.name(),
+        driver,
+        backend: backend.to_string(),
+        result,
+    }
+}
+
 /// The real backends for `driver` and, for each one this machine cannot run, why.
 pub fn real_backends(driver: DriverKind) -> Vec<(String, Status)> {
     layerspec_real::backends_for(driver)
         .into_iter()
         .map(|b| {
+            // `Pass` here only means "can run": callers run it (see `run_real`).
             let status = match b.unavailable {
                 Some(reason) => Status::Skip(reason),
                 None => Status::Pass,

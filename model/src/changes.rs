@@ -291,7 +291,8 @@ fn diff_as_layer(image: &Tree, fs: &Tree) -> Tree {
                 }
             }
         };
-        if out.child(parent, &name).is_none() {
+        // A later entry replaces an earlier one of the same name, as in a tar.
+        if out.child(parent, &name) != Some(new) {
             out.attach(parent, &name, new);
         }
     }
@@ -304,8 +305,10 @@ fn ensure_dirs(out: &mut Tree, fs: &Tree, path: &str) -> Ino {
     for name in crate::path::components(path) {
         p = crate::path::join(&p, name);
         cur = match out.child(cur, name) {
-            Some(i) => i,
-            None => {
+            Some(i) if out.get(i).is_dir() => i,
+            // Missing, or a whiteout a `.wh.` name made: a later tar entry below it makes
+            // the directory (the applier replaces what is there).
+            _ => {
                 let mode = fs.lookup(&p).map_or(0o755, |i| fs.get(i).mode);
                 let n = out.alloc(new_inode(mode, empty_dir(false)));
                 out.attach(cur, name, n);

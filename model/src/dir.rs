@@ -250,7 +250,11 @@ impl Container {
             if src_merged && self.policy.dir_rename == DirRename::Redirect {
                 // redirect_dir=on: the moved directory points back at its lower origin.
                 if redirect.is_none() {
-                    *redirect = Some(if same_parent { from_name.clone() } else { pf.clone() });
+                    *redirect = Some(if same_parent {
+                        from_name.clone()
+                    } else {
+                        pf.clone()
+                    });
                 }
             } else if self.policy.driver.is_overlayfs() {
                 // overlayfs marks a pure upper directory opaque when it moves into a merged

@@ -175,7 +175,11 @@ fn render_dir(
                     let mut m = entry("file", 0o444);
                     m.size = Some(0);
                     m.content = Some(content_text(b""));
-                    disk.add(format!("{path}/.wh..wh..opq"), wk.map(|w| w.key.to_string()), m);
+                    disk.add(
+                        format!("{path}/.wh..wh..opq"),
+                        wk.map(|w| w.key.to_string()),
+                        m,
+                    );
                 }
                 render_dir(disk, &path, tree, ino, enc, ident, wk);
             }
@@ -251,7 +255,11 @@ pub fn overlay_mount_data(
     let top = chain.last()?;
     match driver {
         DriverKind::Overlay2 => {
-            let lowers: Vec<String> = chain.iter().rev().map(|l| format!("l/{}", short_name(l))).collect();
+            let lowers: Vec<String> = chain
+                .iter()
+                .rev()
+                .map(|l| format!("l/{}", short_name(l)))
+                .collect();
             Some(format!(
                 "lowerdir={},upperdir={id}/diff,workdir={id}/work{opts}",
                 lowers.join(":")
@@ -330,7 +338,11 @@ fn aufs(store: &Store, disk: &mut Disk) {
             &c.upper,
             Encoding::Aufs,
             &format!("c:{}", c.id),
-            Some(SharedWhiteout { key: &wk, except: &c.own_whiteouts, generations: None }),
+            Some(SharedWhiteout {
+                key: &wk,
+                except: &c.own_whiteouts,
+                generations: None,
+            }),
         );
         write_layers(disk, &c.id, c.image.as_deref());
     }
@@ -417,7 +429,8 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     }
     // The kernel records the upper layer's filesystem uuid on the upper root at mount time
     // (uuid=on, the default since 6.6).
-    r.xattrs.insert("trusted.overlay.uuid".into(), "<uuid>".into());
+    r.xattrs
+        .insert("trusted.overlay.uuid".into(), "<uuid>".into());
     disk.add(format!("{at}/{upper}"), None, r);
     render_tree(
         disk,
@@ -425,34 +438,56 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
         &c.upper,
         Encoding::Overlay,
         &format!("c:{}", c.id),
-        Some(SharedWhiteout { key: &wk, except: &c.own_whiteouts, generations: Some(&c.shared_whiteouts) }),
+        Some(SharedWhiteout {
+            key: &wk,
+            except: &c.own_whiteouts,
+            generations: Some(&c.shared_whiteouts),
+        }),
     );
     disk.dir(format!("{at}/work"), 0o700);
     disk.dir(format!("{at}/work/work"), 0o0);
     if c.made_whiteout {
         let key = format!("{wk}:{}", c.generation);
-        disk.add(format!("{at}/work/work/#whiteout"), Some(key), entry("whiteout", 0));
+        disk.add(
+            format!("{at}/work/work/#whiteout"),
+            Some(key),
+            entry("whiteout", 0),
+        );
     }
     if c.policy.keep_hard_links {
         // index=on: the upper root records the lower root it belongs with, `work/index`
         // the upper root, and every indexed copy-up is hard-linked there by origin handle
         // with its overlay link count relative to the upper one (`U+n`).
         if let Some((_, root)) = disk.entries.get_mut(&format!("{at}/{upper}")) {
-            root.xattrs.insert("trusted.overlay.origin".into(), "<handle>".into());
+            root.xattrs
+                .insert("trusted.overlay.origin".into(), "<handle>".into());
         }
         let mut index_dir = entry("dir", 0o0);
-        index_dir.xattrs.insert("trusted.overlay.upper".into(), "<handle>".into());
+        index_dir
+            .xattrs
+            .insert("trusted.overlay.upper".into(), "<handle>".into());
         disk.add(format!("{at}/work/index"), None, index_dir);
-        let paths: BTreeMap<Ino, String> = c.upper.paths().into_iter().map(|(p, i)| (i, p)).collect();
+        let paths: BTreeMap<Ino, String> =
+            c.upper.paths().into_iter().map(|(p, i)| (i, p)).collect();
         for (n, ((layer, ino), e)) in c.index.iter().enumerate() {
             let lower_nlink = c.lower.layer_inode(*layer, *ino).nlink;
-            let nlink = format!("U{:+}", i64::from(lower_nlink) - i64::from(e.names_gone) - 1);
-            let Some(path) = paths.get(&e.upper) else { continue };
+            let nlink = format!(
+                "U{:+}",
+                i64::from(lower_nlink) - i64::from(e.names_gone) - 1
+            );
+            let Some(path) = paths.get(&e.upper) else {
+                continue;
+            };
             let key = format!("{at}/{upper}{path}");
-            let Some((ident, upper_entry)) = disk.entries.get_mut(&key) else { continue };
-            upper_entry.xattrs.insert("trusted.overlay.nlink".into(), nlink);
+            let Some((ident, upper_entry)) = disk.entries.get_mut(&key) else {
+                continue;
+            };
+            upper_entry
+                .xattrs
+                .insert("trusted.overlay.nlink".into(), nlink);
             let (ident, f) = (ident.clone(), upper_entry.clone());
-            disk.entries.insert(format!("{at}/work/index/#index-{n}"), (ident, f));
+            disk.entries
+                .insert(format!("{at}/work/index/#index-{n}"), (ident, f));
         }
     }
     disk.dir(format!("{at}/merged"), 0o700);

@@ -87,6 +87,10 @@ pub struct Accounting {
     /// 4096-byte page.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub mount_data_len: BTreeMap<String, usize>,
+    /// The thin pool (the `thinpool` driver): its status fields, and per device what it maps
+    /// and shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<crate::thin::PoolObservation>,
 }
 
 /// Text of a file's contents for observations: `text:` and the text itself when short and

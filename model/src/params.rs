@@ -91,7 +91,11 @@ impl OverlayOptions {
     /// (overlay2) unless a scenario turns index on; the rest only when on.
     pub fn mount_string(&self) -> String {
         let mut s = String::new();
-        s.push_str(if self.index { ",index=on" } else { ",index=off" });
+        s.push_str(if self.index {
+            ",index=on"
+        } else {
+            ",index=off"
+        });
         if self.redirect_dir {
             s.push_str(",redirect_dir=on");
         }

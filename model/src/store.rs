@@ -384,7 +384,11 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
 }
 
 /// The regular files a layer root shows, by (layer id, inode).
-fn count_files(stack: &LowerStack, node: crate::lower::NodeId, out: &mut std::collections::BTreeSet<(String, Ino)>) {
+fn count_files(
+    stack: &LowerStack,
+    node: crate::lower::NodeId,
+    out: &mut std::collections::BTreeSet<(String, Ino)>,
+) {
     if let Some(children) = &stack.node(node).children {
         for &c in children.values() {
             let n = stack.node(c);

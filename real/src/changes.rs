@@ -42,7 +42,11 @@ fn walk_changes(
         let p = e.path();
         let path = format!("{rel}/{}", e.file_name().to_string_lossy());
         let m = fs::symlink_metadata(&p)?;
-        let in_lower = |path: &str| lowers.iter().find_map(|l| fs::metadata(l.join(path.trim_start_matches('/'))).ok());
+        let in_lower = |path: &str| {
+            lowers
+                .iter()
+                .find_map(|l| fs::metadata(l.join(path.trim_start_matches('/'))).ok())
+        };
         let kind = if is_whiteout(&m) || (m.is_dir() && opaque(&p) && in_lower(&path).is_some()) {
             Some(ChangeKind::D)
         } else {
@@ -59,10 +63,16 @@ fn walk_changes(
             if kind != ChangeKind::C {
                 let parent = path.rsplit_once('/').map_or("", |(p, _)| p).to_string();
                 if !parent.is_empty() && changed_dirs.insert(parent.clone()) {
-                    out.push(Change { path: parent, kind: ChangeKind::C });
+                    out.push(Change {
+                        path: parent,
+                        kind: ChangeKind::C,
+                    });
                 }
             }
-            out.push(Change { path: path.clone(), kind });
+            out.push(Change {
+                path: path.clone(),
+                kind,
+            });
         }
         if m.is_dir() {
             walk_changes(&p, &path, lowers, changed_dirs, out)?;
@@ -73,7 +83,10 @@ fn walk_changes(
 
 /// moby: a directory is unchanged when size, mode and mtime agree.
 fn same_dir(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    a.size() == b.size() && a.mode() == b.mode() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec()
+    a.size() == b.size()
+        && a.mode() == b.mode()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
 }
 
 /// The diff a commit carries, read from the writable layer `upper` (with file data read
@@ -89,7 +102,12 @@ pub fn diff_entries(upper: &Path, merged: &Path) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
-fn dir_entry(path: &str, m: &fs::Metadata, opaque: bool, xattrs: BTreeMap<String, Vec<u8>>) -> Entry {
+fn dir_entry(
+    path: &str,
+    m: &fs::Metadata,
+    opaque: bool,
+    xattrs: BTreeMap<String, Vec<u8>>,
+) -> Entry {
     Entry {
         path: path.to_string(),
         kind: EntryKind::Dir { opaque },
@@ -135,7 +153,12 @@ fn diff_walk(
             out.push(plain(path, EntryKind::Whiteout));
         } else if m.is_dir() {
             let redirect = sys::getxattr(&p, "trusted.overlay.redirect", false).is_ok();
-            out.push(dir_entry(&path, &m, opaque(&p) || redirect, user_xattrs(&p)?));
+            out.push(dir_entry(
+                &path,
+                &m,
+                opaque(&p) || redirect,
+                user_xattrs(&p)?,
+            ));
             if redirect {
                 // The whole merged directory travels: its lower part is elsewhere.
                 merged_walk(merged, &path, out)?;
@@ -143,7 +166,10 @@ fn diff_walk(
                 diff_walk(upper, merged, &path, out, links)?;
             }
         } else if m.file_type().is_symlink() {
-            out.push(plain(path, EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned())));
+            out.push(plain(
+                path,
+                EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned()),
+            ));
         } else if let Some(first) = links.get(&(m.dev(), m.ino())) {
             out.push(plain(path, EntryKind::HardLink(first.clone())));
         } else {
@@ -169,7 +195,10 @@ fn merged_walk(merged: &Path, rel: &str, out: &mut Vec<Entry>) -> io::Result<()>
             out.push(dir_entry(&path, &m, false, user_xattrs(&p)?));
             merged_walk(merged, &path, out)?;
         } else if m.file_type().is_symlink() {
-            out.push(plain(path, EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned())));
+            out.push(plain(
+                path,
+                EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned()),
+            ));
         } else {
             out.push(Entry {
                 path,
@@ -183,5 +212,10 @@ fn merged_walk(merged: &Path, rel: &str, out: &mut Vec<Entry>) -> io::Result<()>
 }
 
 fn plain(path: String, kind: EntryKind) -> Entry {
-    Entry { path, kind, mode: None, xattrs: BTreeMap::new() }
+    Entry {
+        path,
+        kind,
+        mode: None,
+        xattrs: BTreeMap::new(),
+    }
 }

@@ -42,7 +42,10 @@ pub fn before(op: &FileOp) -> Option<Watch> {
     };
     let before = canonical(path, follow)?;
     let m = fs::symlink_metadata(&before).ok()?;
-    m.is_file().then_some(Watch { before, size: m.size() })
+    m.is_file().then_some(Watch {
+        before,
+        size: m.size(),
+    })
 }
 
 impl Watch {
@@ -64,7 +67,13 @@ pub fn in_upper(upper: &Path, p: &Path) -> bool {
 
 /// Outside, after the step: the upper inode and the bytes copied, when the step brought the
 /// file's data up and it was not counted before (a second name of an indexed inode).
-pub fn measure(upper: &Path, w: &Watch, pre: bool, after: &Path, counted: &(BTreeSet<u64>, u64)) -> Option<(u64, u64)> {
+pub fn measure(
+    upper: &Path,
+    w: &Watch,
+    pre: bool,
+    after: &Path,
+    counted: &(BTreeSet<u64>, u64),
+) -> Option<(u64, u64)> {
     if pre || !in_upper(upper, after) {
         return None;
     }

@@ -17,9 +17,17 @@ pub fn mkdir(log: &mut Log, dir: &Path, mode: u32) -> io::Result<()> {
 
 /// Writes a regular file with `mode`.
 pub fn write_file(log: &mut Log, path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
-    log.note(format!("write {} ({} bytes, mode {mode:o})", path.display(), data.len()));
+    log.note(format!(
+        "write {} ({} bytes, mode {mode:o})",
+        path.display(),
+        data.len()
+    ));
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     f.write_all(data)?;
     // An explicit chmod: setuid/setgid/sticky bits are not kept by open's mode on all
     // filesystems.
@@ -77,7 +85,10 @@ pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<
             }
             EntryKind::Whiteout => sys::mknod_whiteout(log, &p)?,
         }
-        if !matches!(e.kind, EntryKind::Symlink(_) | EntryKind::HardLink(_) | EntryKind::Whiteout) {
+        if !matches!(
+            e.kind,
+            EntryKind::Symlink(_) | EntryKind::HardLink(_) | EntryKind::Whiteout
+        ) {
             for (k, v) in &e.xattrs {
                 sys::lsetxattr(log, &p, k, v)?;
             }
@@ -136,7 +147,8 @@ pub fn apply_diff(log: &mut Log, staged: &Path, root: &Path) -> io::Result<()> {
             continue;
         }
         if ft.is_dir() {
-            let opaque = sys::getxattr(&src, "trusted.overlay.opaque", false).is_ok_and(|v| v == b"y");
+            let opaque =
+                sys::getxattr(&src, "trusted.overlay.opaque", false).is_ok_and(|v| v == b"y");
             let keep = existing.as_ref().is_some_and(|x| x.is_dir()) && !opaque;
             if !keep {
                 remove_any(log, &dst, existing.as_ref())?;

@@ -30,7 +30,11 @@ use layerspec_model::{Driver, DriverKind, OverlayOptions};
 
 /// Opens a real driver of `kind` on `backend` (`kernel` or `fuse`) over tmpfs, or says why
 /// it cannot run here.
-pub fn open_backend(kind: DriverKind, backend: &str, options: OverlayOptions) -> Result<Box<dyn Driver + Send>, String> {
+pub fn open_backend(
+    kind: DriverKind,
+    backend: &str,
+    options: OverlayOptions,
+) -> Result<Box<dyn Driver + Send>, String> {
     open_backend_on(kind, backend, options, BackingFs::Tmpfs)
 }
 
@@ -43,14 +47,19 @@ pub fn open_backend_on(
 ) -> Result<Box<dyn Driver + Send>, String> {
     match backends_for(kind).into_iter().find(|b| b.name == backend) {
         None => return Err(format!("{kind} has no `{backend}` backend")),
-        Some(Backend { unavailable: Some(why), .. }) => return Err(why),
+        Some(Backend {
+            unavailable: Some(why),
+            ..
+        }) => return Err(why),
         Some(_) => {}
     }
     let imp = match backend {
         "kernel" => Implementation::Kernel,
         "fuse" => {
             if options != OverlayOptions::default() {
-                return Err("fuse-overlayfs has no redirect_dir/index/metacopy/xino options".into());
+                return Err(
+                    "fuse-overlayfs has no redirect_dir/index/metacopy/xino options".into(),
+                );
             }
             Implementation::Fuse
         }

@@ -54,7 +54,10 @@ pub fn merged_view(merged: &Path) -> io::Result<MergedView> {
         g.sort();
     }
     hard_links.sort();
-    Ok(MergedView { entries, hard_links })
+    Ok(MergedView {
+        entries,
+        hard_links,
+    })
 }
 
 fn walk_merged(
@@ -82,7 +85,11 @@ fn merged_entry(p: &Path, m: &fs::Metadata) -> io::Result<MergedEntry> {
     let kind = kind_of(m);
     let (size, digest, target) = match kind {
         Kind::File => (Some(m.size()), Some(content_digest(&fs::read(p)?)), None),
-        Kind::Symlink => (Some(m.size()), None, Some(fs::read_link(p)?.to_string_lossy().into_owned())),
+        Kind::Symlink => (
+            Some(m.size()),
+            None,
+            Some(fs::read_link(p)?.to_string_lossy().into_owned()),
+        ),
         _ => (None, None, None),
     };
     let mut xattrs = BTreeMap::new();
@@ -123,7 +130,11 @@ pub fn storage(top: &Path, name: &str) -> io::Result<(BTreeMap<String, StorageEn
     Ok((out, count))
 }
 
-fn walk_storage(dir: &Path, rel: &str, out: &mut BTreeMap<String, (u64, StorageEntry)>) -> io::Result<()> {
+fn walk_storage(
+    dir: &Path,
+    rel: &str,
+    out: &mut BTreeMap<String, (u64, StorageEntry)>,
+) -> io::Result<()> {
     let in_workwork = rel.ends_with("/work/work");
     let in_index = rel.ends_with("/work/index");
     for (i, e) in sorted_entries(dir)?.into_iter().enumerate() {
@@ -166,10 +177,30 @@ fn storage_entry(p: &Path, m: &fs::Metadata) -> io::Result<StorageEntry> {
     let (kind_s, size, content, target) = match kind {
         _ if is_whiteout(m) => ("whiteout", None, None, None),
         Kind::Dir => ("dir", None, None, None),
-        Kind::Symlink => ("symlink", Some(m.size()), None, Some(fs::read_link(p)?.to_string_lossy().into_owned())),
-        Kind::File if metacopy => ("file", Some(m.size()), Some("<metacopy: no data>".to_string()), None),
-        Kind::File if m.size() > 1 << 30 => ("file", Some(m.size()), Some("<sparse loop file>".to_string()), None),
-        Kind::File => ("file", Some(m.size()), Some(layerspec_model::content_text(&fs::read(p)?)), None),
+        Kind::Symlink => (
+            "symlink",
+            Some(m.size()),
+            None,
+            Some(fs::read_link(p)?.to_string_lossy().into_owned()),
+        ),
+        Kind::File if metacopy => (
+            "file",
+            Some(m.size()),
+            Some("<metacopy: no data>".to_string()),
+            None,
+        ),
+        Kind::File if m.size() > 1 << 30 => (
+            "file",
+            Some(m.size()),
+            Some("<sparse loop file>".to_string()),
+            None,
+        ),
+        Kind::File => (
+            "file",
+            Some(m.size()),
+            Some(layerspec_model::content_text(&fs::read(p)?)),
+            None,
+        ),
         Kind::Char => ("char", None, None, None),
         Kind::Block => ("block", None, None, None),
         Kind::Fifo => ("fifo", None, None, None),

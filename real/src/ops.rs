@@ -43,7 +43,8 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
         }
         FileOp::Truncate { path, size } => {
             // truncate(2), not an open: the spec's truncate step.
-            let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let c = std::ffi::CString::new(path.as_bytes())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             truncate(&c, *size)?;
             Value::Unit
         }
@@ -66,7 +67,9 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
             Value::Unit
         }
         FileOp::Mkdir { path, mode } => {
-            fs::DirBuilder::new().mode(mode.unwrap_or(0o755)).create(p(path))?;
+            fs::DirBuilder::new()
+                .mode(mode.unwrap_or(0o755))
+                .create(p(path))?;
             Value::Unit
         }
         FileOp::Rmdir { path } => {
@@ -85,7 +88,9 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
             std::os::unix::fs::symlink(target, p(path))?;
             Value::Unit
         }
-        FileOp::Readlink { path } => Value::Target(fs::read_link(p(path))?.to_string_lossy().into_owned()),
+        FileOp::Readlink { path } => {
+            Value::Target(fs::read_link(p(path))?.to_string_lossy().into_owned())
+        }
         FileOp::Chmod { path, mode } => {
             fs::set_permissions(p(path), fs::Permissions::from_mode(*mode))?;
             Value::Unit

@@ -9,8 +9,8 @@ use crate::ops;
 use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys::{self, Log};
 use layerspec_model::{
-    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry,
-    LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError, Value, DATA_ROOT,
+    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry, LayerSpec,
+    Observation, Op, Outcome, OverlayOptions, StepError, Value, DATA_ROOT,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -50,17 +50,29 @@ pub struct OverlayDriver {
 }
 
 fn backend_err(what: &str, e: io::Error, log: &Log) -> DriverError {
-    DriverError::Backend(format!("{what}: {e} (last actions: {})", log.tail(4).join("; ")))
+    DriverError::Backend(format!(
+        "{what}: {e} (last actions: {})",
+        log.tail(4).join("; ")
+    ))
 }
 
 impl OverlayDriver {
     /// A fresh driver root of `kind` (overlay or overlay2) on `backing`.
-    pub fn new(kind: DriverKind, imp: Implementation, options: OverlayOptions, backing: BackingFs) -> io::Result<Self> {
+    pub fn new(
+        kind: DriverKind,
+        imp: Implementation,
+        options: OverlayOptions,
+        backing: BackingFs,
+    ) -> io::Result<Self> {
         let sandbox = Sandbox::new(backing)?;
         let name = kind.name();
         sandbox.run(move |inside| -> io::Result<()> {
             let top = inside.root.join(name);
-            let mode = if kind == DriverKind::Overlay2 { 0o710 } else { 0o700 };
+            let mode = if kind == DriverKind::Overlay2 {
+                0o710
+            } else {
+                0o700
+            };
             mkdir(&mut inside.log, &top, mode)?;
             if kind == DriverKind::Overlay2 {
                 mkdir(&mut inside.log, &top.join("l"), 0o700)?;
@@ -98,7 +110,11 @@ impl OverlayDriver {
                 .find(|c| c.id == id)
                 .cloned()
                 .ok_or_else(|| StepError::NoContainer(Some(id.to_string()))),
-            None => self.containers.last().cloned().ok_or(StepError::NoContainer(None)),
+            None => self
+                .containers
+                .last()
+                .cloned()
+                .ok_or(StepError::NoContainer(None)),
         }
     }
 
@@ -125,46 +141,45 @@ impl OverlayDriver {
         let lower = self.chain(spec.parent.as_deref());
         let parent = lower.last().cloned();
         let id = spec.id.clone();
-        self.sandbox
-            .run(move |inside| -> Result<(), DriverError> {
-                let top = inside.root.join(kind.name());
-                let log = &mut inside.log;
-                let r = (|| -> io::Result<()> {
-                    match kind {
-                        DriverKind::Overlay2 => {
-                            let dir = overlay2_skeleton(log, &top, &spec.id, &lower)?;
-                            mkdir(log, &dir.join("diff"), 0o755)?;
-                            layer::write_entries(log, &dir.join("diff"), &spec)?;
-                        }
-                        _ => {
-                            let dir = top.join(&spec.id);
-                            mkdir(log, &dir, 0o700)?;
-                            let root = dir.join("root");
-                            match lower.last() {
-                                Some(parent) => {
-                                    let proot = top.join(parent).join("root");
-                                    mkdir(log, &root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
-                                    layer::farm_copy(log, &proot, &root)?;
-                                    let staged = dir.join("staged-diff");
-                                    mkdir(log, &staged, 0o755)?;
-                                    layer::write_entries(log, &staged, &spec)?;
-                                    let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
-                                    fs::set_permissions(&root, fs::Permissions::from_mode(m))?;
-                                    layer::apply_diff(log, &staged, &root)?;
-                                    log.note(format!("rm -r {}", staged.display()));
-                                    fs::remove_dir_all(&staged)?;
-                                }
-                                None => {
-                                    mkdir(log, &root, 0o755)?;
-                                    layer::write_entries(log, &root, &spec)?;
-                                }
+        self.sandbox.run(move |inside| -> Result<(), DriverError> {
+            let top = inside.root.join(kind.name());
+            let log = &mut inside.log;
+            let r = (|| -> io::Result<()> {
+                match kind {
+                    DriverKind::Overlay2 => {
+                        let dir = overlay2_skeleton(log, &top, &spec.id, &lower)?;
+                        mkdir(log, &dir.join("diff"), 0o755)?;
+                        layer::write_entries(log, &dir.join("diff"), &spec)?;
+                    }
+                    _ => {
+                        let dir = top.join(&spec.id);
+                        mkdir(log, &dir, 0o700)?;
+                        let root = dir.join("root");
+                        match lower.last() {
+                            Some(parent) => {
+                                let proot = top.join(parent).join("root");
+                                mkdir(log, &root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
+                                layer::farm_copy(log, &proot, &root)?;
+                                let staged = dir.join("staged-diff");
+                                mkdir(log, &staged, 0o755)?;
+                                layer::write_entries(log, &staged, &spec)?;
+                                let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
+                                fs::set_permissions(&root, fs::Permissions::from_mode(m))?;
+                                layer::apply_diff(log, &staged, &root)?;
+                                log.note(format!("rm -r {}", staged.display()));
+                                fs::remove_dir_all(&staged)?;
+                            }
+                            None => {
+                                mkdir(log, &root, 0o755)?;
+                                layer::write_entries(log, &root, &spec)?;
                             }
                         }
                     }
-                    Ok(())
-                })();
-                r.map_err(|e| backend_err(&format!("building layer `{}`", spec.id), e, log))
-            })?;
+                }
+                Ok(())
+            })();
+            r.map_err(|e| backend_err(&format!("building layer `{}`", spec.id), e, log))
+        })?;
         self.layers.insert(id, parent);
         Ok(())
     }
@@ -203,7 +218,9 @@ impl OverlayDriver {
                         match chain.last() {
                             Some(image) => {
                                 write_file(log, &dir.join("lower-id"), 0o644, image.as_bytes())?;
-                                let rootmode = fs::symlink_metadata(top.join(image).join("root"))?.mode() & 0o7777;
+                                let rootmode = fs::symlink_metadata(top.join(image).join("root"))?
+                                    .mode()
+                                    & 0o7777;
                                 mkdir(log, &dir.join("upper"), rootmode)?;
                                 mkdir(log, &dir.join("work"), 0o700)?;
                                 mkdir(log, &dir.join("merged"), 0o700)?;
@@ -233,7 +250,8 @@ impl OverlayDriver {
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
             let top = inside.root.join(kind.name());
             let root_s = inside.root.display().to_string();
-            let data = overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount");
+            let data =
+                overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount");
             let merged = PathBuf::from(format!("{id}/merged"));
             let log = &mut inside.log;
             let r = (|| -> io::Result<()> {
@@ -245,10 +263,17 @@ impl OverlayDriver {
                     Implementation::Fuse => {
                         let fuse_data = fuse_options(&data);
                         let mut cmd = Command::new("fuse-overlayfs");
-                        cmd.arg("-f").arg("-o").arg(&fuse_data).arg(&merged).current_dir(&top);
+                        cmd.arg("-f")
+                            .arg("-o")
+                            .arg(&fuse_data)
+                            .arg(&merged)
+                            .current_dir(&top);
                         unsafe_pre_exec(&mut cmd);
                         log.note(format!("{cmd:?}"));
-                        let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+                        let child = cmd
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()?;
                         wait_mounted(&top.join(&merged), child, &id, &fuse)
                     }
                 }
@@ -296,7 +321,9 @@ impl OverlayDriver {
             let after = watch.as_ref().and_then(|w| w.after_path(&op));
             inside.real_root.leave().expect("leave chroot");
             let copied = match (watch, pre, after) {
-                (Some(w), Some(pre), Some(after)) => copy_up::measure(&upper, &w, pre, &after, &counted),
+                (Some(w), Some(pre), Some(after)) => {
+                    copy_up::measure(&upper, &w, pre, &after, &counted)
+                }
                 _ => None,
             };
             (out, copied)
@@ -334,8 +361,13 @@ impl OverlayDriver {
             let top = inside.root.join(kind.name());
             changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))
         });
-        let entries = entries.map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
-        self.write_layer(LayerSpec { id, parent, entries })
+        let entries = entries
+            .map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
+        self.write_layer(LayerSpec {
+            id,
+            parent,
+            entries,
+        })
     }
 
     fn changes(&self, c: &ContainerRec) -> Result<Vec<layerspec_model::Change>, DriverError> {
@@ -348,11 +380,18 @@ impl OverlayDriver {
                 let (upper, lowers): (PathBuf, Vec<PathBuf>) = match kind {
                     DriverKind::Overlay2 => (
                         top.join(&id).join("diff"),
-                        chain.iter().rev().map(|l| top.join(l).join("diff")).collect(),
+                        chain
+                            .iter()
+                            .rev()
+                            .map(|l| top.join(l).join("diff"))
+                            .collect(),
                     ),
                     _ if has_image => (
                         top.join(&id).join("upper"),
-                        chain.last().map(|l| vec![top.join(l).join("root")]).unwrap_or_default(),
+                        chain
+                            .last()
+                            .map(|l| vec![top.join(l).join("root")])
+                            .unwrap_or_default(),
                     ),
                     _ => (top.join(&id).join("root"), Vec::new()),
                 };
@@ -372,7 +411,11 @@ fn overlay2_skeleton(log: &mut Log, top: &Path, id: &str, lower: &[String]) -> i
     symlink(format!("../{id}/diff"), top.join("l").join(&short))?;
     write_file(log, &dir.join("link"), 0o644, short.as_bytes())?;
     if let Some(parent) = lower.last() {
-        let l: Vec<String> = lower.iter().rev().map(|p| format!("l/{}", short_name(p))).collect();
+        let l: Vec<String> = lower
+            .iter()
+            .rev()
+            .map(|p| format!("l/{}", short_name(p)))
+            .collect();
         write_file(log, &dir.join("lower"), 0o644, l.join(":").as_bytes())?;
         mkdir(log, &dir.join("work"), 0o700)?;
         let committed = top.join(parent).join("committed");
@@ -387,7 +430,9 @@ fn overlay2_skeleton(log: &mut Log, top: &Path, id: &str, lower: &[String]) -> i
 /// its own.
 fn fuse_options(data: &str) -> String {
     data.split(',')
-        .filter(|o| o.starts_with("lowerdir=") || o.starts_with("upperdir=") || o.starts_with("workdir="))
+        .filter(|o| {
+            o.starts_with("lowerdir=") || o.starts_with("upperdir=") || o.starts_with("workdir=")
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -400,7 +445,12 @@ fn unsafe_pre_exec(cmd: &mut Command) {
     }
 }
 
-fn wait_mounted(merged: &Path, mut child: Child, id: &str, fuse: &Mutex<BTreeMap<String, Child>>) -> io::Result<()> {
+fn wait_mounted(
+    merged: &Path,
+    mut child: Child,
+    id: &str,
+    fuse: &Mutex<BTreeMap<String, Child>>,
+) -> io::Result<()> {
     let parent_dev = fs::metadata(merged.parent().expect("has parent"))?.dev();
     for _ in 0..500 {
         if fs::metadata(merged).is_ok_and(|m| m.dev() != parent_dev) {
@@ -413,7 +463,10 @@ fn wait_mounted(merged: &Path, mut child: Child, id: &str, fuse: &Mutex<BTreeMap
                 use std::io::Read;
                 let _ = e.read_to_string(&mut err);
             }
-            return Err(io::Error::other(format!("fuse-overlayfs exited ({status}): {}", err.trim())));
+            return Err(io::Error::other(format!(
+                "fuse-overlayfs exited ({status}): {}",
+                err.trim()
+            )));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -492,14 +545,24 @@ impl Driver for OverlayDriver {
         let containers: Vec<(ContainerRec, String, Vec<String>)> = self
             .containers
             .iter()
-            .map(|c| (c.clone(), self.merged_rel(c), self.chain(c.image.as_deref())))
+            .map(|c| {
+                (
+                    c.clone(),
+                    self.merged_rel(c),
+                    self.chain(c.image.as_deref()),
+                )
+            })
             .collect();
         let copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)> = self.copied.clone();
         let _layer_dirs: Vec<(String, String)> = self
             .layers
             .keys()
             .map(|l| {
-                let sub = if kind == DriverKind::Overlay2 { "diff" } else { "root" };
+                let sub = if kind == DriverKind::Overlay2 {
+                    "diff"
+                } else {
+                    "root"
+                };
                 (l.clone(), format!("{l}/{sub}"))
             })
             .collect();

@@ -157,16 +157,35 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
                 mkfs.args(["-N", &n.to_string()]);
             }
             run(&mut log, mkfs.arg(&img))?;
-            run(&mut log, Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&root))?;
+            run(
+                &mut log,
+                Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&img)
+                    .arg(&root),
+            )?;
         }
         BackingFs::Xfs { size } => {
             let img = dir.join("backing.img");
             make_image(&img, size)?;
-            run(&mut log, Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img))?;
-            run(&mut log, Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&root))?;
+            run(
+                &mut log,
+                Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img),
+            )?;
+            run(
+                &mut log,
+                Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&img)
+                    .arg(&root),
+            )?;
         }
     }
-    Ok(Inside { root, log, real_root })
+    Ok(Inside {
+        root,
+        log,
+        real_root,
+    })
 }
 
 fn make_image(img: &Path, size: &str) -> io::Result<()> {

@@ -65,14 +65,23 @@ pub fn private_mount_namespace(log: &mut Log) -> io::Result<()> {
 }
 
 /// `mount(source, target, fstype, 0, data)`.
-pub fn mount(log: &mut Log, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()> {
+pub fn mount(
+    log: &mut Log,
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    data: &str,
+) -> io::Result<()> {
     let (s, t, f, d) = (
         CString::new(source)?,
         cpath(target)?,
         CString::new(fstype)?,
         CString::new(data)?,
     );
-    log.note(format!("mount -t {fstype} {source} {} -o {data}", target.display()));
+    log.note(format!(
+        "mount -t {fstype} {source} {} -o {data}",
+        target.display()
+    ));
     check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) })
 }
 
@@ -80,14 +89,30 @@ pub fn mount(log: &mut Log, source: &str, target: &Path, fstype: &str, data: &st
 /// on top of it, so the driver's directories read as they are on disk.
 pub fn bind(log: &mut Log, source: &Path, target: &Path) -> io::Result<()> {
     let (s, t) = (cpath(source)?, cpath(target)?);
-    log.note(format!("mount --bind {} {}", source.display(), target.display()));
-    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })
+    log.note(format!(
+        "mount --bind {} {}",
+        source.display(),
+        target.display()
+    ));
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
 }
 
 /// `umount2(target, flags)`.
 pub fn umount(log: &mut Log, target: &Path, detach: bool) -> io::Result<()> {
     let t = cpath(target)?;
-    log.note(format!("umount {}{}", target.display(), if detach { " (lazy)" } else { "" }));
+    log.note(format!(
+        "umount {}{}",
+        target.display(),
+        if detach { " (lazy)" } else { "" }
+    ));
     check(unsafe { libc::umount2(t.as_ptr(), if detach { libc::MNT_DETACH } else { 0 }) })
 }
 
@@ -101,15 +126,29 @@ pub fn mknod_whiteout(log: &mut Log, path: &Path) -> io::Result<()> {
 /// `lsetxattr` (no symlink following).
 pub fn lsetxattr(log: &mut Log, path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let (p, n) = (cpath(path)?, CString::new(name)?);
-    log.note(format!("setfattr -h -n {name} -v {:?} {}", String::from_utf8_lossy(value), path.display()));
-    check(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+    log.note(format!(
+        "setfattr -h -n {name} -v {:?} {}",
+        String::from_utf8_lossy(value),
+        path.display()
+    ));
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
 }
 
 /// `setxattr` / `removexattr` (following symlinks), as a step runs it.
 pub fn setxattr(path: &Path, name: &str, value: Option<&[u8]>) -> io::Result<()> {
     let (p, n) = (cpath(path)?, CString::new(name)?);
     match value {
-        Some(v) => check(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) }),
+        Some(v) => {
+            check(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) })
+        }
         None => check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }),
     }
 }
@@ -156,7 +195,12 @@ pub struct RootFd(libc::c_int);
 impl RootFd {
     /// Opens `/` (before any chroot).
     pub fn open() -> io::Result<RootFd> {
-        let r = unsafe { libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        let r = unsafe {
+            libc::open(
+                c"/".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

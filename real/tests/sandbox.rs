@@ -28,15 +28,28 @@ macro_rules! need_root_and_overlay {
 }
 
 fn file(p: &str, d: &str) -> Entry {
-    Entry { path: p.into(), kind: EntryKind::File(Content::Bytes(d.as_bytes().to_vec())), mode: None, xattrs: Default::default() }
+    Entry {
+        path: p.into(),
+        kind: EntryKind::File(Content::Bytes(d.as_bytes().to_vec())),
+        mode: None,
+        xattrs: Default::default(),
+    }
 }
 
 fn symlink(p: &str, t: &str) -> Entry {
-    Entry { path: p.into(), kind: EntryKind::Symlink(t.into()), mode: None, xattrs: Default::default() }
+    Entry {
+        path: p.into(),
+        kind: EntryKind::Symlink(t.into()),
+        mode: None,
+        xattrs: Default::default(),
+    }
 }
 
 fn fop(op: FileOp) -> Op {
-    Op::File { container: None, op }
+    Op::File {
+        container: None,
+        op,
+    }
 }
 
 /// Leftovers of process `pid` on the host: sandbox dirs, mounts, loop devices.
@@ -48,7 +61,10 @@ fn leftovers(pid: u32) -> Vec<String> {
             out.push(e.path().display().to_string());
         }
     }
-    for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+    for line in std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+    {
         if line.contains(&prefix) {
             out.push(format!("mount: {line}"));
         }
@@ -56,7 +72,11 @@ fn leftovers(pid: u32) -> Vec<String> {
     for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
         if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
             if b.contains(&prefix) {
-                out.push(format!("loop: {} -> {}", e.file_name().to_string_lossy(), b.trim()));
+                out.push(format!(
+                    "loop: {} -> {}",
+                    e.file_name().to_string_lossy(),
+                    b.trim()
+                ));
             }
         }
     }
@@ -86,26 +106,77 @@ fn symlinks_never_leave_the_container() {
         ],
     })
     .unwrap();
-    d.apply(&Op::CreateContainer { id: "c".into(), image: Some("base".into()) }).unwrap().unwrap();
+    d.apply(&Op::CreateContainer {
+        id: "c".into(),
+        image: Some("base".into()),
+    })
+    .unwrap()
+    .unwrap();
     let paths = ["/abs", "/up", "/chain", "/dir/etc/passwd"];
     for p in paths {
-        let got = d.apply(&fop(FileOp::Read { path: p.into(), offset: 0, len: None })).unwrap();
-        assert_eq!(got, Ok(Value::Bytes(b"inside\n".to_vec())), "{p} reads the container's file");
+        let got = d
+            .apply(&fop(FileOp::Read {
+                path: p.into(),
+                offset: 0,
+                len: None,
+            }))
+            .unwrap();
+        assert_eq!(
+            got,
+            Ok(Value::Bytes(b"inside\n".to_vec())),
+            "{p} reads the container's file"
+        );
     }
     for (i, p) in paths.iter().enumerate() {
         let data = Content::Bytes(vec![b'0' + i as u8]);
-        d.apply(&fop(FileOp::Write { path: p.to_string(), offset: i as u64, data })).unwrap().unwrap();
+        d.apply(&fop(FileOp::Write {
+            path: p.to_string(),
+            offset: i as u64,
+            data,
+        }))
+        .unwrap()
+        .unwrap();
     }
-    let got = d.apply(&fop(FileOp::Read { path: "/etc/passwd".into(), offset: 0, len: None })).unwrap();
-    assert_eq!(got, Ok(Value::Bytes(b"0123de\n".to_vec())), "every write landed in the container's file");
+    let got = d
+        .apply(&fop(FileOp::Read {
+            path: "/etc/passwd".into(),
+            offset: 0,
+            len: None,
+        }))
+        .unwrap();
+    assert_eq!(
+        got,
+        Ok(Value::Bytes(b"0123de\n".to_vec())),
+        "every write landed in the container's file"
+    );
     // The canary's absolute host path does not exist inside the container.
-    let got = d.apply(&fop(FileOp::Read { path: "/host".into(), offset: 0, len: None })).unwrap();
+    let got = d
+        .apply(&fop(FileOp::Read {
+            path: "/host".into(),
+            offset: 0,
+            len: None,
+        }))
+        .unwrap();
     assert_eq!(got, Err(Errno::ENOENT));
-    let got = d.apply(&fop(FileOp::Write { path: "/host".into(), offset: 0, data: Content::Bytes(b"X".to_vec()) })).unwrap();
+    let got = d
+        .apply(&fop(FileOp::Write {
+            path: "/host".into(),
+            offset: 0,
+            data: Content::Bytes(b"X".to_vec()),
+        }))
+        .unwrap();
     assert_eq!(got, Err(Errno::ENOENT));
     drop(d);
-    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "canary\n", "the canary is untouched");
-    assert_eq!(std::fs::read_dir(canary_dir.join("etc")).unwrap().count(), 1, "nothing was created beside it");
+    assert_eq!(
+        std::fs::read_to_string(&canary).unwrap(),
+        "canary\n",
+        "the canary is untouched"
+    );
+    assert_eq!(
+        std::fs::read_dir(canary_dir.join("etc")).unwrap().count(),
+        1,
+        "nothing was created beside it"
+    );
     std::fs::remove_dir_all(&canary_dir).unwrap();
 }
 
@@ -114,13 +185,27 @@ fn nothing_outlives_a_run_or_a_panic() {
     need_root_and_overlay!();
     let pid = std::process::id();
     let r = std::panic::catch_unwind(|| {
-        let mut d = open_backend(DriverKind::Overlay2, "kernel", OverlayOptions::default()).unwrap();
-        d.add_layer(&LayerSpec { id: "base".into(), parent: None, entries: vec![file("/a", "a")] }).unwrap();
-        d.apply(&Op::CreateContainer { id: "c".into(), image: Some("base".into()) }).unwrap().unwrap();
+        let mut d =
+            open_backend(DriverKind::Overlay2, "kernel", OverlayOptions::default()).unwrap();
+        d.add_layer(&LayerSpec {
+            id: "base".into(),
+            parent: None,
+            entries: vec![file("/a", "a")],
+        })
+        .unwrap();
+        d.apply(&Op::CreateContainer {
+            id: "c".into(),
+            image: Some("base".into()),
+        })
+        .unwrap()
+        .unwrap();
         panic!("a failing test in the middle of a run");
     });
     assert!(r.is_err());
-    let left: Vec<String> = leftovers(pid).into_iter().filter(|l| !l.contains("canary")).collect();
+    let left: Vec<String> = leftovers(pid)
+        .into_iter()
+        .filter(|l| !l.contains("canary"))
+        .collect();
     assert!(left.is_empty(), "left after a panic: {left:?}");
 }
 
@@ -131,16 +216,38 @@ fn child_holding_a_sandbox() {
     if std::env::var_os("LAYERSPEC_KILL_CHILD").is_none() {
         return;
     }
-    let backing = BackingFs::Ext4 { size: "64M".into(), inodes: Some(512) };
-    let mut d = open_backend_on(DriverKind::Overlay2, "kernel", OverlayOptions::default(), backing).unwrap();
-    d.add_layer(&LayerSpec { id: "base".into(), parent: None, entries: vec![file("/a", "a")] }).unwrap();
-    d.apply(&Op::CreateContainer { id: "c".into(), image: Some("base".into()) }).unwrap().unwrap();
+    let backing = BackingFs::Ext4 {
+        size: "64M".into(),
+        inodes: Some(512),
+    };
+    let mut d = open_backend_on(
+        DriverKind::Overlay2,
+        "kernel",
+        OverlayOptions::default(),
+        backing,
+    )
+    .unwrap();
+    d.add_layer(&LayerSpec {
+        id: "base".into(),
+        parent: None,
+        entries: vec![file("/a", "a")],
+    })
+    .unwrap();
+    d.apply(&Op::CreateContainer {
+        id: "c".into(),
+        image: Some("base".into()),
+    })
+    .unwrap()
+    .unwrap();
     println!("READY");
     use std::io::Write;
     std::io::stdout().flush().unwrap();
     loop {
         // Mid-trace: keep writing until killed.
-        let _ = d.apply(&fop(FileOp::Append { path: "/a".into(), data: b"x".to_vec() }));
+        let _ = d.apply(&fop(FileOp::Append {
+            path: "/a".into(),
+            data: b"x".to_vec(),
+        }));
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
@@ -148,12 +255,19 @@ fn child_holding_a_sandbox() {
 #[test]
 fn sigkill_mid_trace_leaves_nothing() {
     need_root_and_overlay!();
-    if !PathBuf::from("/sbin/mkfs.ext4").exists() && !PathBuf::from("/usr/sbin/mkfs.ext4").exists() {
+    if !PathBuf::from("/sbin/mkfs.ext4").exists() && !PathBuf::from("/usr/sbin/mkfs.ext4").exists()
+    {
         eprintln!("skipped: mkfs.ext4 (e2fsprogs) is not installed");
         return;
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_holding_a_sandbox", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_holding_a_sandbox",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("LAYERSPEC_KILL_CHILD", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -164,7 +278,10 @@ fn sigkill_mid_trace_leaves_nothing() {
     use std::io::BufRead;
     while out.read_line(&mut line).unwrap() > 0 && !line.contains("READY") {}
     assert!(line.contains("READY"), "the child set up its sandbox");
-    assert!(!leftovers(pid).is_empty(), "while it runs, its sandbox dir and loop device exist");
+    assert!(
+        !leftovers(pid).is_empty(),
+        "while it runs, its sandbox dir and loop device exist"
+    );
     child.kill().unwrap(); // SIGKILL: no destructor runs.
     child.wait().unwrap();
     // The kernel tore the namespace down with the process; the next run sweeps the rest.

@@ -4,7 +4,9 @@ mod parse;
 
 pub use parse::{parse_file, parse_str, ParseError};
 
-use layerspec_model::{Check, DriverKind, Errno, LayerSpec, Op, OverlayOptions};
+use layerspec_model::{
+    Check, DriverKind, Errno, LayerSpec, Op, OverlayOptions, PoolParams, ThinCheck, ThinOp,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -44,6 +46,8 @@ pub struct Options {
     pub overlay_given: bool,
     /// devicemapper: whether deletes reach the pool.
     pub discard: Option<bool>,
+    /// `[pool]`: the thin pool of a `thinpool` scenario.
+    pub pool: Option<PoolParams>,
 }
 
 /// The filesystem under the driver root.
@@ -131,8 +135,17 @@ pub enum Action {
         /// The assertions.
         checks: Vec<Check>,
     },
-    /// A thin-pool step (block level), by op name.
-    Thin(String),
+    /// A thin-pool step (block level).
+    Thin(ThinStep),
+}
+
+/// A step of a thin-pool scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ThinStep {
+    /// An operation on the pool or a thin device.
+    Op(ThinOp),
+    /// Assertions on the pool's observation.
+    Check(Vec<ThinCheck>),
 }
 
 /// One step of a trace.
@@ -159,10 +172,11 @@ impl Scenario {
         if let Some(d) = &self.drivers {
             return d.clone();
         }
-        if self
-            .steps
-            .iter()
-            .any(|s| matches!(s.action, Action::Thin(_)))
+        if self.options.pool.is_some()
+            || self
+                .steps
+                .iter()
+                .any(|s| matches!(s.action, Action::Thin(_)))
         {
             return vec![DriverKind::Thinpool];
         }

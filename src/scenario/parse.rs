@@ -1,6 +1,8 @@
 //! The scenario parser: TOML 1.1 through `toml` and serde, unknown keys rejected, and every
 //! error located by file, line and column.
 
+mod thin;
+
 use super::{Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step};
 use layerspec_model::{
     seed_for_path, validate_scenario_path, Check, Content, DriverKind, Entry, EntryKind, Errno,
@@ -114,14 +116,15 @@ struct OverlayDoc {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // the thin-pool model reads these (next issue); the format is checked now
 struct PoolDoc {
-    data_blocks: u64,
-    block_sectors: Option<u64>,
-    metadata_blocks: Option<u64>,
+    data_blocks: Spanned<u64>,
+    block_sectors: Option<Spanned<u64>>,
+    metadata_blocks: Option<Spanned<u64>>,
     low_water_blocks: Option<u64>,
     error_if_no_space: Option<bool>,
     discard_passdown: Option<bool>,
+    skip_block_zeroing: Option<bool>,
+    ignore_discard: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +203,8 @@ struct StepDoc {
     block: Option<u64>,
     count: Option<u64>,
     sectors: Option<u64>,
+    current: Option<u64>,
+    new: Option<u64>,
 }
 
 /// The keys each op takes, besides `op`, `expect`, `returns`.
@@ -237,6 +242,7 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
         "delete_thin" => &["dev"],
         "write_blocks" | "read_blocks" | "discard_blocks" => &["dev", "block", "count"],
         "write_bytes" => &["dev", "offset", "len"],
+        "set_transaction_id" => &["current", "new"],
         _ => return None,
     })
 }
@@ -244,7 +250,7 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
 const OPS: &str = "create, write, append, truncate, read, unlink, mkdir, rmdir, rename, link, \
 symlink, readlink, chmod, stat, readdir, setxattr, getxattr, removexattr, create_container, \
 remove_container, commit, remount, changes, check, create_thin, snapshot, delete_thin, \
-write_blocks, write_bytes, read_blocks, discard_blocks";
+set_transaction_id, write_blocks, write_bytes, read_blocks, discard_blocks";
 
 /// Parses scenario text; `file` names it in errors.
 pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
@@ -274,7 +280,37 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
             Some(out)
         }
     };
-    let options = parse_options(&ctx, doc.options)?;
+    let mut options = parse_options(&ctx, doc.options)?;
+    options.pool = thin::parse_pool(&ctx, doc.pool)?;
+    if options.pool.is_some() {
+        if let Some(l) = doc.layer.first() {
+            return Err(ctx.err(
+                l.span(),
+                "a thin-pool scenario (`[pool]`) has no layers: it runs block-level steps",
+            ));
+        }
+        if let Some(c) = doc.container.first() {
+            return Err(ctx.err(
+                c.span(),
+                "a thin-pool scenario (`[pool]`) has no containers: it runs block-level steps",
+            ));
+        }
+    }
+    if let Some(list) = &doc.drivers {
+        for d in list {
+            let thin = d.get_ref() == "thinpool";
+            if thin != options.pool.is_some() {
+                return Err(ctx.err(
+                    d.span(),
+                    if thin {
+                        "the `thinpool` driver needs a `[pool]` table"
+                    } else {
+                        "a scenario with a `[pool]` table runs on `thinpool` only"
+                    },
+                ));
+            }
+        }
+    }
 
     let mut layer_ids = BTreeSet::new();
     let mut layers = Vec::new();
@@ -347,17 +383,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
     let mut steps = Vec::new();
     if let Some(t) = doc.trace {
         for (i, s) in t.steps.into_iter().enumerate() {
-            steps.push(parse_step(&ctx, i, s)?);
-        }
-    }
-    if let Some(p) = &doc.pool {
-        if !(128..=2_097_152).contains(&p.block_sectors.unwrap_or(128))
-            || p.block_sectors.unwrap_or(128) % 128 != 0
-        {
-            return Err(ctx.err(
-                0..0,
-                "[pool] block_sectors must be a multiple of 128 in 128..=2097152 (THIN1)",
-            ));
+            steps.push(parse_step(&ctx, i, s, options.pool.as_ref())?);
         }
     }
     Ok(Scenario {
@@ -449,6 +475,7 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
         overlay,
         overlay_given,
         discard: o.discard,
+        pool: None,
     })
 }
 
@@ -554,12 +581,19 @@ fn present_keys(s: &StepDoc) -> Vec<&'static str> {
         origin,
         block,
         count,
-        sectors
+        sectors,
+        current,
+        new
     );
     k
 }
 
-fn parse_step(ctx: &Ctx, index: usize, s: Spanned<StepDoc>) -> Result<Step, ParseError> {
+fn parse_step(
+    ctx: &Ctx,
+    index: usize,
+    s: Spanned<StepDoc>,
+    pool: Option<&layerspec_model::PoolParams>,
+) -> Result<Step, ParseError> {
     let span = s.span();
     let text = ctx.text[span.clone()].trim().to_string();
     let (line, _) = line_col(ctx.text, span.start);
@@ -582,6 +616,20 @@ fn parse_step(ctx: &Ctx, index: usize, s: Spanned<StepDoc>) -> Result<Step, Pars
                 allowed.join(", ")
             )));
         }
+    }
+    match pool {
+        Some(_) if opname != "check" && !thin::is_thin_op(opname) => {
+            return Err(at(format!(
+                "`{opname}` is a file step; a thin-pool scenario (`[pool]`) runs {} and check",
+                thin::THIN_OPS.join(", ")
+            )))
+        }
+        None if thin::is_thin_op(opname) => {
+            return Err(at(format!(
+                "`{opname}` is a thin-pool step: it needs a `[pool]` table"
+            )))
+        }
+        _ => {}
     }
     let need_path = |p: &Option<Spanned<String>>, what: &str| -> Result<String, ParseError> {
         match p {
@@ -700,6 +748,7 @@ fn parse_step(ctx: &Ctx, index: usize, s: Spanned<StepDoc>) -> Result<Step, Pars
         }),
         "remount" => Action::Op(Op::Remount { container }),
         "changes" => Action::Op(Op::Changes { container }),
+        "check" if pool.is_some() => Action::Thin(thin::thin_check(&d, &at)?),
         "check" => {
             let mut checks = Vec::new();
             for (v, f) in [
@@ -722,30 +771,21 @@ fn parse_step(ctx: &Ctx, index: usize, s: Spanned<StepDoc>) -> Result<Step, Pars
                 checks.push(Check::PoolDataBlocks(n));
             }
             if d.mapped_blocks.is_some() || d.shared_blocks.is_some() {
-                return Ok(Step {
-                    index,
-                    text,
-                    line,
-                    action: Action::Thin("check".into()),
-                    expect: PerDriver::all(Expect::Ok),
-                    returns: None,
-                });
+                return Err(at(
+                    "`mapped_blocks` and `shared_blocks` are thin-pool checks: they need a \
+                     `[pool]` table"
+                        .into(),
+                ));
             }
             if checks.is_empty() {
                 return Err(at("`check` needs at least one assertion key".into()));
             }
             Action::Check { container, checks }
         }
-        thin => {
-            for (v, what) in [(d.dev, "dev"), (d.origin, "origin")] {
-                if v.is_some_and(|v| v >= 1 << 24) {
-                    return Err(at(format!(
-                        "`{what}` must be a 24-bit thin device id (THIN1)"
-                    )));
-                }
-            }
-            Action::Thin(thin.to_string())
-        }
+        thin => match pool {
+            Some(p) => Action::Thin(thin::thin_op(thin, &d, p, &at)?),
+            None => return Err(at(format!("`{thin}` needs a `[pool]` table"))),
+        },
     };
     let expect = match &d.expect {
         None => PerDriver::all(Expect::Ok),
@@ -762,6 +802,9 @@ fn parse_step(ctx: &Ctx, index: usize, s: Spanned<StepDoc>) -> Result<Step, Pars
         None => None,
         Some(v) => Some(per_driver(ctx, v, &|val| expected(opname, val))?),
     };
+    if let Action::Thin(t) = &action {
+        thin::check_returns(t, &returns, &at)?;
+    }
     if returns.is_some()
         && !matches!(
             opname,
@@ -878,15 +921,7 @@ fn expected(op: &str, v: &toml::Value) -> Result<Expected, String> {
             })
         }
         ("readdir", V::Array(a)) => Ok(Expected::Names(strings(a)?)),
-        ("read_blocks", V::Array(a)) => Ok(Expected::Blocks(
-            a.iter()
-                .map(|x| match x {
-                    V::Integer(i) => i.to_string(),
-                    V::String(s) => s.clone(),
-                    _ => String::new(),
-                })
-                .collect(),
-        )),
+        ("read_blocks", V::Array(a)) => thin::expected_blocks(a),
         ("changes", V::Array(a)) => {
             let mut out = Vec::new();
             for item in a {
@@ -912,6 +947,7 @@ fn expected(op: &str, v: &toml::Value) -> Result<Expected, String> {
         ("stat", _) => Err("`stat` returns a table { kind, size, mode, nlink }".into()),
         ("readdir", _) => Err("`readdir` returns a list of names".into()),
         ("changes", _) => Err("`changes` returns a list of [kind, path]".into()),
+        ("read_blocks", _) => Err("`read_blocks` returns a list, one entry per block".into()),
         _ => Err(format!("`{op}` returns nothing to compare")),
     }
 }

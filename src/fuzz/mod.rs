@@ -1,0 +1,308 @@
+//! Generated traces replayed on the model and on a real backend (`layerspec fuzz`).
+//!
+//! Each trace is drawn from its own ChaCha8 stream seeded by (seed, trace index)
+//! ([`mod@generate`]), replayed on a fresh model and a fresh driver of the backend under test,
+//! comparing every step's outcome and the observations after every step ([`mod@replay`]). A
+//! diverging trace is shrunk ([`mod@shrink`]) and written as a scenario file that states the
+//! model's answers ([`mod@emit`]). Traces run in parallel; everything printed except the
+//! `elapsed` line depends only on the arguments.
+//!
+//! ```
+//! use layerspec::fuzz::{generate::generate, replay::{replay, Replay}};
+//! use layerspec_model::{DriverKind, ModelDriver, OverlayOptions};
+//!
+//! let opts = OverlayOptions::default();
+//! let trace = generate(DriverKind::Overlay2, opts, 1, 0, 30);
+//! assert_eq!(trace, generate(DriverKind::Overlay2, opts, 1, 0, 30));
+//! let mut other = ModelDriver::new(DriverKind::Overlay2, opts);
+//! assert_eq!(replay(&trace, &mut other), Replay::Agree { steps: 30 });
+//! ```
+
+pub mod emit;
+pub mod generate;
+pub mod replay;
+pub mod shrink;
+mod steps;
+mod view;
+
+use generate::{generate, Trace};
+use layerspec_model::{Driver, DriverKind, ModelDriver, OverlayOptions};
+use rayon::prelude::*;
+use replay::{replay, Divergence, Replay};
+use shrink::{shrink, Shrunk};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// `layerspec fuzz` arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FuzzArgs {
+    /// Driver: overlay2, overlay, aufs or devicemapper.
+    #[arg(long)]
+    pub driver: DriverKind,
+    /// Seed of the run: the same seed gives the same traces.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of traces.
+    #[arg(long, default_value_t = 100)]
+    pub traces: u64,
+    /// Steps per trace.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Backend compared with the model: kernel, fuse, or model (a second model: a
+    /// self-check of the harness).
+    #[arg(long, default_value = "kernel")]
+    pub backend: String,
+    /// Where shrunk scenario files go.
+    #[arg(long, default_value = "scenarios/regressions")]
+    pub out: PathBuf,
+    /// Most replays spent shrinking one divergence.
+    #[arg(long, default_value_t = 400)]
+    pub shrink_budget: usize,
+}
+
+/// Opens a fresh driver: a [`ModelDriver`] for backend `model`, else a real one in its own
+/// sandbox through [`layerspec_real::open_backend`].
+pub fn open(
+    driver: DriverKind,
+    backend: &str,
+    options: OverlayOptions,
+) -> Result<Box<dyn Driver + Send>, String> {
+    if backend == "model" {
+        Ok(Box::new(ModelDriver::new(driver, options)))
+    } else {
+        layerspec_real::open_backend(driver, backend, options)
+    }
+}
+
+/// A divergence found, shrunk and (maybe) written.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// The trace's index.
+    pub index: u64,
+    /// The divergence of the generated trace.
+    pub first: Divergence,
+    /// Steps in the generated trace.
+    pub steps: usize,
+    /// Layer entries in the generated trace.
+    pub entries: usize,
+    /// The shrunk trace.
+    pub shrunk: Shrunk,
+    /// The scenario file's text, or why there is none.
+    pub scenario: Result<String, String>,
+    /// Where it was written (`None`: not asked to write, or writing failed: see `scenario`).
+    pub file: Option<PathBuf>,
+}
+
+/// How one trace went.
+#[derive(Clone, Debug)]
+pub enum TraceResult {
+    /// Model and backend agreed; the steps run.
+    Agree(usize),
+    /// They differed.
+    Diverged(Box<Found>),
+    /// The trace could not be run: the model rejected it, or the backend failed to open.
+    Error(String),
+}
+
+/// What a run found, in trace order.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Every trace's result, by index.
+    pub results: Vec<TraceResult>,
+}
+
+impl Summary {
+    /// Steps replayed over all traces (up to and including a diverging step).
+    pub fn steps(&self) -> usize {
+        self.results
+            .iter()
+            .map(|r| match r {
+                TraceResult::Agree(n) => *n,
+                TraceResult::Diverged(f) => match f.first.phase {
+                    replay::Phase::Step(k) => k + 1,
+                    _ => 0,
+                },
+                TraceResult::Error(_) => 0,
+            })
+            .sum()
+    }
+
+    /// The divergences.
+    pub fn divergences(&self) -> impl Iterator<Item = &Found> {
+        self.results.iter().filter_map(|r| match r {
+            TraceResult::Diverged(f) => Some(f.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The trace errors, with their indexes.
+    pub fn errors(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                TraceResult::Error(e) => Some((i as u64, e.as_str())),
+                _ => None,
+            })
+    }
+
+    /// Scenario files written, sorted.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut f: Vec<PathBuf> = self.divergences().filter_map(|d| d.file.clone()).collect();
+        f.sort();
+        f
+    }
+
+    /// The summary lines (deterministic: no timing).
+    pub fn lines(&self, args: &FuzzArgs) -> Vec<String> {
+        let mut out = vec![format!(
+            "fuzz: {} on {} against the model, seed {}, {} traces x {} steps",
+            args.driver, args.backend, args.seed, args.traces, args.steps
+        )];
+        for f in self.divergences() {
+            out.push(format!(
+                "divergence: trace {}: {} (shrunk from {} steps, {} entries to {} steps, {} entries in {} replays{})",
+                f.index,
+                f.shrunk.divergence.summary(),
+                f.steps,
+                f.entries,
+                f.shrunk.trace.steps.len(),
+                f.shrunk.trace.entry_count(),
+                f.shrunk.replays,
+                if f.shrunk.budget_exhausted { ", budget used up" } else { "" }
+            ));
+            if let Err(e) = &f.scenario {
+                out.push(format!("  no scenario file: {e}"));
+            }
+        }
+        for (i, e) in self.errors() {
+            out.push(format!("error: trace {i}: {e}"));
+        }
+        let files = self.files();
+        out.push(format!("traces: {}", self.results.len()));
+        out.push(format!("steps: {}", self.steps()));
+        out.push(format!("divergences: {}", self.divergences().count()));
+        out.push(format!("errors: {}", self.errors().count()));
+        out.push(format!("files written: {}", files.len()));
+        out.extend(files.iter().map(|f| format!("  {}", f.display())));
+        out
+    }
+}
+
+/// The command that finds a run's traces again (the claim of the files it writes).
+pub fn command(args: &FuzzArgs) -> String {
+    format!(
+        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}",
+        args.driver, args.seed, args.traces, args.steps, args.backend
+    )
+}
+
+/// Runs trace `index`: generate, replay, and on a divergence shrink and write it up
+/// (`write = false` keeps it in memory).
+pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bool) -> TraceResult {
+    let trace: Trace = generate(args.driver, options, args.seed, index, args.steps);
+    let factory = || open(args.driver, &args.backend, options);
+    let mut other = match factory() {
+        Ok(d) => d,
+        Err(e) => return TraceResult::Error(format!("opening {}: {e}", args.backend)),
+    };
+    let first = match replay(&trace, other.as_mut()) {
+        Replay::Agree { steps } => return TraceResult::Agree(steps),
+        Replay::Invalid(e) => return TraceResult::Error(format!("invalid trace: {e}")),
+        Replay::Diverged(d) => d,
+    };
+    drop(other);
+    let shrunk = shrink(&trace, first.clone(), &factory, args.shrink_budget);
+    let cmd = command(args);
+    let origin = emit::Origin {
+        backend: &args.backend,
+        command: &cmd,
+        divergence: Some(&shrunk.divergence),
+    };
+    let mut scenario = emit::scenario_text(&shrunk.trace, &origin);
+    let mut file = None;
+    if let (true, Ok(text)) = (write, &scenario) {
+        let path = emit::file_name(&args.out, &shrunk.trace, &args.backend);
+        match std::fs::create_dir_all(&args.out).and_then(|()| std::fs::write(&path, text)) {
+            Ok(()) => file = Some(path),
+            Err(e) => scenario = Err(format!("writing {}: {e}", path.display())),
+        }
+    }
+    TraceResult::Diverged(Box::new(Found {
+        index,
+        first,
+        steps: trace.steps.len(),
+        entries: trace.entry_count(),
+        shrunk,
+        scenario,
+        file,
+    }))
+}
+
+/// Runs every trace of `args` in parallel (one driver per trace), with a progress bar on a
+/// terminal. `Err` when the backend cannot run here, with the reason.
+pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summary, String> {
+    open(args.driver, &args.backend, options)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(args.traces);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{pos}/{len} traces, {msg} {wide_bar} {elapsed}",
+        ) {
+            b.set_style(style);
+        }
+        b.set_message("0 divergences");
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let found = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<TraceResult> = (0..args.traces)
+        .into_par_iter()
+        .map(|i| {
+            let r = run_trace(args, options, i, write);
+            if matches!(r, TraceResult::Diverged(_)) {
+                let n = found.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                bar.set_message(format!("{n} divergences"));
+            }
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    Ok(Summary { results })
+}
+
+/// `layerspec fuzz`: prints the summary; returns the exit code (0 no divergence, 1
+/// divergences, 2 when the backend cannot run or traces could not run).
+pub fn main(args: &FuzzArgs) -> u8 {
+    if args.driver == DriverKind::Thinpool {
+        println!("fuzz: thinpool is block-level; generated traces are file-level");
+        return 2;
+    }
+    let start = Instant::now();
+    let summary = match run(args, OverlayOptions::default(), true) {
+        Ok(s) => s,
+        Err(why) => {
+            println!(
+                "fuzz: {} on {}: cannot run: {why}",
+                args.driver, args.backend
+            );
+            return 2;
+        }
+    };
+    for l in summary.lines(args) {
+        println!("{l}");
+    }
+    println!("elapsed: {:.2}s", start.elapsed().as_secs_f64());
+    if summary.divergences().next().is_some() {
+        1
+    } else if summary.errors().next().is_some() {
+        2
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! Unit tests of the generator, the replay, the shrinker and the emitted scenario files.
+
+use super::emit::{scenario_text, Origin};
+use super::generate::generate;
+use super::replay::{replay, Phase, Replay};
+use super::shrink::shrink;
+use super::*;
+use crate::runner::{self, Status};
+use crate::scenario::{parse_str, Action};
+use layerspec_model::{DriverError, Errno, FileOp, LayerSpec, Observation, Op, Outcome, Value};
+use std::collections::BTreeSet;
+
+const OPTS: OverlayOptions = OverlayOptions {
+    redirect_dir: false,
+    metacopy: false,
+    index: false,
+    xino: false,
+};
+
+/// A deliberately wrong driver: the model, except that a rename the model refuses with
+/// EXDEV "succeeds" (and changes nothing).
+struct Mutant(ModelDriver);
+
+impl Mutant {
+    fn boxed(kind: DriverKind) -> Box<dyn Driver + Send> {
+        Box::new(Mutant(ModelDriver::new(kind, OPTS)))
+    }
+}
+
+impl Driver for Mutant {
+    fn kind(&self) -> DriverKind {
+        self.0.kind()
+    }
+    fn backend(&self) -> &'static str {
+        "mutant"
+    }
+    fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
+        self.0.add_layer(spec)
+    }
+    fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
+        let r = self.0.apply(op)?;
+        let rename = matches!(
+            op,
+            Op::File {
+                op: FileOp::Rename { .. },
+                ..
+            }
+        );
+        if rename && r == Err(Errno::EXDEV) {
+            return Ok(Ok(Value::Unit));
+        }
+        Ok(r)
+    }
+    fn observe(&mut self) -> Result<Observation, DriverError> {
+        self.0.observe()
+    }
+}
+
+#[test]
+fn same_seed_same_trace_byte_for_byte() {
+    for i in 0..20 {
+        let a = format!("{:?}", generate(DriverKind::Overlay2, OPTS, 7, i, 60));
+        let b = format!("{:?}", generate(DriverKind::Overlay2, OPTS, 7, i, 60));
+        assert_eq!(a, b, "trace {i}");
+    }
+    let a = generate(DriverKind::Overlay2, OPTS, 7, 0, 60);
+    assert_eq!(a.steps.len(), 60);
+    assert_ne!(a, generate(DriverKind::Overlay2, OPTS, 8, 0, 60));
+    assert_ne!(a, generate(DriverKind::Overlay2, OPTS, 7, 1, 60));
+    // A trace is the prefix of a longer one from the same stream only by accident; what
+    // matters is that it never depends on other traces: generate out of order.
+    let later = generate(DriverKind::Overlay2, OPTS, 7, 19, 60);
+    let _ = generate(DriverKind::Overlay2, OPTS, 7, 3, 60);
+    assert_eq!(later, generate(DriverKind::Overlay2, OPTS, 7, 19, 60));
+}
+
+#[test]
+fn traces_cover_every_step_and_entry_kind() {
+    let mut ops = BTreeSet::new();
+    let mut entries = BTreeSet::new();
+    for i in 0..150 {
+        let t = generate(DriverKind::Overlay2, OPTS, 3, i, 50);
+        for op in &t.steps {
+            ops.insert(match op {
+                Op::File { op, .. } => op.name(),
+                Op::CreateContainer { .. } => "create_container",
+                Op::RemoveContainer { .. } => "remove_container",
+                Op::Commit { .. } => "commit",
+                Op::Remount { .. } => "remount",
+                Op::Changes { .. } => "changes",
+            });
+        }
+        for l in &t.layers {
+            for e in &l.entries {
+                entries.insert(match &e.kind {
+                    layerspec_model::EntryKind::File(_) => "file",
+                    layerspec_model::EntryKind::Dir { opaque: true } => "opaque",
+                    layerspec_model::EntryKind::Dir { opaque: false } => "dir",
+                    layerspec_model::EntryKind::Symlink(_) => "symlink",
+                    layerspec_model::EntryKind::HardLink(_) => "link",
+                    layerspec_model::EntryKind::Whiteout => "whiteout",
+                });
+            }
+        }
+    }
+    let all = [
+        "create",
+        "write",
+        "append",
+        "truncate",
+        "read",
+        "unlink",
+        "mkdir",
+        "rmdir",
+        "rename",
+        "link",
+        "symlink",
+        "readlink",
+        "chmod",
+        "stat",
+        "readdir",
+        "setxattr",
+        "getxattr",
+        "removexattr",
+        "create_container",
+        "remove_container",
+        "commit",
+        "remount",
+        "changes",
+    ];
+    for op in all {
+        assert!(ops.contains(op), "no `{op}` step in 150 traces");
+    }
+    for e in ["file", "opaque", "dir", "symlink", "link", "whiteout"] {
+        assert!(entries.contains(e), "no `{e}` entry in 150 traces");
+    }
+}
+
+#[test]
+fn generated_traces_are_valid_and_model_agrees_with_itself() {
+    for driver in DriverKind::FILE_LEVEL {
+        let mut errnos = 0;
+        let mut steps = 0;
+        for i in 0..40 {
+            let t = generate(driver, OPTS, 11, i, 40);
+            let mut other = ModelDriver::new(driver, OPTS);
+            assert_eq!(
+                replay(&t, &mut other),
+                Replay::Agree { steps: 40 },
+                "{driver} trace {i}"
+            );
+            for o in replay::model_outcomes(&t).unwrap() {
+                steps += 1;
+                errnos += usize::from(o.expect("no panic").is_err());
+            }
+        }
+        // Mostly live paths: most steps succeed, but not all.
+        assert!(
+            errnos * 100 < steps * 60,
+            "{driver}: {errnos} of {steps} failed"
+        );
+        assert!(
+            errnos * 100 > steps * 5,
+            "{driver}: {errnos} of {steps} failed"
+        );
+    }
+}
+
+#[test]
+fn emitted_scenarios_parse_back_to_the_same_trace_and_pass_on_the_model() {
+    for driver in DriverKind::FILE_LEVEL {
+        let mut model_fails = 0;
+        for i in 0..25 {
+            let t = generate(driver, OPTS, 5, i, 40);
+            // Emission is under test here, not the model: a trace on which the model itself
+            // fails (a panic) is the model self-check's business (tests/differential.rs).
+            let mut other = ModelDriver::new(driver, OPTS);
+            if let Replay::Diverged(d) = replay(&t, &mut other) {
+                assert_eq!(d.real.as_deref(), Some(replay::NOT_RUN), "{d:?}");
+                model_fails += 1;
+                continue;
+            }
+            let origin = Origin {
+                backend: "model",
+                command: "test",
+                divergence: None,
+            };
+            let text = scenario_text(&t, &origin).unwrap();
+            let s = parse_str("gen.toml".as_ref(), &text)
+                .unwrap_or_else(|e| panic!("{driver} trace {i}: {e}\n{text}"));
+            assert_eq!(s.layers, t.layers, "{driver} trace {i}");
+            let ops: Vec<Op> = s
+                .steps
+                .iter()
+                .map(|st| match &st.action {
+                    Action::Op(op) => op.clone(),
+                    other => panic!("not an op: {other:?}"),
+                })
+                .collect();
+            assert_eq!(ops, t.steps, "{driver} trace {i}");
+            let mut m = ModelDriver::new(driver, OPTS);
+            let r = runner::run(&s, &mut m);
+            assert_eq!(r.status, Status::Pass, "{driver} trace {i}\n{text}");
+        }
+        assert!(
+            model_fails < 5,
+            "{driver}: the model fails on {model_fails} of 25"
+        );
+    }
+}
+
+/// The first of the first 200 traces of seed 1 on which the mutant diverges.
+fn mutant_divergence() -> (generate::Trace, replay::Divergence) {
+    for i in 0..200 {
+        let t = generate(DriverKind::Overlay2, OPTS, 1, i, 50);
+        if let Replay::Diverged(d) = replay(&t, &mut *Mutant::boxed(DriverKind::Overlay2)) {
+            return (t, d);
+        }
+    }
+    panic!("the mutant survived 200 traces");
+}
+
+#[test]
+fn shrinking_a_mutant_divergence_leaves_a_handful_of_steps() {
+    let (t, d) = mutant_divergence();
+    assert!(matches!(d.phase, Phase::Step(_)), "{d:?}");
+    let open = || Ok(Mutant::boxed(DriverKind::Overlay2));
+    let s = shrink(&t, d, &open, 3000);
+    assert!(!s.budget_exhausted, "{} replays", s.replays);
+    assert!(s.trace.steps.len() <= 3, "{:#?}", s.trace.steps);
+    assert!(s.trace.entry_count() <= 3, "{:#?}", s.trace.layers);
+    let last = s.trace.steps.last().expect("a step");
+    assert!(
+        matches!(
+            last,
+            Op::File {
+                op: FileOp::Rename { .. },
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    assert_eq!(s.divergence.model.as_deref(), Some("EXDEV"));
+    assert_eq!(s.divergence.real.as_deref(), Some("ok"));
+    // Shrinking is deterministic too.
+    let (t2, d2) = mutant_divergence();
+    let s2 = shrink(&t2, d2, &open, 3000);
+    assert_eq!(s.trace, s2.trace);
+}
+
+#[test]
+fn the_emitted_regression_parses_passes_on_the_model_and_fails_on_the_mutant() {
+    let (t, d) = mutant_divergence();
+    let open = || Ok(Mutant::boxed(DriverKind::Overlay2));
+    let s = shrink(&t, d, &open, 3000);
+    let dir = std::env::temp_dir().join(format!("layerspec-fuzz-test-{}", std::process::id()));
+    let origin = Origin {
+        backend: "mutant",
+        command: "layerspec fuzz --driver overlay2 --seed 1 --traces 200 --steps 50",
+        divergence: Some(&s.divergence),
+    };
+    let path = emit::write(&dir, &s.trace, &origin).unwrap();
+    assert_eq!(
+        path.file_name().unwrap().to_string_lossy(),
+        format!("overlay2-mutant-seed1-trace{}.toml", t.index)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(text.contains("# mutant: ok (the model: EXDEV)"), "{text}");
+    assert!(text.contains("expect = \"EXDEV\""), "{text}");
+    let scenario = parse_str(&path, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(scenario.drivers, Some(vec![DriverKind::Overlay2]));
+    assert_eq!(scenario.claims, vec![origin.command.to_string()]);
+    // What `layerspec run --model-only` does with it.
+    let outcomes = crate::suite::run_model(&scenario, None);
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].result.status, Status::Pass, "{text}");
+    let mut mutant = Mutant::boxed(DriverKind::Overlay2);
+    let r = runner::run(&scenario, mutant.as_mut());
+    assert!(
+        matches!(&r.status, Status::Fail(m) if m.contains("expected EXDEV, got ok")),
+        "{:?}\n{text}",
+        r.status
+    );
+}
+
+#[test]
+fn a_model_run_finds_nothing_and_says_the_same_twice() {
+    let args = FuzzArgs {
+        driver: DriverKind::Overlay,
+        seed: 9,
+        traces: 30,
+        steps: 30,
+        backend: "model".into(),
+        out: std::env::temp_dir().join("layerspec-fuzz-never-written"),
+        shrink_budget: 10,
+    };
+    let a = run(&args, OPTS, false).unwrap();
+    let b = run(&args, OPTS, false).unwrap();
+    assert_eq!(a.lines(&args), b.lines(&args));
+    assert_eq!(a.divergences().count(), 0);
+    assert_eq!(a.errors().count(), 0);
+    assert_eq!(a.steps(), 900);
+    assert!(a.lines(&args).contains(&"divergences: 0".to_string()));
+}
+
+#[test]
+fn an_unknown_backend_cannot_run() {
+    let args = FuzzArgs {
+        driver: DriverKind::Overlay2,
+        seed: 1,
+        traces: 1,
+        steps: 5,
+        backend: "nonesuch".into(),
+        out: std::env::temp_dir(),
+        shrink_budget: 10,
+    };
+    let e = run(&args, OPTS, false).unwrap_err();
+    assert!(e.contains("nonesuch"), "{e}");
+}
