@@ -1,23 +1,40 @@
 //! Comparing a real driver's observation with the model's.
 //!
-//! Every normalisation the comparison makes is listed here, in one place:
-//! - nothing yet beyond exact equality of the observation types; the real backends add
-//!   theirs as they land (see `normalise`).
+//! Every normalisation the comparison makes is listed here, in one place (the real side's
+//! decoding of what it reads — whiteout devices, file handles, the kernel's temporary names
+//! — is listed in `layerspec_real`'s observe module):
+//! - merged view, hard links: overlayfs reports a different `st_ino` for the two names of a
+//!   lower file linked after copy-up while index is off (OVL7), so a group of names the model
+//!   knows to be one inode may show as several; the real groups must refine the model's.
+//! - step outcomes: a directory's `st_size` is the backing filesystem's business: 0 on both
+//!   sides (`normalise_outcome`).
+//! - `trusted.overlay.impure` on upper directories: overlayfs sets it when an entry with an
+//!   origin lands in a directory and clears it when a readdir finds no such entry left, so
+//!   whether it is there depends on when the directory was last read — observing changes
+//!   it. Present and absent are both allowed: it is not compared.
+//! - backend `fuse`: fuse-overlayfs keeps its own bookkeeping on disk; the kernel's
+//!   `trusted.overlay.*` xattrs other than `opaque` and `redirect`, the contents of each
+//!   container's `work/`, and with them the inode count, are not compared.
 
 use layerspec_model::Observation;
 use std::collections::BTreeSet;
 
-/// Differences between the model's observation and a real one, one readable line each;
-/// empty when they agree.
+/// Differences between the model's observation and a real one (kernel overlayfs), one
+/// readable line each; empty when they agree.
 pub fn diff_observations(model: &Observation, real: &Observation) -> Vec<String> {
+    diff_observations_on("kernel", model, real)
+}
+
+/// Like [`diff_observations`], for a real observation made on `backend`.
+pub fn diff_observations_on(backend: &str, model: &Observation, real: &Observation) -> Vec<String> {
     let mut out = Vec::new();
-    let (model, real) = (normalise(model), normalise(real));
+    let (model, real) = (normalise(backend, model), normalise(backend, real));
     let containers: BTreeSet<&String> = model.merged.keys().chain(real.merged.keys()).collect();
     for c in containers {
         match (model.merged.get(c), real.merged.get(c)) {
             (Some(m), Some(r)) => {
                 diff_maps(&format!("merged {c}"), &m.entries, &r.entries, &mut out);
-                if m.hard_links != r.hard_links {
+                if !refines(&r.hard_links, &m.hard_links) {
                     out.push(format!(
                         "merged {c}: hard links: model {:?}, real {:?}",
                         m.hard_links, r.hard_links
@@ -64,7 +81,60 @@ fn diff_maps<V: PartialEq + serde::Serialize>(
     }
 }
 
+/// Whether every group of `real` lies within one group of `model` (OVL7).
+fn refines(real: &[Vec<String>], model: &[Vec<String>]) -> bool {
+    real.iter()
+        .all(|g| model.iter().any(|m| g.iter().all(|p| m.contains(p))))
+}
+
 /// The one place where observations are made comparable.
-fn normalise(o: &Observation) -> Observation {
-    o.clone()
+fn normalise(backend: &str, o: &Observation) -> Observation {
+    let mut o = o.clone();
+    for e in o.storage.values_mut() {
+        e.xattrs.remove("trusted.overlay.impure");
+    }
+    if backend == "fuse" {
+        let work: Vec<String> = o
+            .storage
+            .keys()
+            .filter(|p| p.split('/').rev().nth(1) == Some("work") && p.split('/').count() > 3)
+            .cloned()
+            .collect();
+        let inside_work = |p: &str| {
+            work.iter()
+                .any(|w| p.starts_with(&format!("{w}/")) || p == w)
+        };
+        o.storage.retain(|p, _| !inside_work(p));
+        for e in o.storage.values_mut() {
+            e.xattrs.retain(|k, _| {
+                !k.starts_with("trusted.overlay.")
+                    || k == "trusted.overlay.opaque"
+                    || k == "trusted.overlay.redirect"
+            });
+        }
+        o.accounting.inodes_used = 0;
+        renumber(&mut o);
+    }
+    o
+}
+
+/// Renumbers inode groups in path order after entries were dropped.
+fn renumber(o: &mut Observation) {
+    let mut numbers = std::collections::BTreeMap::new();
+    for e in o.storage.values_mut() {
+        let n = numbers.len() as u32 + 1;
+        e.inode = *numbers.entry(e.inode).or_insert(n);
+    }
+}
+
+/// A step's outcome made comparable: a directory's size is not specified.
+pub fn normalise_outcome(o: &layerspec_model::Outcome) -> layerspec_model::Outcome {
+    match o {
+        Ok(layerspec_model::Value::Stat(s)) if s.kind == layerspec_model::Kind::Dir => {
+            let mut s = s.clone();
+            s.size = 0;
+            Ok(layerspec_model::Value::Stat(s))
+        }
+        other => other.clone(),
+    }
 }

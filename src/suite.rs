@@ -71,7 +71,10 @@ pub fn run_model(s: &Scenario, only: Option<&[DriverKind]>) -> Vec<Outcome> {
             scenario: s.name(),
             driver: d,
             backend: "model".into(),
-            result: run(s, &mut ModelDriver::new(d, s.options.overlay)),
+            result: run(
+                s,
+                &mut ModelDriver::new(d, s.options.overlay).with_backing(s.options.backing),
+            ),
         })
         .collect()
 }
@@ -123,7 +126,7 @@ pub fn run_real(
         };
     };
     if let Some(m) = model.and_then(|m| m.observation.as_ref()) {
-        let diff = crate::compare::diff_observations(m, obs);
+        let diff = crate::compare::diff_observations_on(backend, m, obs);
         if !diff.is_empty() {
             let mut msg = format!(
                 "the real observation differs from the model's at the end ({} differences):",

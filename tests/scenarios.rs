@@ -42,7 +42,10 @@ fn main() {
 }
 
 fn model_trial(s: &Scenario, driver: layerspec_model::DriverKind) -> Result<(), Failed> {
-    let result = run(s, &mut ModelDriver::new(driver, s.options.overlay));
+    let result = run(
+        s,
+        &mut ModelDriver::new(driver, s.options.overlay).with_backing(s.options.backing),
+    );
     match result.status {
         Status::Pass => {}
         Status::Fail(msg) => return Err(format!("{}: {msg}", s.file.display()).into()),

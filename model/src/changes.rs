@@ -30,11 +30,43 @@ impl Container {
     }
 
     fn in_any_layer(&self, path: &str) -> bool {
-        self.lower.layers().iter().any(|l| {
-            l.tree
+        if self.policy.farm_links {
+            // overlay: the one lower directory is the image's flattened root.
+            return self.lower.lookup(path).is_some();
+        }
+        // Docker's walker stats the path in each layer directory: a whiteout there is an
+        // entry too.
+        self.lower
+            .layers()
+            .iter()
+            .any(|l| l.tree.lookup(path).is_some())
+    }
+
+    /// Whether Docker's walker sees a different size for upper directory `path` than for
+    /// the same directory in the first lower layer that has it (moby compares size, mode
+    /// and mtime; copy-up keeps the other two).
+    fn dir_size_differs(&self, path: &str, upper: &crate::tree::Inode) -> bool {
+        if self.policy.backing != crate::params::Backing::Tmpfs {
+            return false;
+        }
+        let entries = |i: &crate::tree::Inode| {
+            i.children().map_or(0, |c| c.len())
+                + usize::from(
+                    i.is_opaque() && self.policy.driver == crate::params::DriverKind::Aufs,
+                )
+        };
+        let lower = if self.policy.farm_links {
+            // overlay: one lower directory, the image's flattened root.
+            self.lower
                 .lookup(path)
-                .is_some_and(|i| !l.tree.get(i).is_whiteout())
-        })
+                .and_then(|n| self.lower.node(n).children.as_ref().map(|c| c.len()))
+        } else {
+            self.lower.layers().iter().rev().find_map(|l| {
+                let i = l.tree.lookup(path)?;
+                Some(entries(l.tree.get(i)))
+            })
+        };
+        lower.is_some_and(|n| n != entries(upper))
     }
 
     fn union_changes(&self) -> Vec<Change> {
@@ -49,7 +81,7 @@ impl Container {
             {
                 ChangeKind::D
             } else if self.in_any_layer(&path) {
-                if inode.is_dir() && inode.version == 0 {
+                if inode.is_dir() && inode.version == 0 && !self.dir_size_differs(&path, inode) {
                     continue;
                 }
                 ChangeKind::C
@@ -139,6 +171,7 @@ impl Container {
                 body,
                 origin: None,
                 impure: false,
+                pinned: false,
                 version: 0,
                 ..inode.clone()
             });
@@ -173,6 +206,7 @@ impl Container {
                 body,
                 origin: None,
                 impure: false,
+                pinned: false,
                 version: 0,
                 ..inode
             });
@@ -283,6 +317,7 @@ fn diff_as_layer(image: &Tree, fs: &Tree) -> Tree {
                         body,
                         origin: None,
                         impure: false,
+                        pinned: false,
                         version: 0,
                         ..src.clone()
                     });

@@ -97,6 +97,7 @@ impl Container {
         p.impure = true;
         p.version = parent_version;
         if hard_linked && self.policy.keep_hard_links {
+            self.upper.get_mut(ino).pinned = true;
             self.index.insert(
                 (origin.layer, origin.ino),
                 IndexEntry {

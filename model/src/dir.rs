@@ -136,17 +136,19 @@ impl Container {
 
     /// `link`: copies the source up (metadata may do) and adds an upper name for it.
     pub(crate) fn link(&mut self, from: &str, to: &str) -> Result<(), Errno> {
+        // linkat: the old path is looked up, then the new name is made ready (its own
+        // errors first), and only then does vfs_link refuse a directory.
         let rf = self.resolve(from, false)?;
         let src = rf.existing()?;
-        if self.kind(src) == Kind::Dir {
-            return Err(Errno::EPERM);
-        }
         let rt = self.resolve(to, false)?;
         if rt.target.is_some() || rt.name.is_none() {
             return Err(Errno::EEXIST);
         }
         if rt.trailing_slash {
             return Err(Errno::ENOENT);
+        }
+        if self.kind(src) == Kind::Dir {
+            return Err(Errno::EPERM);
         }
         let from_name = rf.name.clone().expect("non-dir has a name");
         let mut dirs = rf.dirs;
@@ -163,11 +165,12 @@ impl Container {
     /// `rename`, with the checks in the kernel's order: same name, subtree traps, type
     /// mismatch, the driver's directory policy (EXDEV), a non-empty target.
     pub(crate) fn rename(&mut self, from: &str, to: &str) -> Result<(), Errno> {
+        // renameat2 resolves both parents before it looks at either last name.
         let rf = self.resolve(from, false)?;
-        let src = rf.existing()?;
-        let from_name = rf.name.clone().ok_or(Errno::EBUSY)?;
         let rt = self.resolve(to, false)?;
+        let from_name = rf.name.clone().ok_or(Errno::EBUSY)?;
         let to_name = rt.name.clone().ok_or(Errno::EBUSY)?;
+        let src = rf.existing()?;
         let (pf, pt) = (rf.path(), rt.path());
         if pf == pt {
             return Ok(());
@@ -226,14 +229,25 @@ impl Container {
         let mut rt = self.resolve(to, false).expect("resolved before");
         let to_parent = self.copy_up_dirs(&mut rt.dirs);
         let moved = src.upper.expect("copied up");
-        self.upper
-            .move_entry(from_parent, &from_name, to_parent, &to_name);
-        if from_lower_has {
-            // rename(RENAME_WHITEOUT): the upper filesystem makes this whiteout itself, not
-            // as a link of the shared one.
-            let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
-            self.upper.attach(from_parent, &from_name, wh);
-            self.own_whiteouts.insert(wh);
+        let target_whiteout = self
+            .upper
+            .child(to_parent, &to_name)
+            .filter(|&w| self.upper.get(w).is_whiteout());
+        if target_whiteout.is_some() && from_lower_has {
+            // Onto a whiteout, overlayfs renames with RENAME_EXCHANGE: the whiteout that
+            // was there (the shared one, if the kernel made it) moves to the old name.
+            self.upper
+                .exchange(from_parent, &from_name, to_parent, &to_name);
+        } else {
+            self.upper
+                .move_entry(from_parent, &from_name, to_parent, &to_name);
+            if from_lower_has {
+                // rename(RENAME_WHITEOUT): the upper filesystem makes this whiteout itself,
+                // not as a link of the shared one.
+                let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
+                self.upper.attach(from_parent, &from_name, wh);
+                self.own_whiteouts.insert(wh);
+            }
         }
         let moved_origin = self.upper.get(moved).origin.is_some() || src_merged;
         if from_parent != to_parent && moved_origin {
@@ -272,14 +286,18 @@ impl Container {
     }
 }
 
-/// Whether two dentries show the same inode (rename between hard links is a no-op).
+/// Whether two dentries show the same inode (rename between hard links is a no-op). Two
+/// names of one lower inode are one overlay inode only with index=on: without it the
+/// rename really happens (seen here).
 fn same_inode(c: &Container, a: Dentry, b: Dentry) -> bool {
     match (a.upper, b.upper) {
         (Some(x), Some(y)) => x == y,
-        (None, None) => a.lower.zip(b.lower).is_some_and(|(x, y)| {
-            let (nx, ny) = (c.lower.node(x), c.lower.node(y));
-            (nx.layer, nx.ino) == (ny.layer, ny.ino)
-        }),
+        (None, None) if c.policy.keep_hard_links || c.policy.flat => {
+            a.lower.zip(b.lower).is_some_and(|(x, y)| {
+                let (nx, ny) = (c.lower.node(x), c.lower.node(y));
+                (nx.layer, nx.ino) == (ny.layer, ny.ino)
+            })
+        }
         _ => false,
     }
 }

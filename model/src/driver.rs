@@ -61,6 +61,12 @@ impl ModelDriver {
         }
     }
 
+    /// The same on a backing filesystem other than tmpfs.
+    pub fn with_backing(mut self, backing: crate::params::Backing) -> ModelDriver {
+        self.store.set_backing(backing);
+        self
+    }
+
     /// The state machine behind it.
     pub fn store(&self) -> &Store {
         &self.store

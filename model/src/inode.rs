@@ -46,7 +46,10 @@ impl Container {
                 if self.kind(d) != Kind::Dir {
                     return Err(Errno::ENOTDIR);
                 }
-                Ok(Value::Names(self.list(d).into_keys().collect()))
+                let mut names: Vec<String> = self.list(d).into_keys().collect();
+                names.extend(self.listed_whiteouts(d));
+                names.sort();
+                Ok(Value::Names(names))
             }
             FileOp::Setxattr { path, name, value } => {
                 self.setxattr(path, name, Some(value)).map(unit)
@@ -85,11 +88,10 @@ impl Container {
             }
         }
         if let (None, Some(l), true) = (d.upper, d.lower, self.policy.farm_links) {
-            // Every layer root in the driver that holds the file links it.
+            // Every name of it in every layer root of the driver links it.
             let n = self.lower.node(l);
             let key = (self.lower.layers()[n.layer].id.clone(), n.ino);
-            let roots = self.farm_roots.get(&key).copied().unwrap_or(1);
-            return inode.nlink * roots;
+            return self.farm_roots.get(&key).copied().unwrap_or(inode.nlink);
         }
         inode.nlink
     }
@@ -208,7 +210,14 @@ impl Container {
             return Err(Errno::ENODATA);
         }
         let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
-        let x = &mut self.upper.get_mut(ino).xattrs;
+        // An xattr changes ctime only: Docker's walker, which compares a directory's size,
+        // mode and mtime, does not see it.
+        let version = self.upper.get(ino).version;
+        let inode = self.upper.get_mut(ino);
+        if inode.is_dir() {
+            inode.version = version;
+        }
+        let x = &mut inode.xattrs;
         match value {
             Some(v) => {
                 x.insert(name.to_string(), v.clone());

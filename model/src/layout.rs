@@ -214,6 +214,13 @@ fn render_dir(
     }
 }
 
+/// A layer's root directory: its mode and `user.*` xattrs are the tree root's.
+fn root_dir(disk: &mut Disk, path: String, root: &crate::tree::Inode) {
+    let mut e = entry("dir", root.mode);
+    user_xattrs(&mut e, root);
+    disk.add(path, None, e);
+}
+
 fn user_xattrs(e: &mut StorageEntry, inode: &crate::tree::Inode) {
     for (k, v) in &inode.xattrs {
         e.xattrs.insert(k.clone(), xattr_text(v));
@@ -353,7 +360,6 @@ fn overlay(store: &Store, disk: &mut Disk) {
     for l in store.layers() {
         let at = format!("overlay/{}", l.id);
         disk.dir(at.clone(), 0o700);
-        disk.dir(format!("{at}/root"), 0o755);
         // The layer's root: its whole image, regular files hard-linked all the way down
         // from the layer that made them, directories and symlinks made anew (DOCK1).
         let layers = store
@@ -361,7 +367,8 @@ fn overlay(store: &Store, disk: &mut Disk) {
             .iter()
             .map(|id| std::sync::Arc::clone(store.layer(id).expect("chain")))
             .collect();
-        let stack = LowerStack::new(layers);
+        let stack = LowerStack::flattened(layers);
+        root_dir(disk, format!("{at}/root"), stack.inode(LowerStack::ROOT));
         farm(disk, &format!("{at}/root"), &stack, LowerStack::ROOT);
     }
     for c in store.containers() {
@@ -374,7 +381,7 @@ fn overlay(store: &Store, disk: &mut Disk) {
             }
             None => {
                 // No parent: Docker makes a plain `root` and mounts nothing.
-                disk.dir(format!("{at}/root"), 0o755);
+                root_dir(disk, format!("{at}/root"), c.upper.get(ROOT));
                 render_tree(
                     disk,
                     &format!("{at}/root"),
@@ -424,6 +431,7 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     disk.dir(format!("{at}/{upper}"), 0o755);
     let root = c.upper.get(ROOT);
     let mut r = entry("dir", root.mode);
+    user_xattrs(&mut r, root);
     if root.impure {
         r.xattrs.insert("trusted.overlay.impure".into(), "y".into());
     }
@@ -529,7 +537,7 @@ fn overlay2(store: &Store, disk: &mut Disk) {
     };
     for l in store.layers() {
         let at = skeleton(disk, &l.id, l.parent.as_deref());
-        disk.dir(format!("{at}/diff"), 0o755);
+        root_dir(disk, format!("{at}/diff"), l.tree.get(ROOT));
         render_tree(
             disk,
             &format!("{at}/diff"),
@@ -548,7 +556,7 @@ fn overlay2(store: &Store, disk: &mut Disk) {
             upper_work_merged(disk, c, &at, "diff");
         } else {
             // No lower layers: Docker bind-mounts `diff` itself as the root filesystem.
-            disk.dir(format!("{at}/diff"), 0o755);
+            root_dir(disk, format!("{at}/diff"), c.upper.get(ROOT));
             render_tree(
                 disk,
                 &format!("{at}/diff"),

@@ -32,6 +32,9 @@ pub struct LowerNode {
     pub children: Option<BTreeMap<String, NodeId>>,
     /// A directory that more than one layer contributes to.
     pub merged: bool,
+    /// The inode shown instead of the layer's, when layers were combined into it (index in
+    /// the stack's own inodes).
+    synthetic: Option<u32>,
 }
 
 /// Index of a [`LowerNode`] in its stack.
@@ -42,6 +45,8 @@ pub type NodeId = u32;
 pub struct LowerStack {
     layers: Vec<Arc<Layer>>,
     nodes: Vec<LowerNode>,
+    synthetic: Vec<Inode>,
+    accumulate_dir_xattrs: bool,
 }
 
 impl LowerStack {
@@ -50,21 +55,47 @@ impl LowerStack {
 
     /// Builds the stack and its index from layers given lowest first.
     pub fn new(layers: Vec<Arc<Layer>>) -> LowerStack {
+        Self::build(layers, false)
+    }
+
+    /// The stack as Docker's overlay driver flattens it into one layer root: a directory
+    /// that several layers list keeps the xattrs of all of them (the layer applier sets a
+    /// directory's xattrs on the copy of the parent's, it never clears them).
+    pub fn flattened(layers: Vec<Arc<Layer>>) -> LowerStack {
+        Self::build(layers, true)
+    }
+
+    fn build(layers: Vec<Arc<Layer>>, accumulate_dir_xattrs: bool) -> LowerStack {
         let mut stack = LowerStack {
             nodes: vec![LowerNode {
                 layer: 0,
                 ino: ROOT,
                 children: Some(BTreeMap::new()),
                 merged: false,
+                synthetic: None,
             }],
             layers: Vec::new(),
+            synthetic: Vec::new(),
+            accumulate_dir_xattrs,
         };
-        for (i, layer) in layers.iter().enumerate() {
+        stack.layers = layers;
+        for i in 0..stack.layers.len() {
+            let before = (i > 0).then(|| stack.node_inode(Self::ROOT)).flatten();
             stack.nodes[0].layer = i;
             stack.nodes[0].merged = i > 0;
+            stack.nodes[0].synthetic = None;
+            if let (true, Some(before)) = (stack.accumulate_dir_xattrs, before) {
+                let root = stack.layers[i].tree.get(ROOT).clone();
+                let mut xattrs = before.xattrs;
+                xattrs.extend(root.xattrs.clone());
+                if xattrs != root.xattrs {
+                    stack.synthetic.push(Inode { xattrs, ..root });
+                    stack.nodes[0].synthetic = Some(stack.synthetic.len() as u32 - 1);
+                }
+            }
+            let layer = Arc::clone(&stack.layers[i]);
             stack.apply(i, &layer.tree, ROOT, Self::ROOT);
         }
-        stack.layers = layers;
         stack
     }
 
@@ -85,10 +116,24 @@ impl LowerStack {
                         existing.filter(|&e| !*opaque && self.nodes[e as usize].children.is_some());
                     let id = match keep {
                         Some(e) => {
+                            let before = self.node_inode(e);
                             let n = &mut self.nodes[e as usize];
                             n.layer = layer;
                             n.ino = ino;
                             n.merged = true;
+                            n.synthetic = None;
+                            if self.accumulate_dir_xattrs {
+                                let mut xattrs = before.map(|b| b.xattrs).unwrap_or_default();
+                                xattrs.extend(inode.xattrs.clone());
+                                if xattrs != inode.xattrs {
+                                    self.synthetic.push(Inode {
+                                        xattrs,
+                                        ..inode.clone()
+                                    });
+                                    self.nodes[e as usize].synthetic =
+                                        Some(self.synthetic.len() as u32 - 1);
+                                }
+                            }
                             e
                         }
                         None => self.push(layer, ino, true, name, node),
@@ -102,6 +147,15 @@ impl LowerStack {
         }
     }
 
+    /// While building: the inode node `e` shows so far.
+    fn node_inode(&self, e: NodeId) -> Option<Inode> {
+        let n = &self.nodes[e as usize];
+        Some(match n.synthetic {
+            Some(s) => self.synthetic[s as usize].clone(),
+            None => self.layers[n.layer].tree.get(n.ino).clone(),
+        })
+    }
+
     fn push(&mut self, layer: usize, ino: Ino, dir: bool, name: &str, parent: NodeId) -> NodeId {
         let id = self.nodes.len() as NodeId;
         self.nodes.push(LowerNode {
@@ -109,6 +163,7 @@ impl LowerStack {
             ino,
             children: dir.then(BTreeMap::new),
             merged: false,
+            synthetic: None,
         });
         self.children_mut(parent).insert(name.to_string(), id);
         id
@@ -129,7 +184,10 @@ impl LowerStack {
     /// The inode behind a merged dentry.
     pub fn inode(&self, id: NodeId) -> &Inode {
         let n = self.node(id);
-        self.layers[n.layer].tree.get(n.ino)
+        match n.synthetic {
+            Some(s) => &self.synthetic[s as usize],
+            None => self.layers[n.layer].tree.get(n.ino),
+        }
     }
 
     /// The inode `ino` of layer `layer`.

@@ -120,6 +120,22 @@ pub enum DirRename {
     Redirect,
 }
 
+/// The filesystem under the driver root. It shows where Docker compares directory sizes:
+/// tmpfs sizes a directory at 20 bytes per entry, ext4 and xfs in whole blocks (small
+/// directories: one block), so a copied-up directory with fewer entries than its lower
+/// copy differs on tmpfs only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backing {
+    /// tmpfs (default).
+    #[default]
+    Tmpfs,
+    /// ext4 on a loop device.
+    Ext4,
+    /// xfs on a loop device.
+    Xfs,
+}
+
 /// The semantic choices in which file-level drivers differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -141,6 +157,8 @@ pub struct Policy {
     /// Image layers are hard-link farms (overlay, DOCK1): a lower file has one more link
     /// for every layer root above the one that made it.
     pub farm_links: bool,
+    /// The backing filesystem.
+    pub backing: Backing,
 }
 
 impl Policy {
@@ -162,6 +180,7 @@ impl Policy {
             flat: driver == DriverKind::Devicemapper,
             whiteout_names_reserved: driver == DriverKind::Aufs,
             farm_links: driver == DriverKind::Overlay,
+            backing: Backing::Tmpfs,
         }
     }
 }

@@ -41,12 +41,37 @@ impl Container {
         }
     }
 
+    /// Whiteouts readdir shows anyway: overlayfs reads a directory that only one lower
+    /// layer holds straight from that layer, whiteouts included (lookup of such a name
+    /// still gives ENOENT). Seen here with a whiteout in the lowest layer.
+    pub fn listed_whiteouts(&self, d: Dentry) -> Vec<String> {
+        let (None, Some(l)) = (d.upper, d.lower) else {
+            return Vec::new();
+        };
+        if !self.policy.driver.is_overlayfs() || self.policy.farm_links || self.lower.node(l).merged
+        {
+            return Vec::new();
+        }
+        let n = self.lower.node(l);
+        let tree = &self.lower.layers()[n.layer].tree;
+        tree.get(n.ino)
+            .children()
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, &i)| tree.get(i).is_whiteout())
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `st_nlink` of a merged directory: 2 plus its subdirectories, or 1 for a directory
     /// overlayfs merges from several layers (it does not count them).
     pub fn dir_nlink(&self, d: Dentry) -> u32 {
         let merged = match (d.upper, d.lower) {
             (Some(_), Some(_)) => true,
-            (None, Some(l)) => self.lower.node(l).merged,
+            // overlay has one lower directory: nothing lower-only is merged there.
+            (None, Some(l)) => self.lower.node(l).merged && !self.policy.farm_links,
             _ => false,
         };
         if merged && self.policy.merged_dir_nlink_one {

@@ -64,6 +64,7 @@ pub struct Store {
     containers: BTreeMap<String, Container>,
     container_order: Vec<String>,
     stacks: BTreeMap<String, Arc<LowerStack>>,
+    backing: crate::params::Backing,
 }
 
 impl Store {
@@ -77,7 +78,13 @@ impl Store {
             containers: BTreeMap::new(),
             container_order: Vec::new(),
             stacks: BTreeMap::new(),
+            backing: crate::params::Backing::default(),
         }
+    }
+
+    /// Sets the backing filesystem for containers created from now on.
+    pub fn set_backing(&mut self, backing: crate::params::Backing) {
+        self.backing = backing;
     }
 
     /// The driver.
@@ -146,7 +153,11 @@ impl Store {
             .iter()
             .map(|id| Arc::clone(&self.layers[id]))
             .collect();
-        let s = Arc::new(LowerStack::new(layers));
+        let s = Arc::new(if Policy::new(self.driver, self.options).farm_links {
+            LowerStack::flattened(layers)
+        } else {
+            LowerStack::new(layers)
+        });
         self.stacks.insert(key, Arc::clone(&s));
         s
     }
@@ -186,11 +197,7 @@ impl Store {
         let mut roots: BTreeMap<(String, Ino), u32> = BTreeMap::new();
         for id in self.layer_order.clone() {
             let stack = self.stack(Some(&id));
-            let mut seen = std::collections::BTreeSet::new();
-            count_files(&stack, LowerStack::ROOT, &mut seen);
-            for key in seen {
-                *roots.entry(key).or_default() += 1;
-            }
+            count_files(&stack, LowerStack::ROOT, &mut roots);
         }
         let roots = Arc::new(roots);
         for c in self.containers.values_mut() {
@@ -215,7 +222,10 @@ impl Store {
                     }
                 }
                 let stack = self.stack(image.as_deref());
-                let policy = Policy::new(self.driver, self.options);
+                let policy = Policy {
+                    backing: self.backing,
+                    ..Policy::new(self.driver, self.options)
+                };
                 let mut c = Container::new(id, image.clone(), stack, policy);
                 if let Some(other) = self.containers.values().next() {
                     c.farm_roots = Arc::clone(&other.farm_roots);
@@ -383,18 +393,19 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
     Ok(t)
 }
 
-/// The regular files a layer root shows, by (layer id, inode).
+/// Counts the names a layer root shows for each regular file, by (layer id, inode).
 fn count_files(
     stack: &LowerStack,
     node: crate::lower::NodeId,
-    out: &mut std::collections::BTreeSet<(String, Ino)>,
+    out: &mut BTreeMap<(String, Ino), u32>,
 ) {
     if let Some(children) = &stack.node(node).children {
         for &c in children.values() {
             let n = stack.node(c);
             match stack.inode(c).body {
                 Body::File { .. } => {
-                    out.insert((stack.layers()[n.layer].id.clone(), n.ino));
+                    *out.entry((stack.layers()[n.layer].id.clone(), n.ino))
+                        .or_default() += 1;
                 }
                 Body::Dir { .. } => count_files(stack, c, out),
                 _ => {}

@@ -63,6 +63,9 @@ pub struct Inode {
     pub nlink: u32,
     /// The lower inode this one was copied up from.
     pub origin: Option<Origin>,
+    /// Held by something other than a name (overlayfs `work/index`, AUFS pseudo-links):
+    /// not freed when its last name goes.
+    pub pinned: bool,
     /// overlayfs `trusted.overlay.impure`: this upper directory may hold entries that were
     /// copied up or moved in, so readdir must look up their real inode numbers. Set by the
     /// kernel and never cleared.
@@ -207,11 +210,22 @@ impl Tree {
         }
     }
 
+    /// Swaps what two names point at (`rename(RENAME_EXCHANGE)`); both must exist.
+    pub fn exchange(&mut self, a_dir: Ino, a: &str, b_dir: Ino, b: &str) {
+        let ia = self.child(a_dir, a).expect("first name of exchange");
+        let ib = self.child(b_dir, b).expect("second name of exchange");
+        for (dir, name, ino) in [(a_dir, a, ib), (b_dir, b, ia)] {
+            if let Body::Dir { children, .. } = &mut self.get_mut(dir).body {
+                children.insert(name.to_string(), ino);
+            }
+        }
+    }
+
     /// Drops one name of `ino`; frees it (and a directory's subtree) at zero.
     fn release(&mut self, ino: Ino) {
         let inode = self.inodes.get_mut(&ino).expect("released inode exists");
         inode.nlink = inode.nlink.saturating_sub(1);
-        if inode.nlink == 0 {
+        if inode.nlink == 0 && !inode.pinned {
             let inode = self.inodes.remove(&ino).expect("present");
             if let Body::Dir { children, .. } = inode.body {
                 for (_, child) in children {
@@ -263,6 +277,7 @@ pub fn new_inode(mode: u32, body: Body) -> Inode {
         body,
         nlink: 0,
         origin: None,
+        pinned: false,
         impure: false,
         version: 0,
     }

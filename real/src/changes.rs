@@ -42,11 +42,10 @@ fn walk_changes(
         let p = e.path();
         let path = format!("{rel}/{}", e.file_name().to_string_lossy());
         let m = fs::symlink_metadata(&p)?;
-        let in_lower = |path: &str| {
-            lowers
-                .iter()
-                .find_map(|l| fs::metadata(l.join(path.trim_start_matches('/'))).ok())
-        };
+        // moby uses os.Stat here, which follows a lower layer's symlinks on the host (an
+        // absolute target resolves outside the layer): the spec looks the path up inside
+        // each layer without following any symlink.
+        let in_lower = |path: &str| lowers.iter().find_map(|l| lstat_in(l, path));
         let kind = if is_whiteout(&m) || (m.is_dir() && opaque(&p) && in_lower(&path).is_some()) {
             Some(ChangeKind::D)
         } else {
@@ -79,6 +78,23 @@ fn walk_changes(
         }
     }
     Ok(())
+}
+
+/// `lstat` of `path` inside layer directory `layer`, following no symlink on the way.
+fn lstat_in(layer: &Path, path: &str) -> Option<fs::Metadata> {
+    let mut cur = layer.to_path_buf();
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let m = fs::symlink_metadata(&cur).ok()?;
+        if i + 1 == comps.len() {
+            return Some(m);
+        }
+        if !m.is_dir() {
+            return None;
+        }
+    }
+    None
 }
 
 /// moby: a directory is unchanged when size, mode and mtime agree.

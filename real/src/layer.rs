@@ -98,8 +98,14 @@ pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<
 }
 
 /// Copies `from` to `to` the way Docker's overlay driver builds a layer root from its
-/// parent's: regular files hard-linked, directories and symlinks made anew (DOCK1).
+/// parent's: regular files hard-linked, directories and symlinks made anew, xattrs of
+/// every directory (the root's too) copied (DOCK1).
 pub fn farm_copy(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
+    copy_xattrs(log, from, to)?;
+    farm_copy_dir(log, from, to)
+}
+
+fn farm_copy_dir(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -110,7 +116,7 @@ pub fn farm_copy(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
         if ft.is_dir() {
             mkdir(log, &dst, m.mode() & 0o7777)?;
             copy_xattrs(log, &src, &dst)?;
-            farm_copy(log, &src, &dst)?;
+            farm_copy_dir(log, &src, &dst)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(&src)?, &dst)?;
         } else {
@@ -118,6 +124,11 @@ pub fn farm_copy(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets `src`'s `user.*` xattrs on `dst` (the layer applier on an existing directory).
+pub fn copy_user_xattrs(log: &mut Log, src: &Path, dst: &Path) -> io::Result<()> {
+    copy_xattrs(log, src, dst)
 }
 
 fn copy_xattrs(log: &mut Log, src: &Path, dst: &Path) -> io::Result<()> {

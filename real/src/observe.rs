@@ -70,7 +70,13 @@ fn walk_merged(
         let name = e.file_name().to_string_lossy().into_owned();
         let p = e.path();
         let r = format!("{rel}/{name}");
-        let m = fs::symlink_metadata(&p)?;
+        let m = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            // readdir may list a whiteout of a directory read straight from one lower
+            // layer; the name does not exist.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         out.insert(r.clone(), merged_entry(&p, &m)?);
         if m.is_dir() {
             walk_merged(&p, &r, out, inodes)?;

@@ -155,25 +155,26 @@ impl OverlayDriver {
                         let dir = top.join(&spec.id);
                         mkdir(log, &dir, 0o700)?;
                         let root = dir.join("root");
+                        // The layer's root: the parent's root as a hard-link farm (or
+                        // nothing), then the diff applied as Docker's applier does it:
+                        // whiteouts delete, opaque directories replace.
                         match lower.last() {
                             Some(parent) => {
                                 let proot = top.join(parent).join("root");
                                 mkdir(log, &root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
                                 layer::farm_copy(log, &proot, &root)?;
-                                let staged = dir.join("staged-diff");
-                                mkdir(log, &staged, 0o755)?;
-                                layer::write_entries(log, &staged, &spec)?;
-                                let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
-                                fs::set_permissions(&root, fs::Permissions::from_mode(m))?;
-                                layer::apply_diff(log, &staged, &root)?;
-                                log.note(format!("rm -r {}", staged.display()));
-                                fs::remove_dir_all(&staged)?;
                             }
-                            None => {
-                                mkdir(log, &root, 0o755)?;
-                                layer::write_entries(log, &root, &spec)?;
-                            }
+                            None => mkdir(log, &root, 0o755)?,
                         }
+                        let staged = dir.join("staged-diff");
+                        mkdir(log, &staged, 0o755)?;
+                        layer::write_entries(log, &staged, &spec)?;
+                        let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
+                        fs::set_permissions(&root, fs::Permissions::from_mode(m))?;
+                        layer::copy_user_xattrs(log, &staged, &root)?;
+                        layer::apply_diff(log, &staged, &root)?;
+                        log.note(format!("rm -r {}", staged.display()));
+                        fs::remove_dir_all(&staged)?;
                     }
                 }
                 Ok(())

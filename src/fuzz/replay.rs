@@ -10,7 +10,7 @@
 //! holds the normalisations of observations.
 
 use super::generate::Trace;
-use layerspec_model::{Driver, DriverError, FileOp, Kind, ModelDriver, Op, Outcome, Value};
+use layerspec_model::{Driver, DriverError, FileOp, ModelDriver, Op, Outcome};
 use std::cell::Cell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -115,17 +115,8 @@ pub fn show_outcome(o: &Outcome) -> String {
     }
 }
 
-/// The one normalisation of step outcomes (see the module docs).
-pub fn normalise_outcome(o: &Outcome) -> Outcome {
-    match o {
-        Ok(Value::Stat(s)) if s.kind == Kind::Dir => {
-            let mut s = s.clone();
-            s.size = 0;
-            Ok(Value::Stat(s))
-        }
-        other => other.clone(),
-    }
-}
+/// The one normalisation of step outcomes, kept with the others in [`crate::compare`].
+pub use crate::compare::normalise_outcome;
 
 /// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind).
 pub fn replay(trace: &Trace, other: &mut dyn Driver) -> Replay {
@@ -230,7 +221,7 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
             }
             Ok(Ok(r)) => r,
         };
-        let diff = crate::compare::diff_observations(&m, &r);
+        let diff = crate::compare::diff_observations_on(other.backend(), &m, &r);
         if !diff.is_empty() {
             return Replay::Diverged(Divergence {
                 phase,

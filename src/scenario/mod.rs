@@ -50,17 +50,8 @@ pub struct Options {
     pub pool: Option<PoolParams>,
 }
 
-/// The filesystem under the driver root.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Backing {
-    /// tmpfs (default).
-    #[default]
-    Tmpfs,
-    /// ext4 on a loop device.
-    Ext4,
-    /// xfs on a loop device.
-    Xfs,
-}
+/// The filesystem under the driver root (the model's vocabulary).
+pub use layerspec_model::Backing;
 
 /// A value that may differ per driver: `x` or `{ default = x, overlay2 = y }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
