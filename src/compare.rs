@@ -12,9 +12,12 @@
 //!   origin lands in a directory and clears it when a readdir finds no such entry left, so
 //!   whether it is there depends on when the directory was last read — observing changes
 //!   it. Present and absent are both allowed: it is not compared.
-//! - backend `fuse`: fuse-overlayfs keeps its own bookkeeping on disk; the kernel's
-//!   `trusted.overlay.*` xattrs other than `opaque` and `redirect`, the contents of each
-//!   container's `work/`, and with them the inode count, are not compared.
+//! - backend `fuse`: fuse-overlayfs is compared on what a container sees — step outcomes
+//!   and merged views — not on its driver root: it keeps its own bookkeeping there
+//!   (`user.fuseoverlayfs.*` xattrs, its own work directory, opaque marks on new
+//!   directories), none of which the kernel's layout (the model's) has. A directory's
+//!   `st_nlink` from `stat` is not compared on fuse either: it counts subdirectories where
+//!   the kernel reports 1 for merged directories.
 
 use layerspec_model::Observation;
 use std::collections::BTreeSet;
@@ -94,45 +97,29 @@ fn normalise(backend: &str, o: &Observation) -> Observation {
         e.xattrs.remove("trusted.overlay.impure");
     }
     if backend == "fuse" {
-        let work: Vec<String> = o
-            .storage
-            .keys()
-            .filter(|p| p.split('/').rev().nth(1) == Some("work") && p.split('/').count() > 3)
-            .cloned()
-            .collect();
-        let inside_work = |p: &str| {
-            work.iter()
-                .any(|w| p.starts_with(&format!("{w}/")) || p == w)
-        };
-        o.storage.retain(|p, _| !inside_work(p));
-        for e in o.storage.values_mut() {
-            e.xattrs.retain(|k, _| {
-                !k.starts_with("trusted.overlay.")
-                    || k == "trusted.overlay.opaque"
-                    || k == "trusted.overlay.redirect"
-            });
-        }
+        o.storage.clear();
         o.accounting.inodes_used = 0;
-        renumber(&mut o);
     }
     o
 }
 
-/// Renumbers inode groups in path order after entries were dropped.
-fn renumber(o: &mut Observation) {
-    let mut numbers = std::collections::BTreeMap::new();
-    for e in o.storage.values_mut() {
-        let n = numbers.len() as u32 + 1;
-        e.inode = *numbers.entry(e.inode).or_insert(n);
-    }
-}
-
 /// A step's outcome made comparable: a directory's size is not specified.
 pub fn normalise_outcome(o: &layerspec_model::Outcome) -> layerspec_model::Outcome {
+    normalise_outcome_on("kernel", o)
+}
+
+/// A step's outcome made comparable for `backend` (see the module docs).
+pub fn normalise_outcome_on(
+    backend: &str,
+    o: &layerspec_model::Outcome,
+) -> layerspec_model::Outcome {
     match o {
         Ok(layerspec_model::Value::Stat(s)) if s.kind == layerspec_model::Kind::Dir => {
             let mut s = s.clone();
             s.size = 0;
+            if backend == "fuse" {
+                s.nlink = 0;
+            }
             Ok(layerspec_model::Value::Stat(s))
         }
         other => other.clone(),

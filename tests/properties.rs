@@ -149,10 +149,19 @@ proptest! {
         for op in &ops {
             let before = d.clone();
             match d.apply(op) {
-                Ok(Err(_)) => {
+                Ok(Err(e)) => {
                     prop_assert_eq!(before.store().containers().count(), d.store().containers().count());
                     let (a, b) = (observe_store(before.store()), observe_store(d.store()));
-                    prop_assert!(a == b, "{:?} failed but changed the state", op);
+                    // The one documented exception: overlayfs marks a directory opaque
+                    // before the upper filesystem refuses to rename it onto a non-empty
+                    // one (dir.rs). What the container shows does not change.
+                    let renamed_onto_nonempty = matches!(op, Op::File { op: FileOp::Rename { .. }, .. })
+                        && e == Errno::ENOTEMPTY;
+                    if renamed_onto_nonempty {
+                        prop_assert!(a.merged == b.merged, "{:?} failed but changed the merged view", op);
+                    } else {
+                        prop_assert!(a == b, "{:?} failed but changed the state", op);
+                    }
                 }
                 Ok(Ok(_)) | Err(_) => {}
             }

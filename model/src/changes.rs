@@ -81,7 +81,13 @@ impl Container {
             {
                 ChangeKind::D
             } else if self.in_any_layer(&path) {
-                if inode.is_dir() && inode.version == 0 && !self.dir_size_differs(&path, inode) {
+                let lower_mode = self.lower.lookup(&path).map(|l| self.lower.inode(l).mode);
+                let same_mode = lower_mode.is_none_or(|m| m == inode.mode);
+                if inode.is_dir()
+                    && inode.version == 0
+                    && same_mode
+                    && !self.dir_size_differs(&path, inode)
+                {
                     continue;
                 }
                 ChangeKind::C

@@ -215,6 +215,23 @@ impl Container {
         }
         if let Some(t) = rt.target {
             if self.kind(t) == Kind::Dir && !self.is_empty_dir(t) {
+                if t.lower.is_none() && src_is_dir && src.lower.is_none() && src.in_upper {
+                    // overlayfs leaves the emptiness of a pure upper target to the upper
+                    // filesystem, after it has already marked the moved directory opaque
+                    // (ovl_rename): the failed rename leaves that mark (seen here).
+                    let opaque_mark = self.policy.driver.is_overlayfs()
+                        && rt.parent().lower.is_some()
+                        && !self.inode(src).is_opaque();
+                    if opaque_mark {
+                        let ino = src.upper.expect("in upper");
+                        let v = self.upper.get(ino).version;
+                        let i = self.upper.get_mut(ino);
+                        if let Body::Dir { opaque, .. } = &mut i.body {
+                            *opaque = true;
+                        }
+                        i.version = v;
+                    }
+                }
                 return Err(Errno::ENOTEMPTY);
             }
         }

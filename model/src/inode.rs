@@ -165,7 +165,13 @@ impl Container {
         let mut r = self.resolve(path, true)?;
         let d = r.existing()?;
         let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
-        self.upper.get_mut(ino).mode = mode & 0o7777;
+        let version = self.upper.get(ino).version;
+        let inode = self.upper.get_mut(ino);
+        inode.mode = mode & 0o7777;
+        if inode.is_dir() {
+            // chmod changes ctime, not mtime: Docker's walker sees a directory's mode.
+            inode.version = version;
+        }
         Ok(())
     }
 

@@ -504,17 +504,7 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
 fn overlay2(store: &Store, disk: &mut Disk) {
     disk.dir("overlay2".into(), 0o710);
     disk.dir("overlay2/l".into(), 0o700);
-    let mut has_child: BTreeMap<String, bool> = BTreeMap::new();
-    for l in store.layers() {
-        if let Some(p) = &l.parent {
-            has_child.insert(p.clone(), true);
-        }
-    }
-    for c in store.containers() {
-        if let Some(i) = &c.image {
-            has_child.insert(i.clone(), true);
-        }
-    }
+    let has_child = store.built_upon();
     let skeleton = |disk: &mut Disk, id: &str, parent: Option<&str>| {
         let at = format!("overlay2/{id}");
         let short = short_name(id);
@@ -530,7 +520,7 @@ fn overlay2(store: &Store, disk: &mut Disk) {
                 .collect();
             disk.file(format!("{at}/lower"), 0o644, lower.join(":").as_bytes());
         }
-        if has_child.contains_key(id) {
+        if has_child.contains(id) {
             disk.file(format!("{at}/committed"), 0o600, b"");
         }
         at

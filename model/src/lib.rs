@@ -3,7 +3,8 @@
 //!
 //! A [`Store`] is the state of one driver root: image layers and containers. [`Store::apply`]
 //! is the transition: it runs one [`Op`] and returns the step's [`Outcome`] (a [`Value`] or
-//! an [`Errno`]), changing nothing when the outcome is an errno. [`ModelDriver`] wraps it in
+//! an [`Errno`]), changing nothing when the outcome is an errno (one exception, as the
+//! kernel does it: a directory renamed onto a non-empty one may be left marked opaque). [`ModelDriver`] wraps it in
 //! the [`Driver`] trait the real, kernel-backed drivers implement too, so the harness can run
 //! both side by side and compare their [`Observation`]s.
 //!

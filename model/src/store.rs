@@ -65,6 +65,7 @@ pub struct Store {
     container_order: Vec<String>,
     stacks: BTreeMap<String, Arc<LowerStack>>,
     backing: crate::params::Backing,
+    built_upon: std::collections::BTreeSet<String>,
 }
 
 impl Store {
@@ -79,7 +80,14 @@ impl Store {
             container_order: Vec::new(),
             stacks: BTreeMap::new(),
             backing: crate::params::Backing::default(),
+            built_upon: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Layers something (a layer or a container) was ever created on: overlay2 marks them
+    /// with a `committed` file that stays when the child goes.
+    pub fn built_upon(&self) -> &std::collections::BTreeSet<String> {
+        &self.built_upon
     }
 
     /// Sets the backing filesystem for containers created from now on.
@@ -182,6 +190,9 @@ impl Store {
     }
 
     fn insert_layer(&mut self, layer: Layer) {
+        if let Some(p) = &layer.parent {
+            self.built_upon.insert(p.clone());
+        }
         self.layer_order.push(layer.id.clone());
         self.layers.insert(layer.id.clone(), Arc::new(layer));
         self.refresh_farm_roots();
@@ -220,6 +231,9 @@ impl Store {
                     if !self.layers.contains_key(i) {
                         return Err(StepError::NoLayer(i.clone()));
                     }
+                }
+                if let Some(i) = image {
+                    self.built_upon.insert(i.clone());
                 }
                 let stack = self.stack(image.as_deref());
                 let policy = Policy {

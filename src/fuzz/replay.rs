@@ -203,7 +203,10 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
         match guarded(|| other.apply(op)) {
             Err(p) => return diverged(phase, &w, &p),
             Ok(Err(e)) => return diverged(phase, &w, &driver_error(&e)),
-            Ok(Ok(got)) if normalise_outcome(&got) != normalise_outcome(&want) => {
+            Ok(Ok(got))
+                if crate::compare::normalise_outcome_on(other.backend(), &got)
+                    != crate::compare::normalise_outcome_on(other.backend(), &want) =>
+            {
                 return diverged(phase, &w, &show_outcome(&got))
             }
             Ok(Ok(_)) => {}
