@@ -19,7 +19,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-fn kind_of(m: &fs::Metadata) -> Kind {
+/// The file type of `m` in the spec's vocabulary.
+pub(crate) fn kind_of(m: &fs::Metadata) -> Kind {
     let ft = m.file_type();
     if ft.is_dir() {
         Kind::Dir

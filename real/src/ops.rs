@@ -3,10 +3,10 @@
 //! resolves inside the container, exactly as for a process in it.
 
 use crate::sys;
-use layerspec_model::{Errno, FileOp, Kind, Outcome, StatInfo, Value};
+use layerspec_model::{Errno, FileOp, Outcome, StatInfo, Value};
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 fn errno(e: io::Error) -> Errno {
@@ -97,20 +97,7 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
         }
         FileOp::Stat { path } => {
             let m = fs::symlink_metadata(p(path))?;
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_symlink() {
-                Kind::Symlink
-            } else if ft.is_fifo() {
-                Kind::Fifo
-            } else if ft.is_char_device() {
-                Kind::Char
-            } else if ft.is_block_device() {
-                Kind::Block
-            } else {
-                Kind::File
-            };
+            let kind = crate::observe::kind_of(&m);
             Value::Stat(StatInfo {
                 kind,
                 size: m.size(),
