@@ -110,21 +110,8 @@ fn run_step(
         Action::Op(op) => {
             let outcome: Outcome = driver.apply(op).map_err(|e: DriverError| e.to_string())?;
             track_containers(op, &outcome, containers);
-            let expect = step
-                .expect
-                .get(kind, backend)
-                .copied()
-                .ok_or_else(|| format!("`expect` has no value for {kind} and no default"))?;
-            let value = match (expect, outcome) {
-                (Expect::Ok, Ok(v)) => v,
-                (Expect::Ok, Err(e)) => return Err(format!("expected ok, got {e}")),
-                (Expect::Errno(want), Err(got)) if want == got => return Ok(()),
-                (Expect::Errno(want), Err(got)) => {
-                    return Err(format!("expected {want}, got {got}"))
-                }
-                (Expect::Errno(want), Ok(v)) => {
-                    return Err(format!("expected {want}, got ok ({v})"))
-                }
+            let Some(value) = judge_expect(step, kind, backend, outcome)? else {
+                return Ok(());
             };
             let Some(returns) = &step.returns else {
                 return Ok(());
@@ -134,6 +121,28 @@ fn run_step(
                 .ok_or_else(|| format!("`returns` has no value for {kind} and no default"))?;
             compare(want, &value)
         }
+    }
+}
+
+/// Judges a step's outcome against its `expect`: `Ok(Some(value))` when it succeeded as
+/// expected (its value still to be compared), `Ok(None)` when it failed as expected.
+pub(crate) fn judge_expect<V: std::fmt::Display>(
+    step: &Step,
+    kind: DriverKind,
+    backend: &str,
+    outcome: Result<V, Errno>,
+) -> Result<Option<V>, String> {
+    let expect = step
+        .expect
+        .get(kind, backend)
+        .copied()
+        .ok_or_else(|| format!("`expect` has no value for {kind} and no default"))?;
+    match (expect, outcome) {
+        (Expect::Ok, Ok(v)) => Ok(Some(v)),
+        (Expect::Ok, Err(e)) => Err(format!("expected ok, got {e}")),
+        (Expect::Errno(want), Err(got)) if want == got => Ok(None),
+        (Expect::Errno(want), Err(got)) => Err(format!("expected {want}, got {got}")),
+        (Expect::Errno(want), Ok(v)) => Err(format!("expected {want}, got ok ({v})")),
     }
 }
 
@@ -222,9 +231,4 @@ fn show(want: &Expected) -> String {
             format!("{{ {} }}", parts.join(", "))
         }
     }
-}
-
-/// An errno for the harness's own messages.
-pub fn errno_name(e: Errno) -> &'static str {
-    e.name()
 }

@@ -555,18 +555,6 @@ impl Driver for OverlayDriver {
             })
             .collect();
         let copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)> = self.copied.clone();
-        let _layer_dirs: Vec<(String, String)> = self
-            .layers
-            .keys()
-            .map(|l| {
-                let sub = if kind == DriverKind::Overlay2 {
-                    "diff"
-                } else {
-                    "root"
-                };
-                (l.clone(), format!("{l}/{sub}"))
-            })
-            .collect();
         self.sandbox
             .run(move |inside| -> io::Result<Observation> {
                 let top = inside.root.join(kind.name());

@@ -157,13 +157,7 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
                 mkfs.args(["-N", &n.to_string()]);
             }
             run(&mut log, mkfs.arg(&img))?;
-            run(
-                &mut log,
-                Command::new("mount")
-                    .args(["-o", "loop"])
-                    .arg(&img)
-                    .arg(&root),
-            )?;
+            loop_mount(&mut log, &img, &root)?;
         }
         BackingFs::Xfs { size } => {
             let img = dir.join("backing.img");
@@ -172,13 +166,7 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
                 &mut log,
                 Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img),
             )?;
-            run(
-                &mut log,
-                Command::new("mount")
-                    .args(["-o", "loop"])
-                    .arg(&img)
-                    .arg(&root),
-            )?;
+            loop_mount(&mut log, &img, &root)?;
         }
     }
     Ok(Inside {
@@ -186,6 +174,15 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
         log,
         real_root,
     })
+}
+
+/// Mounts a filesystem image through a loop device (util-linux sets autoclear, so the
+/// device goes with the mount).
+fn loop_mount(log: &mut Log, img: &Path, at: &Path) -> io::Result<()> {
+    run(
+        log,
+        Command::new("mount").args(["-o", "loop"]).arg(img).arg(at),
+    )
 }
 
 fn make_image(img: &Path, size: &str) -> io::Result<()> {

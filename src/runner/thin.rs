@@ -2,7 +2,7 @@
 //! [`ThinDriver`], judged against the file, and the pool's observation at the end.
 
 use super::{RunResult, Status};
-use crate::scenario::{Action, Expect, Expected, Scenario, Step, ThinStep};
+use crate::scenario::{Action, Expected, Scenario, Step, ThinStep};
 use layerspec_model::{
     Accounting, Driver, DriverKind, Observation, PoolParams, ThinDriver, ThinPool, ThinValue,
 };
@@ -82,17 +82,8 @@ fn run_step(step: &Step, driver: &mut dyn ThinDriver) -> Result<(), String> {
         _ => return Err("a file-level step cannot run on the bare thin pool".into()),
     };
     let outcome = driver.apply(step.index, op).map_err(|e| e.to_string())?;
-    let expect = step
-        .expect
-        .get(kind, backend)
-        .copied()
-        .ok_or_else(|| format!("`expect` has no value for {kind} and no default"))?;
-    let value = match (expect, outcome) {
-        (Expect::Ok, Ok(v)) => v,
-        (Expect::Ok, Err(e)) => return Err(format!("expected ok, got {e}")),
-        (Expect::Errno(want), Err(got)) if want == got => return Ok(()),
-        (Expect::Errno(want), Err(got)) => return Err(format!("expected {want}, got {got}")),
-        (Expect::Errno(want), Ok(v)) => return Err(format!("expected {want}, got ok ({v})")),
+    let Some(value) = super::judge_expect(step, kind, backend, outcome)? else {
+        return Ok(());
     };
     let Some(returns) = &step.returns else {
         return Ok(());
