@@ -19,7 +19,7 @@
 //!   `st_nlink` from `stat` is not compared on fuse either: it counts subdirectories where
 //!   the kernel reports 1 for merged directories.
 
-use layerspec_model::Observation;
+use layerspec_model::{Observation, PoolObservation};
 use std::collections::BTreeSet;
 
 /// Differences between the model's observation and a real one (kernel overlayfs), one
@@ -51,12 +51,61 @@ pub fn diff_observations_on(backend: &str, model: &Observation, real: &Observati
         }
     }
     diff_maps("storage", &model.storage, &real.storage, &mut out);
-    if model.accounting != real.accounting {
+    if let (Some(m), Some(r)) = (&model.accounting.pool, &real.accounting.pool) {
+        out.extend(diff_pools(m, r));
+        let (mut ma, mut ra) = (model.accounting.clone(), real.accounting.clone());
+        (ma.pool, ra.pool) = (None, None);
+        if ma != ra {
+            out.push(format!(
+                "accounting: model {}, real {}",
+                serde_json::to_string(&ma).unwrap_or_default(),
+                serde_json::to_string(&ra).unwrap_or_default()
+            ));
+        }
+    } else if model.accounting != real.accounting {
         out.push(format!(
             "accounting: model {}, real {}",
             serde_json::to_string(&model.accounting).unwrap_or_default(),
             serde_json::to_string(&real.accounting).unwrap_or_default()
         ));
+    }
+    out
+}
+
+/// Differences between two thin pools' observations, field by field and device by device
+/// (the used metadata blocks are not in an observation: see `PoolObservation`).
+pub fn diff_pools(model: &PoolObservation, real: &PoolObservation) -> Vec<String> {
+    let mut out = Vec::new();
+    let json = |v: &PoolObservation| {
+        let mut v = serde_json::to_value(v).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("devices");
+        }
+        v
+    };
+    let (m, r) = (json(model), json(real));
+    if let (Some(m), Some(r)) = (m.as_object(), r.as_object()) {
+        for (k, mv) in m {
+            if r.get(k) != Some(mv) {
+                out.push(format!(
+                    "pool {k}: model {mv}, real {}",
+                    r.get(k).cloned().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let ids: BTreeSet<_> = model.devices.keys().chain(real.devices.keys()).collect();
+    for id in ids {
+        match (model.devices.get(id), real.devices.get(id)) {
+            (Some(m), Some(r)) if m != r => out.push(format!(
+                "thin device {id}: model {}, real {}",
+                serde_json::to_string(m).unwrap_or_default(),
+                serde_json::to_string(r).unwrap_or_default()
+            )),
+            (Some(_), None) => out.push(format!("thin device {id}: only the model has it")),
+            (None, Some(_)) => out.push(format!("thin device {id}: only the real pool has it")),
+            _ => {}
+        }
     }
     out
 }

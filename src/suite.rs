@@ -110,13 +110,30 @@ pub fn run_real(
             observation: None,
         },
     };
-    let mut real =
-        match layerspec_real::open_backend_on(driver, backend, s.options.overlay, backing(s)) {
-            Ok(d) => d,
-            Err(why) => return outcome(Status::Skip(why)),
+    let result = if let Some(params) = &s.options.pool {
+        // A thin-pool scenario: the bare pool, block level.
+        if backend != "kernel" {
+            return outcome(Status::Skip(format!(
+                "no thin pool on the {backend} backend"
+            )));
+        }
+        // The backend was found available before this call: failing to make the pool
+        // now is a failure, not a skip.
+        let mut pool = match layerspec_real::open_thin(*params) {
+            Ok(p) => p,
+            Err(why) => return outcome(Status::Fail(why)),
         };
-    let result = run(s, real.as_mut());
-    drop(real);
+        crate::runner::run_thin(s, pool.as_mut())
+    } else {
+        let mut real =
+            match layerspec_real::open_backend_on(driver, backend, s.options.overlay, backing(s)) {
+                Ok(d) => d,
+                Err(why) => return outcome(Status::Skip(why)),
+            };
+        let result = run(s, real.as_mut());
+        drop(real);
+        result
+    };
     let (Status::Pass, Some(obs)) = (&result.status, &result.observation) else {
         return Outcome {
             scenario: s.name(),

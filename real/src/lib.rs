@@ -14,6 +14,7 @@
 
 mod changes;
 mod copy_up;
+mod dm;
 mod layer;
 mod observe;
 mod ops;
@@ -21,10 +22,12 @@ mod overlay;
 mod probe;
 mod sandbox;
 mod sys;
+mod thin;
 
 pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, Backend, HostFacts};
 pub use sandbox::{parse_size, sweep, BackingFs, Sandbox, PREFIX};
+pub use thin::DmThinPool;
 
 use layerspec_model::{Driver, DriverKind, OverlayOptions};
 
@@ -68,4 +71,23 @@ pub fn open_backend_on(
     OverlayDriver::new(kind, imp, options, backing)
         .map(|d| Box::new(d) as Box<dyn Driver + Send>)
         .map_err(|e| format!("cannot start a {backend} sandbox: {e}"))
+}
+
+/// Opens a real thin pool (dm-thin on loop devices) with `params`, or says why it cannot
+/// run here.
+pub fn open_thin(
+    params: layerspec_model::PoolParams,
+) -> Result<Box<dyn layerspec_model::ThinDriver + Send>, String> {
+    if let Some(Backend {
+        unavailable: Some(why),
+        ..
+    }) = backends_for(DriverKind::Thinpool)
+        .into_iter()
+        .find(|b| b.name == "kernel")
+    {
+        return Err(why);
+    }
+    DmThinPool::new(params)
+        .map(|p| Box::new(p) as Box<dyn layerspec_model::ThinDriver + Send>)
+        .map_err(|e| format!("cannot make a thin pool: {e}"))
 }

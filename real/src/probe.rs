@@ -97,10 +97,15 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             }),
         }],
         DriverKind::Devicemapper | DriverKind::Thinpool => {
-            let kernel = if h.device_mapper {
-                "the dm-thin backend is not built yet (issue 4)".to_string()
+            let kernel = if !h.device_mapper {
+                Some("/proc/misc has no device-mapper on this kernel".to_string())
+            } else if driver == DriverKind::Devicemapper {
+                Some("the real devicemapper graphdriver is not built yet (issue 4)".to_string())
             } else {
-                "/proc/misc has no device-mapper on this kernel".to_string()
+                need_root.clone().or_else(|| {
+                    (!on_path("thin_dump"))
+                        .then(|| "thin_dump (thin-provisioning-tools) is not installed".into())
+                })
             };
             let vm = if h.qemu {
                 "the VM tier is not built yet (issue 4)".to_string()
@@ -111,7 +116,7 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             vec![
                 Backend {
                     name: "kernel",
-                    unavailable: Some(kernel),
+                    unavailable: kernel,
                 },
                 Backend {
                     name: "vm",

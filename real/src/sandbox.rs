@@ -60,15 +60,7 @@ static SWEEP: Once = Once::new();
 impl Sandbox {
     /// Starts a sandbox with `backing` mounted at its root.
     pub fn new(backing: BackingFs) -> io::Result<Sandbox> {
-        SWEEP.call_once(|| {
-            let _ = sweep();
-        });
-        let host_dir = std::env::temp_dir().join(format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir(&host_dir)?;
+        let host_dir = temp_dir()?;
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = channel::<io::Result<()>>();
         let dir = host_dir.clone();
@@ -136,6 +128,21 @@ impl Drop for Sandbox {
         }
         let _ = std::fs::remove_dir_all(&self.host_dir);
     }
+}
+
+/// A fresh directory `layerspec-<pid>-<n>` in the temporary directory (after the first
+/// sweep of what killed runs left), for the caller to remove.
+pub(crate) fn temp_dir() -> io::Result<PathBuf> {
+    SWEEP.call_once(|| {
+        let _ = sweep();
+    });
+    let dir = std::env::temp_dir().join(format!(
+        "{PREFIX}{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
 }
 
 fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
@@ -228,7 +235,13 @@ pub fn sweep() -> io::Result<Vec<String>> {
             .and_then(|p| p.parse::<u32>().ok())
             .is_some_and(|pid| !sys::pid_alive(pid))
     };
-    // Loop devices first: their backing files live in the directories.
+    // Device-mapper devices first: they hold the loop devices open.
+    removed.extend(
+        crate::dm::sweep()
+            .into_iter()
+            .map(|n| format!("dm device {n}")),
+    );
+    // Then loop devices: their backing files live in the directories.
     if let Ok(entries) = std::fs::read_dir("/sys/block") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

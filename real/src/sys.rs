@@ -259,3 +259,91 @@ pub fn loop_detach(log: &mut Log, dev: &Path) -> io::Result<()> {
 pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
     check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) })
 }
+
+/// Size of `struct dm_ioctl` (include/uapi/linux/dm-ioctl.h): the header of every
+/// device-mapper ioctl buffer. The layout is encoded in `dm.rs`, without unsafe.
+pub const DM_IOCTL_SIZE: usize = 312;
+
+/// One device-mapper ioctl on `/dev/mapper/control`: `_IOWR(0xfd, nr, struct dm_ioctl)`
+/// with `buf` (a `dm_ioctl` header plus its payload; the kernel writes its answer back into
+/// it). Logged by the caller (`dm.rs`), which knows what the command means.
+pub fn dm_ioctl(control: &std::fs::File, nr: u8, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    assert!(
+        buf.len() >= DM_IOCTL_SIZE,
+        "a dm ioctl buffer holds a dm_ioctl"
+    );
+    let request: libc::c_ulong = (3 << 30)
+        | ((DM_IOCTL_SIZE as libc::c_ulong) << 16)
+        | (0xfd << 8)
+        | libc::c_ulong::from(nr);
+    check(unsafe { libc::ioctl(control.as_raw_fd(), request as _, buf.as_mut_ptr()) })
+}
+
+/// Attaches `file` to a free loop device with `LO_FLAGS_AUTOCLEAR`, so the device goes
+/// when its last user closes it. Returns `/dev/loopN` and an open handle: autoclear acts at
+/// the last close, so the caller keeps it until something else (a dm table) holds the
+/// device, or for as long as it uses it.
+pub fn loop_attach(log: &mut Log, file: &Path) -> io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::os::fd::AsRawFd;
+    const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+    const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    let ctl = std::fs::File::open("/dev/loop-control")?;
+    let backing = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    // Another process may take the free device between the two calls: try again.
+    for _ in 0..16 {
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dev = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let loopf = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)?;
+        let r = unsafe { libc::ioctl(loopf.as_raw_fd(), LOOP_SET_FD as _, backing.as_raw_fd()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                continue;
+            }
+            return Err(e);
+        }
+        // struct loop_info64: lo_flags is the u32 at byte 52 of its 232.
+        let mut info = [0u8; 232];
+        info[52..56].copy_from_slice(&LO_FLAGS_AUTOCLEAR.to_ne_bytes());
+        let name = file.as_os_str().as_bytes();
+        let n = name.len().min(63);
+        info[56..56 + n].copy_from_slice(&name[..n]);
+        check(unsafe { libc::ioctl(loopf.as_raw_fd(), LOOP_SET_STATUS64 as _, info.as_ptr()) })?;
+        log.note(format!("losetup {} {}", dev.display(), file.display()));
+        return Ok((dev, loopf));
+    }
+    Err(io::Error::other("no free loop device after 16 tries"))
+}
+
+/// `mknod(path, S_IFBLK | 0600, dev)`: a node for a device the sandbox made (no udev).
+pub fn mknod_block(log: &mut Log, path: &Path, dev: u64) -> io::Result<()> {
+    let p = cpath(path)?;
+    log.note(format!(
+        "mknod {} b {} {}",
+        path.display(),
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, dev as libc::dev_t) })
+}
+
+/// `ioctl(BLKDISCARD, [start, len])`, in bytes.
+pub fn blkdiscard(log: &mut Log, dev: &std::fs::File, start: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BLKDISCARD: libc::c_ulong = 0x1277;
+    log.note(format!("blkdiscard -o {start} -l {len}"));
+    let range = [start, len];
+    check(unsafe { libc::ioctl(dev.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) })
+}

@@ -61,12 +61,21 @@ impl BlockData {
     /// The block after writing bytes `start..end` of it with `stamp` (a read-modify-write of
     /// the rest, as the page cache does).
     pub fn overwrite(&self, block_bytes: u32, start: u32, end: u32, stamp: Stamp) -> BlockData {
+        self.put(block_bytes, start, end, Some(stamp))
+    }
+
+    /// The block after bytes `start..end` of it are written with zeros.
+    pub fn zero_range(&self, block_bytes: u32, start: u32, end: u32) -> BlockData {
+        self.put(block_bytes, start, end, None)
+    }
+
+    fn put(&self, block_bytes: u32, start: u32, end: u32, stamp: Option<Stamp>) -> BlockData {
         let end = end.min(block_bytes);
         if start >= end {
             return self.clone();
         }
         if start == 0 && end == block_bytes {
-            return BlockData::Whole(stamp);
+            return stamp.map_or(BlockData::Zero, BlockData::Whole);
         }
         let mut out: Vec<Piece> = Vec::new();
         let mut push = |p: Piece| {
@@ -82,11 +91,7 @@ impl BlockData {
         for p in self.pieces(block_bytes) {
             if p.end <= start || p.start >= end {
                 if p.start >= end && !placed {
-                    push(Piece {
-                        start,
-                        end,
-                        stamp: Some(stamp),
-                    });
+                    push(Piece { start, end, stamp });
                     placed = true;
                 }
                 push(p);
@@ -98,11 +103,7 @@ impl BlockData {
                 stamp: p.stamp,
             });
             if !placed {
-                push(Piece {
-                    start,
-                    end,
-                    stamp: Some(stamp),
-                });
+                push(Piece { start, end, stamp });
                 placed = true;
             }
             push(Piece {

@@ -18,6 +18,10 @@ use super::units::{PoolBlock, ThinId, VirtBlock};
 use super::{ThinOutcome, ThinValue};
 use crate::errno::Errno;
 
+/// Bytes of a thin device's page-cache buffers: a page, since its size is a multiple of
+/// 4 KiB (`set_init_blocksize` picks the largest power of two up to a page dividing it).
+const BUFFER_BYTES: u32 = 4096;
+
 impl ThinPool {
     /// The device, opened as its `thin` table line would: EINVAL for an id over 24 bits,
     /// ENODATA when the pool has no such device (`thin_ctr`).
@@ -45,7 +49,7 @@ impl ThinPool {
         let bb = self.block_bytes();
         let mut result = Ok(ThinValue::Unit);
         for v in block..end {
-            if let Err(e) = self.write_one(id, VirtBlock(v), 0, bb, stamp(step, id, v)) {
+            if let Err(e) = self.write_one(id, VirtBlock(v), 0, bb, stamp(step, id, v), None) {
                 result = Err(e);
             }
         }
@@ -75,8 +79,28 @@ impl ThinPool {
             let v = at / bb;
             let block_end = ((v + 1) * bb).min(end);
             let (s, e) = ((at - v * bb) as u32, (block_end - v * bb) as u32);
-            if let Err(err) = self.write_one(id, VirtBlock(v), s, e, stamp(step, id, v)) {
-                result = Err(err);
+            // The page cache writes back whole pages (a thin device's buffers are 4 KiB:
+            // `set_init_blocksize`); the rest of each page is what it read from the
+            // device before the write: zeros where the block was unmapped.
+            let unmapped = self
+                .devices
+                .get(&id)
+                .is_some_and(|d| d.mapping.get(VirtBlock(v)).is_none());
+            let page = if unmapped {
+                let p = BUFFER_BYTES;
+                Some((s / p * p, (e.div_ceil(p) * p).min(bb as u32)))
+            } else {
+                None
+            };
+            if self
+                .write_one(id, VirtBlock(v), s, e, stamp(step, id, v), page)
+                .is_err()
+            {
+                // Write-back errors reach the writer as EIO whatever the bio's status:
+                // buffer heads record every failed write as -EIO
+                // (`end_buffer_async_write` -> `mark_buffer_write_io_error`), and fsync
+                // reports that.
+                result = Err(Errno::EIO);
             }
             at = block_end;
         }
@@ -136,7 +160,9 @@ impl ThinPool {
         self.params.block_size.bytes() as u32
     }
 
-    /// Writes bytes `s..e` of virtual block `v` of device `id`.
+    /// Writes bytes `s..e` of virtual block `v` of device `id`; `page`: the span the
+    /// device really receives when the write went through the page cache of an unmapped
+    /// block (zeros around `s..e`).
     fn write_one(
         &mut self,
         id: ThinId,
@@ -144,6 +170,7 @@ impl ThinPool {
         s: u32,
         e: u32,
         st: Stamp,
+        page: Option<(u32, u32)>,
     ) -> Result<(), Errno> {
         let bb = self.block_bytes();
         let full = s == 0 && e == bb;
@@ -165,7 +192,10 @@ impl ThinPool {
             return Err(self.unserviceable());
         }
         let nb = self.alloc_data_block()?;
-        let content = if full {
+        let full = full || page == Some((0, bb));
+        let content = if full && page.is_some() {
+            BlockData::Zero.overwrite(bb, s, e, st)
+        } else if full {
             BlockData::Whole(st)
         } else {
             let base = match found {
@@ -173,6 +203,10 @@ impl ThinPool {
                 Some(old) => self.data.get(old.block().0),
                 None if self.params.features.skip_block_zeroing => self.data.get(nb.0),
                 None => BlockData::Zero,
+            };
+            let base = match page {
+                Some((ps, pe)) => base.zero_range(bb, ps, pe),
+                None => base,
             };
             base.overwrite(bb, s, e, st)
         };
