@@ -13,7 +13,7 @@
 //!   `layerspec fuzz` opens ([`layerspec::fuzz::open`], backend `kernel`): per step a hop to
 //!   the sandbox thread, the copy-up watch, a chroot into the merged root and back, the
 //!   system calls, and the outcome turned into a [`layerspec_model::Value`] or errno. Outcomes
-//!   only: no observation after each step, as the fuzz replay does. Opening the driver,
+//!   only: unlike the fuzz replay, no observation after each step. Opening the driver,
 //!   building the layers and mounting the container are not timed, nor is tearing it down.
 //! - `bare`: the same steps as the fewest plain system calls (`open`/`pwrite`/`pread`/
 //!   `close`, `truncate`, `unlink`, `mkdir`, `rename`, `link`, `symlink`, `readlink`,
@@ -21,21 +21,24 @@
 //!   beforehand, issued in one go on the sandbox thread of a real overlay2 driver prepared the
 //!   same way (same layers, a fresh upper and work directory, the same mount), chrooted once
 //!   into its merged root ([`OverlayDriver::run_in_container`]). Only the calls are timed.
+//! - `hop`: [`STEPS`] empty round trips to a sandbox thread, the part of `kernel`'s overhead
+//!   that is only the thread hop each step makes (it depends on the scheduler: on a busy
+//!   machine a wake-up on the other core can wait for a time slice).
 //!
 //! After the group, a summary on stderr: the median time per trace of each (over every timed
 //! trace, warm-up included), the model's steps per second, the ratio kernel/model, and the
 //! harness's overhead over the bare calls, (kernel - bare) / bare. The three sides must fail
 //! the same number of steps (an errno is an outcome); the summary says so or warns.
 //!
-//! Without root or without overlayfs in `/proc/filesystems`, `kernel` and `bare` print
-//! `replay/overlay2/kernel: skipped: <why>` and the model still runs.
+//! Without root or without overlayfs in `/proc/filesystems`, `kernel`, `hop` and `bare`
+//! each print `replay/overlay2/kernel: skipped: <why>` and the model still runs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use criterion::{measurement::WallTime, Throughput};
 use layerspec::fuzz::generate::{generate, Trace, FIRST_CONTAINER};
 use layerspec::fuzz::replay::{replay, Replay};
 use layerspec_model::{Driver, DriverKind, FileOp, ModelDriver, Op, OverlayOptions};
-use layerspec_real::{BackingFs, Implementation, OverlayDriver};
+use layerspec_real::{BackingFs, Implementation, OverlayDriver, Sandbox};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::hint::black_box;
@@ -366,6 +369,7 @@ fn bench(cr: &mut Criterion) {
     });
 
     let (model, kernel, bare) = (Times::default(), Times::default(), Times::default());
+    let hop = Times::default();
     let (kernel_failed, bare_failed) = (RefCell::new(None), RefCell::new(None));
     let mut g = cr.benchmark_group("replay/overlay2");
     configure(&mut g);
@@ -385,8 +389,9 @@ fn bench(cr: &mut Criterion) {
     });
     match &unavailable {
         Some(why) => {
-            eprintln!("replay/overlay2/kernel: skipped: {why}");
-            eprintln!("replay/overlay2/bare: skipped: {why}");
+            for name in ["kernel", "hop", "bare"] {
+                eprintln!("replay/overlay2/{name}: skipped: {why}");
+            }
         }
         None => {
             g.bench_function("kernel", |b| {
@@ -399,6 +404,20 @@ fn bench(cr: &mut Criterion) {
                             let took = kernel.push(start.elapsed());
                             kernel_failed.replace(Some(failed));
                             took
+                        })
+                        .sum()
+                })
+            });
+            g.bench_function("hop", |b| {
+                b.iter_custom(|iters| {
+                    let s = Sandbox::new(BackingFs::Tmpfs).expect("a sandbox");
+                    (0..iters)
+                        .map(|_| {
+                            let start = Instant::now();
+                            for _ in 0..STEPS {
+                                s.run(|_| ());
+                            }
+                            hop.push(start.elapsed())
                         })
                         .sum()
                 })
@@ -455,6 +474,12 @@ fn bench(cr: &mut Criterion) {
             "  harness overhead (kernel - bare) / bare: {:.1}x ({:.1} us/step over the bare calls)",
             (k.as_secs_f64() - b.as_secs_f64()) / b.as_secs_f64(),
             (us(k) - us(b)) / STEPS as f64
+        );
+    }
+    if let Some(h) = hop.median() {
+        eprintln!(
+            "  of which the thread hop alone (an empty sandbox round trip): {:.1} us/step",
+            us(h) / STEPS as f64
         );
     }
 }
