@@ -337,6 +337,27 @@ impl OverlayDriver {
         out
     }
 
+    /// Runs `f` once on the sandbox thread, chrooted into the merged root of `container`
+    /// (`None`: the most recent one), with none of the harness around it: no per-step
+    /// thread hop, copy-up watch or outcome conversion. The replay benchmark
+    /// (`benches/replay.rs`) issues a trace's bare system calls with it. The chroot is left
+    /// afterwards, even when `f` panics (the panic is passed on).
+    pub fn run_in_container<R: Send + 'static>(
+        &self,
+        container: Option<&str>,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, DriverError> {
+        let c = self.container(container)?;
+        let root_rel = format!("{}/{}", self.kind.name(), self.merged_rel(&c));
+        self.sandbox.run(move |inside| {
+            let root = inside.root.join(&root_rel);
+            inside.real_root.enter(&root).map_err(|e| {
+                DriverError::Backend(format!("cannot chroot into {}: {e}", root.display()))
+            })?;
+            Ok(f())
+        })
+    }
+
     /// Where a container's writable layer is, relative to the driver directory.
     fn upper_rel(&self, c: &ContainerRec) -> String {
         match (self.kind, c.image.is_some()) {
