@@ -484,20 +484,11 @@ impl DmThinPool {
                 },
             );
         }
-        Ok(PoolObservation {
-            transaction_id: st.transaction_id,
-            used_data_blocks: st.used_data_blocks,
-            total_data_blocks: st.total_data_blocks,
-            total_metadata_blocks: st.total_metadata_blocks,
-            held_root: st.held_root.map_or("-".into(), |r| r.to_string()),
-            mode: st.mode,
-            discard: st.discard,
-            no_space: st.no_space,
-            needs_check: if st.needs_check { "needs_check" } else { "-" }.into(),
-            metadata_low_watermark: st.metadata_low_watermark,
-            low_water_event: low_water_seen(&info),
+        Ok(PoolObservation::from_status(
+            &st,
+            low_water_seen(&info),
             devices,
-        })
+        ))
     }
 
     /// Every device's mapping, from `thin_dump` of a metadata snapshot (the live metadata

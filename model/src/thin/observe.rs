@@ -3,7 +3,7 @@
 //! (runs of consecutive virtual blocks on consecutive data blocks with one time).
 
 use super::pool::ThinPool;
-use super::status::{DiscardMode, NoSpaceMode, PoolMode};
+use super::status::{DiscardMode, NoSpaceMode, PoolMode, PoolStatus};
 use super::units::ThinId;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,6 +152,18 @@ impl ThinPool {
                 },
             );
         }
+        PoolObservation::from_status(&st, self.low_water_triggered, devices)
+    }
+}
+
+impl PoolObservation {
+    /// The observation of a pool whose status line reads `st`, with its devices: the model
+    /// and the real pool build it the same way.
+    pub fn from_status(
+        st: &PoolStatus,
+        low_water_event: bool,
+        devices: BTreeMap<ThinId, DeviceObservation>,
+    ) -> PoolObservation {
         PoolObservation {
             transaction_id: st.transaction_id,
             used_data_blocks: st.used_data_blocks,
@@ -163,7 +175,7 @@ impl ThinPool {
             no_space: st.no_space,
             needs_check: if st.needs_check { "needs_check" } else { "-" }.into(),
             metadata_low_watermark: st.metadata_low_watermark,
-            low_water_event: self.low_water_triggered,
+            low_water_event,
             devices,
         }
     }
