@@ -30,6 +30,8 @@ pub mod emit;
 pub mod generate;
 pub mod replay;
 pub mod shrink;
+#[cfg(test)]
+mod tests;
 
 use super::replay::{Divergence, Phase};
 use super::FuzzArgs;
