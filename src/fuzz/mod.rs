@@ -51,7 +51,7 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Backend compared with the model: kernel, fuse, or model (a second model: a
-    /// self-check of the harness).
+    /// self-check of the harness). For thinpool: model here, vm through the VM tier.
     #[arg(long, default_value = "kernel")]
     pub backend: String,
     /// Where shrunk scenario files go.

@@ -12,10 +12,14 @@
 //!   checked to parse and pass on the model before it is reported.
 //!
 //! The other driver comes from a factory ([`OpenThin`]): a second model for the self-check
-//! (`--backend model`), `layerspec_real::open_thin` inside the VM (the guest runs
-//! [`run_traces`] and prints [`ThinFuzzReport::json_lines`]; the host turns them back into
-//! the summary and the files with [`finish_from_guest`]), or a deliberately broken model in
-//! the tests. Everything in a report depends only on the configuration.
+//! (`--backend model`), a deliberately broken model in the tests, or
+//! `layerspec_real::open_thin` inside the VM. For `--backend vm` the host runs
+//! `layerspec` + [`ThinFuzzConfig::guest_args`] (`guest fuzz --driver thinpool ...
+//! --serial`) in one guest boot; the guest parses them as [`FuzzArgs`] and prints each of
+//! [`guest_lines`]`(&args, &layerspec_real::open_thin)` as a JSON line; the host hands the
+//! lines back to [`finish_from_guest`], which prints the summary, writes the scenario files
+//! under `--out` and gives the exit code. Everything in a report depends only on the
+//! configuration.
 //!
 //! ```
 //! use layerspec::fuzz::thin::{open_model, run_traces, ThinFuzzConfig};
