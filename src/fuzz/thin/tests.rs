@@ -88,10 +88,36 @@ fn the_generator_reaches_the_corners() {
         assert!((16..=64).contains(&p.data_blocks));
         let mut pool = ThinPool::new(p).unwrap();
         let mut full = false;
+        let mut deleted = std::collections::BTreeSet::new();
+        let mut origins: BTreeMap<u64, u64> = BTreeMap::new();
         for (s, op) in t.steps.iter().enumerate() {
             let shared_before = pool.observe().devices.values().any(|d| d.shared_blocks > 0);
             let out = pool.apply(s, op);
             note(&format!("op {}", op.name()));
+            if out.is_ok() {
+                match *op {
+                    ThinOp::CreateThin { dev, .. } | ThinOp::CreateSnap { dev, .. }
+                        if deleted.contains(&dev) =>
+                    {
+                        note("reused a deleted id")
+                    }
+                    ThinOp::CreateSnap { dev, origin } => {
+                        if origins.contains_key(&origin) {
+                            note("snapshot of a snapshot");
+                        }
+                        origins.insert(dev, origin);
+                    }
+                    ThinOp::Delete { dev } => {
+                        if origins.values().any(|o| *o == dev) {
+                            note("deleted an origin before its snapshot");
+                        }
+                        origins.remove(&dev);
+                        origins.retain(|_, o| *o != dev);
+                        deleted.insert(dev);
+                    }
+                    _ => {}
+                }
+            }
             match (&out, op) {
                 (Err(e), _) => note(&format!("{} {}", op.name(), e.name())),
                 (Ok(ThinValue::Blocks(b)), ThinOp::ReadBlocks { count, .. }) => {
@@ -147,6 +173,9 @@ fn the_generator_reaches_the_corners() {
         "read past the end",
         "read a partly written block",
         "device id near 2^24",
+        "reused a deleted id",
+        "snapshot of a snapshot",
+        "deleted an origin before its snapshot",
         "partial write across blocks",
         "write while blocks are shared",
         "pool out of data space",
