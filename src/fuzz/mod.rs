@@ -23,6 +23,7 @@ pub mod generate;
 pub mod replay;
 pub mod shrink;
 mod steps;
+pub mod thin;
 mod view;
 
 use generate::{generate, Trace};
@@ -37,7 +38,7 @@ use std::time::Instant;
 /// `layerspec fuzz` arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct FuzzArgs {
-    /// Driver: overlay2, overlay, aufs or devicemapper.
+    /// Driver: overlay2, overlay, aufs, devicemapper, or thinpool (block-level traces).
     #[arg(long)]
     pub driver: DriverKind,
     /// Seed of the run: the same seed gives the same traces.
@@ -50,7 +51,7 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Backend compared with the model: kernel, fuse, or model (a second model: a
-    /// self-check of the harness).
+    /// self-check of the harness). For thinpool: model here, vm through the VM tier.
     #[arg(long, default_value = "kernel")]
     pub backend: String,
     /// Where shrunk scenario files go.
@@ -59,6 +60,9 @@ pub struct FuzzArgs {
     /// Most replays spent shrinking one divergence.
     #[arg(long, default_value_t = 400)]
     pub shrink_budget: usize,
+    /// Options of `--driver thinpool`.
+    #[command(flatten)]
+    pub thin: thin::ThinArgs,
 }
 
 /// Opens a fresh driver: a [`ModelDriver`] for backend `model`, else a real one in its own
@@ -277,8 +281,7 @@ pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summ
 /// divergences, 2 when the backend cannot run or traces could not run).
 pub fn main(args: &FuzzArgs) -> u8 {
     if args.driver == DriverKind::Thinpool {
-        println!("fuzz: thinpool is block-level; generated traces are file-level");
-        return 2;
+        return thin::main(args);
     }
     let start = Instant::now();
     let summary = match run(args, OverlayOptions::default(), true) {

@@ -294,6 +294,7 @@ fn a_model_run_finds_nothing_and_says_the_same_twice() {
         backend: "model".into(),
         out: std::env::temp_dir().join("layerspec-fuzz-never-written"),
         shrink_budget: 10,
+        thin: Default::default(),
     };
     let a = run(&args, OPTS, false).unwrap();
     let b = run(&args, OPTS, false).unwrap();
@@ -314,6 +315,7 @@ fn an_unknown_backend_cannot_run() {
         backend: "nonesuch".into(),
         out: std::env::temp_dir(),
         shrink_budget: 10,
+        thin: Default::default(),
     };
     let e = run(&args, OPTS, false).unwrap_err();
     assert!(e.contains("nonesuch"), "{e}");
