@@ -484,11 +484,7 @@ impl DmThinPool {
                 },
             );
         }
-        Ok(PoolObservation::from_status(
-            &st,
-            low_water_seen(&info),
-            devices,
-        ))
+        Ok(PoolObservation::from_status(&st, events(&info), devices))
     }
 
     /// Every device's mapping, from `thin_dump` of a metadata snapshot (the live metadata
@@ -515,11 +511,9 @@ impl DmThinPool {
     }
 }
 
-/// Whether the pool sent an event: dm-thin's only events before a mode change are the
-/// low-water one (`check_low_water_mark` -> `dm_table_event`), and a pool runs out of data
-/// space only after passing its low water mark.
-fn low_water_seen(info: &DeviceInfo) -> bool {
-    info.event_nr > 0
+/// The events the pool sent: its device's event counter, which `dm_table_event` bumps.
+fn events(info: &DeviceInfo) -> u32 {
+    info.event_nr
 }
 
 fn errno_or_eio(n: Option<i32>) -> Errno {
@@ -664,18 +658,15 @@ impl ThinDriver for DmThinPool {
     }
 
     fn apply(&mut self, step: usize, op: &ThinOp) -> Result<ThinOutcome, DriverError> {
-        Ok(match *op {
-            ThinOp::CreateThin { dev, sectors } => self.create_thin(dev, sectors),
-            ThinOp::CreateSnap { dev, origin } => self.create_snap(dev, origin),
-            ThinOp::Delete { dev } => self.delete(dev),
-            ThinOp::SetTransactionId { current, new } => self
-                .message(&format!("set_transaction_id {current} {new}"))
-                .map(|()| ThinValue::Unit),
-            ThinOp::WriteBlocks { dev, block, count } => self.write_blocks(step, dev, block, count),
-            ThinOp::WriteBytes { dev, offset, len } => self.write_bytes(step, dev, offset, len),
-            ThinOp::ReadBlocks { dev, block, count } => self.read_blocks(dev, block, count),
-            ThinOp::DiscardBlocks { dev, block, count } => self.discard_blocks(dev, block, count),
-        })
+        let out = self.apply_op(step, op);
+        // The model takes each step as followed by the pool's periodic commit (every
+        // second): blocks freed become allocatable and a pool out of data space with free
+        // blocks goes back to write mode (`commit` -> `check_for_data_space`). Asking the
+        // status commits the same way (`pool_status` without noflush), so no sleep is needed.
+        self.ctl
+            .status(&self.pool, false)
+            .map_err(|e| DriverError::Backend(format!("committing after step {step}: {e}")))?;
+        Ok(out)
     }
 
     fn observe(&mut self) -> Result<PoolObservation, DriverError> {
@@ -687,6 +678,23 @@ impl ThinDriver for DmThinPool {
             }
             DriverError::Backend(msg)
         })
+    }
+}
+
+impl DmThinPool {
+    fn apply_op(&mut self, step: usize, op: &ThinOp) -> ThinOutcome {
+        match *op {
+            ThinOp::CreateThin { dev, sectors } => self.create_thin(dev, sectors),
+            ThinOp::CreateSnap { dev, origin } => self.create_snap(dev, origin),
+            ThinOp::Delete { dev } => self.delete(dev),
+            ThinOp::SetTransactionId { current, new } => self
+                .message(&format!("set_transaction_id {current} {new}"))
+                .map(|()| ThinValue::Unit),
+            ThinOp::WriteBlocks { dev, block, count } => self.write_blocks(step, dev, block, count),
+            ThinOp::WriteBytes { dev, offset, len } => self.write_bytes(step, dev, offset, len),
+            ThinOp::ReadBlocks { dev, block, count } => self.read_blocks(dev, block, count),
+            ThinOp::DiscardBlocks { dev, block, count } => self.discard_blocks(dev, block, count),
+        }
     }
 }
 

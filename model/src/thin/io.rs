@@ -223,23 +223,34 @@ impl ThinPool {
     /// data space.
     fn alloc_data_block(&mut self) -> Result<PoolBlock, Errno> {
         let free = self.sm.free();
-        if free <= self.params.low_water_blocks {
+        if free <= self.params.low_water_blocks && !self.low_water_triggered {
+            // `check_low_water_mark`: one event, until the pool is reloaded.
             self.low_water_triggered = true;
+            self.events += 1;
         }
         if free == 0 {
             // The kernel commits to see whether that frees anything; it cannot here.
             self.sm.commit();
-            self.mode = PoolMode::OutOfDataSpace;
+            self.out_of_data_space();
             return Err(self.unserviceable());
         }
         match self.sm.alloc() {
             Some(b) => Ok(b),
             None => {
                 // Free blocks exist but were all freed in this transaction.
-                self.mode = PoolMode::OutOfDataSpace;
+                self.out_of_data_space();
                 Err(self.unserviceable())
             }
         }
+    }
+
+    /// `set_pool_mode(PM_OUT_OF_DATA_SPACE)`: a mode change sends an event
+    /// (`notify_of_pool_mode_change`).
+    fn out_of_data_space(&mut self) {
+        if self.mode != PoolMode::OutOfDataSpace {
+            self.events += 1;
+        }
+        self.mode = PoolMode::OutOfDataSpace;
     }
 
     /// What happens to I/O the pool cannot serve out of data space: with
@@ -247,6 +258,10 @@ impl ThinPool {
     /// `no_space_timeout` (60 s by default) the kernel sets `error_if_no_space` on the pool
     /// and fails it with ENOSPC (`do_no_space_timeout`). The model takes the wait as over.
     fn unserviceable(&mut self) -> Errno {
+        if !self.error_if_no_space {
+            // `do_no_space_timeout` switches to error IO with an event.
+            self.events += 1;
+        }
         self.error_if_no_space = true;
         Errno::ENOSPC
     }
@@ -384,7 +399,9 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(read(&mut p, 0, 1, 1), vec!["1+3"]);
+        // The page cache wrote back the whole 4 KiB page it read from the unmapped block:
+        // zeros around the byte, stale data after the page.
+        assert_eq!(read(&mut p, 0, 1, 1), vec!["zero+1+3"]);
     }
 
     #[test]

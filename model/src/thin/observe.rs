@@ -96,8 +96,10 @@ pub struct PoolObservation {
     pub needs_check: String,
     /// Metadata low watermark.
     pub metadata_low_watermark: u64,
-    /// Whether the pool sent its low-water event (free data blocks reached the mark).
-    pub low_water_event: bool,
+    /// Events the pool sent (`dm_table_event`, the device's event counter): the low-water
+    /// event (free data blocks reached the mark, once) and one per mode change, including
+    /// the switch to error IO when the no-space timeout fires. dm-thin sends no other.
+    pub events: u32,
     /// Every thin device, by id.
     pub devices: BTreeMap<ThinId, DeviceObservation>,
 }
@@ -152,7 +154,7 @@ impl ThinPool {
                 },
             );
         }
-        PoolObservation::from_status(&st, self.low_water_triggered, devices)
+        PoolObservation::from_status(&st, self.events, devices)
     }
 }
 
@@ -161,7 +163,7 @@ impl PoolObservation {
     /// and the real pool build it the same way.
     pub fn from_status(
         st: &PoolStatus,
-        low_water_event: bool,
+        events: u32,
         devices: BTreeMap<ThinId, DeviceObservation>,
     ) -> PoolObservation {
         PoolObservation {
@@ -175,7 +177,7 @@ impl PoolObservation {
             no_space: st.no_space,
             needs_check: if st.needs_check { "needs_check" } else { "-" }.into(),
             metadata_low_watermark: st.metadata_low_watermark,
-            low_water_event,
+            events,
             devices,
         }
     }

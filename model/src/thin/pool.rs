@@ -182,6 +182,8 @@ pub struct ThinPool {
     /// The live `error_if_no_space` flag: set by the table, and by the no-space timeout.
     pub(crate) error_if_no_space: bool,
     pub(crate) low_water_triggered: bool,
+    /// Events the pool sent (`dm_table_event`): the low-water one and every mode change.
+    pub(crate) events: u32,
 }
 
 impl ThinPool {
@@ -198,6 +200,7 @@ impl ThinPool {
             mode: PoolMode::Rw,
             error_if_no_space: params.features.error_if_no_space,
             low_water_triggered: false,
+            events: 0,
         })
     }
 
@@ -270,6 +273,7 @@ impl ThinPool {
         self.sm.commit();
         if self.mode == PoolMode::OutOfDataSpace && self.sm.free() > 0 {
             self.mode = PoolMode::Rw;
+            self.events += 1;
             self.error_if_no_space = self.params.features.error_if_no_space;
         }
     }

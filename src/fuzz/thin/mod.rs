@@ -543,13 +543,36 @@ pub fn finish_from_guest(lines: &[serde_json::Value], out: &Path) -> u8 {
     exit.max(code)
 }
 
+fn refuse(_: PoolParams) -> Result<Box<dyn ThinDriver + Send>, String> {
+    Err("no thin pool on this backend".into())
+}
+
 /// `layerspec fuzz --driver thinpool`: runs the traces against `--backend model` (the
 /// self-check) and prints the summary and the files written; the elapsed time goes to
 /// stderr so that stdout depends only on the arguments. Other backends run elsewhere: the
 /// VM tier runs the guest side with [`run_traces`] and `layerspec_real::open_thin`.
 pub fn main(args: &FuzzArgs) -> u8 {
-    let cfg = ThinFuzzConfig::from_args(args);
-    if cfg.backend != "model" {
+    let mut cfg = ThinFuzzConfig::from_args(args);
+    let open_real: &OpenThin<'_> = match cfg.backend.as_str() {
+        "model" => &open_model,
+        // dm-thin on this machine's kernel (where it has device-mapper, e.g. in the VM).
+        "kernel" => &layerspec_real::open_thin,
+        _ => &refuse,
+    };
+    if cfg.backend == "kernel" {
+        if let Err(why) = layerspec_real::backends_for(layerspec_model::DriverKind::Thinpool)
+            .into_iter()
+            .find(|b| b.name == "kernel")
+            .and_then(|b| b.unavailable)
+            .map_or(Ok(()), Err)
+        {
+            println!("fuzz: thinpool on kernel: cannot run here: {why}");
+            return 2;
+        }
+        // Pools on one kernel are made one at a time.
+        cfg.parallel = false;
+    }
+    if cfg.backend != "model" && cfg.backend != "kernel" {
         println!(
             "fuzz: thinpool on {}: cannot run here: no thin-pool driver for that backend in \
              this process (`--backend model` runs the model against itself; the VM tier runs \
@@ -559,7 +582,7 @@ pub fn main(args: &FuzzArgs) -> u8 {
         return 2;
     }
     let start = Instant::now();
-    let report = run_traces(&cfg, &open_model);
+    let report = run_traces(&cfg, open_real);
     print!("{report}");
     let mut code = report.exit_code();
     match report.write(&args.out) {
