@@ -1,0 +1,150 @@
+//! `layerspec guest` (hidden): what runs inside the VM. It prints the [`protocol`] stream on
+//! stdout, which `/init` sends to the results port.
+//!
+//! - `guest run [--driver a,b] PATH...`: each scenario x driver on the guest kernel's real
+//!   backend (`kernel` here, labelled `vm`; see [`crate::suite::run_real_as`]), compared
+//!   with the model's run made here too. One line per run:
+//!   `{"scenario","file","driver","backend":"vm","status","detail","ms"}`.
+//! - `guest fuzz <fuzz args> --backend vm`: `layerspec fuzz` on the guest kernel; one line
+//!   `{"line": ...}` per summary line, and `{"file": <host path>, "content": ...}` per
+//!   shrunk scenario for the host to write.
+//!
+//! [`protocol`]: super::protocol
+
+use super::protocol::Writer;
+use crate::fuzz::{self, FuzzArgs, TraceResult};
+use crate::runner::Status;
+use crate::suite;
+use layerspec_model::{DriverKind, OverlayOptions};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The guest's commands.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum GuestCmd {
+    /// Run scenario files on the guest kernel.
+    Run {
+        /// Only these drivers (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        driver: Vec<String>,
+        /// Scenario files or directories.
+        paths: Vec<PathBuf>,
+    },
+    /// Fuzz on the guest kernel.
+    Fuzz(FuzzArgs),
+}
+
+/// Runs a guest command; returns the exit code (also sent in the end marker).
+pub fn main(cmd: &GuestCmd) -> u8 {
+    super::IN_GUEST.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stdout = std::io::stdout().lock();
+    let mut w = match Writer::begin(stdout) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("layerspec guest: {e}");
+            return 2;
+        }
+    };
+    let code = match cmd {
+        GuestCmd::Run { driver, paths } => run(&mut w, driver, paths),
+        GuestCmd::Fuzz(args) => fuzz(&mut w, args),
+    };
+    let code = code.unwrap_or_else(|e| {
+        eprintln!("layerspec guest: {e}");
+        2
+    });
+    if let Err(e) = w.end(code) {
+        eprintln!("layerspec guest: {e}");
+    }
+    code
+}
+
+type W<'a> = Writer<std::io::StdoutLock<'a>>;
+
+fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
+    let only: Option<Vec<DriverKind>> = if driver.is_empty() {
+        None
+    } else {
+        match driver.iter().map(|d| d.parse()).collect() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("layerspec guest: {e}");
+                return Ok(2);
+            }
+        }
+    };
+    let files = suite::discover(paths).map_err(std::io::Error::other)?;
+    let (scenarios, errs) = suite::load(&files);
+    for e in &errs {
+        // The host has parsed the same files: this does not happen unless the copy differs.
+        eprintln!("layerspec guest: {e}");
+    }
+    let mut failed = false;
+    for s in &scenarios {
+        for m in suite::run_model(s, only.as_deref()) {
+            let start = Instant::now();
+            let o = suite::run_real_as(s, m.driver, "kernel", Some("vm"), Some(&m.result));
+            let (status, detail) = match &o.result.status {
+                Status::Pass => ("pass", ""),
+                Status::Fail(d) => {
+                    failed = true;
+                    ("fail", d.as_str())
+                }
+                Status::Skip(d) => ("skip", d.as_str()),
+            };
+            w.line(&json!({
+                "scenario": o.scenario,
+                "file": s.file,
+                "driver": o.driver.name(),
+                "backend": o.backend,
+                "status": status,
+                "detail": detail,
+                "ms": start.elapsed().as_millis() as u64,
+            }))?;
+        }
+    }
+    Ok(if !errs.is_empty() {
+        2
+    } else {
+        u8::from(failed)
+    })
+}
+
+fn fuzz(w: &mut W, args: &FuzzArgs) -> std::io::Result<u8> {
+    let start = Instant::now();
+    let mut summary = match fuzz::run(args, OverlayOptions::default(), false) {
+        Ok(s) => s,
+        Err(why) => {
+            w.line(&json!({
+                "line": format!("fuzz: {} on {}: cannot run: {why}", args.driver, args.backend)
+            }))?;
+            return Ok(2);
+        }
+    };
+    // The files are written on the host, where `args.out` is.
+    let mut files = Vec::new();
+    for r in summary.results.iter_mut() {
+        if let TraceResult::Diverged(f) = r {
+            if let Ok(text) = &f.scenario {
+                let path = fuzz::emit::file_name(&args.out, &f.shrunk.trace, &args.backend);
+                files.push((path.clone(), text.clone()));
+                f.file = Some(path);
+            }
+        }
+    }
+    for l in summary.lines(args) {
+        w.line(&json!({ "line": l }))?;
+    }
+    for (path, content) in files {
+        w.line(&json!({ "file": path, "content": content }))?;
+    }
+    w.line(&json!({ "guest_seconds": start.elapsed().as_secs_f64() }))?;
+    Ok(if summary.divergences().next().is_some() {
+        1
+    } else if summary.errors().next().is_some() {
+        2
+    } else {
+        0
+    })
+}
