@@ -80,11 +80,36 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
         // The host has parsed the same files: this does not happen unless the copy differs.
         eprintln!("layerspec guest: {e}");
     }
+    if scenarios
+        .iter()
+        .any(|s| s.options.backing == crate::scenario::Backing::Xfs)
+    {
+        load_xfs();
+    }
     let mut failed = false;
     for s in &scenarios {
         for m in suite::run_model(s, only.as_deref()) {
             let start = Instant::now();
-            let o = suite::run_real_as(s, m.driver, "kernel", Some("vm"), Some(&m.result));
+            // A panic fails this run only: the others still run and report.
+            let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                suite::run_real_as(s, m.driver, "kernel", Some("vm"), Some(&m.result))
+            }))
+            .unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                suite::Outcome {
+                    scenario: s.name(),
+                    driver: m.driver,
+                    backend: "vm".into(),
+                    result: crate::runner::RunResult {
+                        status: Status::Fail(format!("layerspec panicked in the guest: {msg}")),
+                        observation: None,
+                    },
+                }
+            });
             let (status, detail) = match &o.result.status {
                 Status::Pass => ("pass", ""),
                 Status::Fail(d) => {
@@ -109,6 +134,21 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
     } else {
         u8::from(failed)
     })
+}
+
+/// Where `/init` finds the modules xfs needs beyond those loaded at boot.
+pub const XFS_MODULES: &str = "/etc/layerspec-modules-xfs";
+
+/// Loads xfs (left out of the boot: it takes about a second under TCG). A failure shows in
+/// the console, and as the mount error of the scenarios on xfs.
+fn load_xfs() {
+    let list = std::fs::read_to_string(XFS_MODULES).unwrap_or_default();
+    for ko in list.lines().filter(|l| !l.is_empty()) {
+        match std::process::Command::new("insmod").arg(ko).status() {
+            Ok(s) if s.success() => {}
+            other => eprintln!("layerspec guest: insmod {ko}: {other:?}"),
+        }
+    }
 }
 
 fn fuzz(w: &mut W, args: &FuzzArgs) -> std::io::Result<u8> {

@@ -271,6 +271,12 @@ fn build(
         list.push_str(&format!("{} {}\n", ko.display(), module_params(ko)));
     }
     a.data(Path::new("etc/layerspec-modules"), list, 0o644)?;
+    let mut later = String::new();
+    for ko in &kit.xfs_modules {
+        a.file(ko, ko)?;
+        later.push_str(&format!("{}\n", ko.display()));
+    }
+    a.data(Path::new(guest::XFS_MODULES), later, 0o644)?;
     let exe = match std::env::var_os("LAYERSPEC_VM_BINARY") {
         Some(p) => PathBuf::from(p),
         None => std::env::current_exe()?,
