@@ -20,10 +20,11 @@
 //! thread dies. What a killed run leaves is removed by [`layerspec_real::sweep`].
 //!
 //! Environment: `LAYERSPEC_VM_TIMEOUT` (seconds, the whole boot), `LAYERSPEC_VM_KERNEL`
-//! (a release under `/boot`), `LAYERSPEC_VM_MEMORY` (MiB), `LAYERSPEC_VM_CPUS`,
-//! `LAYERSPEC_VM_ACCEL` (`tcg`; `kvm` where it works), `LAYERSPEC_VM_BINARY`,
-//! `LAYERSPEC_VM_APPEND` (more kernel parameters), `LAYERSPEC_VM_KEEP` (keep the run's
-//! directory: initramfs, console.log, results.log; printed on stderr).
+//! (a release under `/boot`), `LAYERSPEC_VM_MEMORY` (MiB; default 4096, less on small
+//! hosts), `LAYERSPEC_VM_CPUS`, `LAYERSPEC_VM_ACCEL` (`tcg`; `kvm` where it works),
+//! `LAYERSPEC_VM_BINARY`, `LAYERSPEC_VM_APPEND` (more kernel parameters),
+//! `LAYERSPEC_VM_KEEP` (keep the run's directory: initramfs, console.log, results.log;
+//! printed on stderr).
 
 pub mod guest;
 pub mod host;
@@ -211,7 +212,7 @@ export DM_DISABLE_UDEV=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs -o mode=1777 tmp /tmp
+mount -t tmpfs -o mode=1777,size=90% tmp /tmp
 while read -r ko params; do
   insmod "$ko" $params || echo "layerspec-vm: insmod $ko failed"
 done < /etc/layerspec-modules
@@ -341,6 +342,23 @@ fn stripped(exe: &Path, dir: &Path) -> PathBuf {
     }
 }
 
+/// Guest memory: 4 GiB where the host has 8 or more, else half the host's, at least 1 GiB
+/// and room for the archive (held twice while the kernel unpacks it). The guest's /tmp
+/// (tmpfs, 90% of it) holds the loop files under the driver roots and thin pools: a
+/// thin pool of 1 GiB blocks zeroes whole blocks. qemu takes host memory only as the
+/// guest touches it.
+fn default_memory_mib(archive_mib: u64) -> u64 {
+    let host_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(2048, |kb| kb / 1024);
+    (host_mib / 2).clamp(1024, 4096).max(512 + 3 * archive_mib)
+}
+
 /// The last `n` lines of `text`, indented, for error messages.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text
@@ -375,11 +393,10 @@ pub fn run_guest(
     let (initrd, size) =
         build(&dir.0, &kit, args, files).map_err(|e| setup("making the initramfs", e))?;
     let size_mib = size.div_ceil(1 << 20);
-    // The archive is held twice while the kernel unpacks it; the rest is for tmpfs.
     let memory_mib = std::env::var("LAYERSPEC_VM_MEMORY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or((512 + 3 * size_mib).max(1024));
+        .unwrap_or_else(|| default_memory_mib(size_mib));
     let cpus = std::env::var("LAYERSPEC_VM_CPUS")
         .ok()
         .and_then(|v| v.parse().ok())
