@@ -36,3 +36,4 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod suite;
+pub mod vm;

@@ -32,6 +32,10 @@ enum Cmd {
         /// Only these drivers (comma-separated).
         #[arg(long, value_delimiter = ',')]
         driver: Vec<String>,
+        /// Only these backends (comma-separated): model, kernel, fuse, vm. Backend `vm` runs
+        /// every scenario x driver it applies to in one boot of the VM tier.
+        #[arg(long, value_delimiter = ',')]
+        backend: Vec<String>,
         /// One JSON object per scenario x driver x backend.
         #[arg(long)]
         json: bool,
@@ -50,6 +54,13 @@ enum Cmd {
     /// Replay generated traces on the model and a backend; write each divergence, shrunk,
     /// as a scenario file. Exit 0: none, 1: divergences, 2: the backend cannot run.
     Fuzz(layerspec::fuzz::FuzzArgs),
+    /// Inside the VM tier's guest: run scenarios or fuzz on the guest kernel, results as
+    /// JSON lines between markers (internal).
+    #[command(hide = true)]
+    Guest {
+        #[command(subcommand)]
+        cmd: layerspec::vm::guest::GuestCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +85,7 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Fuzz(args) => Ok(ExitCode::from(layerspec::fuzz::main(&args))),
+        Cmd::Guest { cmd } => Ok(ExitCode::from(layerspec::vm::guest::main(&cmd))),
         Cmd::Check { paths } => {
             let files = suite::discover(&paths).map_err(anyhow::Error::msg)?;
             let (ok, errs) = suite::load(&files);
@@ -108,8 +120,15 @@ fn real_main() -> Result<ExitCode> {
             paths,
             model_only,
             driver,
+            backend,
             json,
         } => {
+            const BACKENDS: [&str; 4] = ["model", "kernel", "fuse", "vm"];
+            if let Some(b) = backend.iter().find(|b| !BACKENDS.contains(&b.as_str())) {
+                anyhow::bail!("unknown backend `{b}` (known: {})", BACKENDS.join(", "));
+            }
+            let want_model =
+                model_only || backend.is_empty() || backend.iter().any(|b| b == "model");
             let only: Option<Vec<DriverKind>> = if driver.is_empty() {
                 None
             } else {
@@ -130,29 +149,36 @@ fn real_main() -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             let mut outcomes: Vec<Outcome> = Vec::new();
+            // Backend `vm`: collected here, run in one boot below.
+            let mut vm_jobs = Vec::new();
             for s in &scenarios {
                 let model = suite::run_model(s, only.as_deref());
-                if !model_only {
-                    for m in &model {
-                        for (backend, status) in suite::real_backends(m.driver) {
-                            let o = match status {
-                                Status::Skip(_) => Outcome {
-                                    scenario: m.scenario.clone(),
-                                    driver: m.driver,
-                                    backend,
-                                    result: RunResult {
-                                        status,
-                                        observation: None,
-                                    },
+                for m in model.iter().filter(|_| !model_only) {
+                    for (backend, status) in suite::run_backends(m.driver, &backend) {
+                        let o = match status {
+                            Status::Skip(_) => Outcome {
+                                scenario: m.scenario.clone(),
+                                driver: m.driver,
+                                backend,
+                                result: RunResult {
+                                    status,
+                                    observation: None,
                                 },
-                                _ => suite::run_real(s, m.driver, &backend, Some(&m.result)),
-                            };
-                            outcomes.push(o);
-                        }
+                            },
+                            _ if backend == "vm" => {
+                                vm_jobs.push((s, m.driver));
+                                continue;
+                            }
+                            _ => suite::run_real(s, m.driver, &backend, Some(&m.result)),
+                        };
+                        outcomes.push(o);
                     }
                 }
-                outcomes.extend(model);
+                if want_model {
+                    outcomes.extend(model);
+                }
             }
+            outcomes.extend(layerspec::vm::host::run_scenarios(&vm_jobs));
             outcomes.sort_by(|a, b| {
                 (&a.scenario, a.driver, &a.backend).cmp(&(&b.scenario, b.driver, &b.backend))
             });

@@ -2,7 +2,10 @@
 
 use crate::runner::{run, RunResult, Status};
 use crate::scenario::{parse_file, ParseError, Scenario};
-use layerspec_model::{DriverKind, ModelDriver};
+use layerspec_model::{
+    Driver, DriverError, DriverKind, LayerSpec, ModelDriver, Observation, Op,
+    Outcome as ModelOutcome, PoolObservation, ThinDriver, ThinOp, ThinOutcome,
+};
 use std::path::{Path, PathBuf};
 
 /// Every `.toml` file under `paths` (files are taken as they are), sorted.
@@ -101,6 +104,20 @@ pub fn run_real(
     backend: &str,
     model: Option<&RunResult>,
 ) -> Outcome {
+    run_real_as(s, driver, backend, None, model)
+}
+
+/// Like [`run_real`], opening backend `open` and running it as backend `label`: inside
+/// the VM (`layerspec guest`), the guest kernel's `kernel` backend runs as `vm`, so a
+/// file's `vm` keys apply there and the result is labelled `vm`.
+pub fn run_real_as(
+    s: &Scenario,
+    driver: DriverKind,
+    open: &str,
+    label: Option<&'static str>,
+    model: Option<&RunResult>,
+) -> Outcome {
+    let backend = label.unwrap_or(open);
     let outcome = |status| Outcome {
         scenario: s.name(),
         driver,
@@ -112,10 +129,8 @@ pub fn run_real(
     };
     let result = if let Some(params) = &s.options.pool {
         // A thin-pool scenario: the bare pool, block level.
-        if backend != "kernel" {
-            return outcome(Status::Skip(format!(
-                "no thin pool on the {backend} backend"
-            )));
+        if open != "kernel" {
+            return outcome(Status::Skip(format!("no thin pool on the {open} backend")));
         }
         // The backend was found available before this call: failing to make the pool
         // now is a failure, not a skip.
@@ -123,13 +138,25 @@ pub fn run_real(
             Ok(p) => p,
             Err(why) => return outcome(Status::Fail(why)),
         };
+        if let Some(label) = label {
+            pool = Box::new(Relabel {
+                inner: pool,
+                backend: label,
+            });
+        }
         crate::runner::run_thin(s, pool.as_mut())
     } else {
         let mut real =
-            match layerspec_real::open_backend_on(driver, backend, s.options.overlay, backing(s)) {
+            match layerspec_real::open_backend_on(driver, open, s.options.overlay, backing(s)) {
                 Ok(d) => d,
                 Err(why) => return outcome(Status::Skip(why)),
             };
+        if let Some(label) = label {
+            real = Box::new(Relabel {
+                inner: real,
+                backend: label,
+            });
+        }
         let result = run(s, real.as_mut());
         drop(real);
         result
@@ -189,6 +216,42 @@ pub fn run_real(
     }
 }
 
+/// A real driver (file level or a thin pool) that answers `backend()` with another name.
+struct Relabel<D: ?Sized> {
+    inner: Box<D>,
+    backend: &'static str,
+}
+
+impl ThinDriver for Relabel<dyn ThinDriver + Send> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+    fn apply(&mut self, step: usize, op: &ThinOp) -> Result<ThinOutcome, DriverError> {
+        self.inner.apply(step, op)
+    }
+    fn observe(&mut self) -> Result<PoolObservation, DriverError> {
+        self.inner.observe()
+    }
+}
+
+impl Driver for Relabel<dyn Driver + Send> {
+    fn kind(&self) -> DriverKind {
+        self.inner.kind()
+    }
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+    fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
+        self.inner.add_layer(spec)
+    }
+    fn apply(&mut self, op: &Op) -> Result<ModelOutcome, DriverError> {
+        self.inner.apply(op)
+    }
+    fn observe(&mut self) -> Result<Observation, DriverError> {
+        self.inner.observe()
+    }
+}
+
 /// The real backends for `driver` and, for each one this machine cannot run, why.
 pub fn real_backends(driver: DriverKind) -> Vec<(String, Status)> {
     layerspec_real::backends_for(driver)
@@ -200,6 +263,28 @@ pub fn real_backends(driver: DriverKind) -> Vec<(String, Status)> {
                 None => Status::Pass,
             };
             (b.name.to_string(), status)
+        })
+        .collect()
+}
+
+/// The real backends `layerspec run` runs `driver` on: `asked` names them (empty: every
+/// real backend this machine can run, with `vm` only for drivers the host kernel cannot
+/// run, so a plain `run` boots the VM for devicemapper and thinpool, not to repeat the
+/// overlay suites on a second kernel; `--backend vm` asks for that).
+pub fn run_backends(driver: DriverKind, asked: &[String]) -> Vec<(String, Status)> {
+    let all = real_backends(driver);
+    let host_kernel = all.iter().any(|(b, s)| b == "kernel" && *s == Status::Pass);
+    all.into_iter()
+        .filter(|(b, _)| asked.is_empty() || asked.contains(b))
+        .map(|(b, s)| {
+            if b == "vm" && asked.is_empty() && host_kernel && s == Status::Pass {
+                let why = format!(
+                    "the host kernel runs {driver}; `--backend vm` runs it on the VM's kernel too"
+                );
+                (b, Status::Skip(why))
+            } else {
+                (b, s)
+            }
         })
         .collect()
 }

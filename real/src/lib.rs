@@ -25,7 +25,7 @@ mod sys;
 mod thin;
 
 pub use overlay::{Implementation, OverlayDriver};
-pub use probe::{backends_for, Backend, HostFacts};
+pub use probe::{backends_for, vm_kit, Backend, HostFacts, VmKit};
 pub use sandbox::{parse_size, sweep, BackingFs, Sandbox, PREFIX};
 pub use thin::DmThinPool;
 
@@ -55,6 +55,13 @@ pub fn open_backend_on(
             ..
         }) => return Err(why),
         Some(_) => {}
+    }
+    if backend == "vm" {
+        return Err(
+            "backend `vm` runs a whole command in one VM boot (`layerspec run --backend vm`, \
+             `layerspec fuzz --backend vm`), not a driver in this process"
+                .into(),
+        );
     }
     let imp = match backend {
         "kernel" => Implementation::Kernel,
@@ -90,4 +97,16 @@ pub fn open_thin(
     DmThinPool::new(params)
         .map(|p| Box::new(p) as Box<dyn layerspec_model::ThinDriver + Send>)
         .map_err(|e| format!("cannot make a thin pool: {e}"))
+}
+
+/// Makes the child `cmd` starts get SIGKILL when the thread that starts it dies
+/// (`PR_SET_PDEATHSIG`), so that a run killed by a signal leaves no helper process behind
+/// (the VM tier's qemu). Call from the thread that waits for the child.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(sys::die_with_parent);
+    }
 }

@@ -1,7 +1,7 @@
 //! What this machine offers: root, kernel filesystems, device-mapper, helper programs.
 
 use layerspec_model::DriverKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Facts about the host that decide which backends can run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +86,10 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
                     unavailable: fuse,
                 });
             }
+            v.push(Backend {
+                name: "vm",
+                unavailable: vm_kit().err(),
+            });
             v
         }
         DriverKind::Aufs => vec![Backend {
@@ -107,12 +111,6 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
                         .then(|| "thin_dump (thin-provisioning-tools) is not installed".into())
                 })
             };
-            let vm = if h.qemu {
-                "the VM tier is not built yet (issue 4)".to_string()
-            } else {
-                "qemu-system-x86_64 is not installed, and the VM tier is not built yet (issue 4)"
-                    .to_string()
-            };
             vec![
                 Backend {
                     name: "kernel",
@@ -120,9 +118,254 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
                 },
                 Backend {
                     name: "vm",
-                    unavailable: Some(vm),
+                    unavailable: vm_kit().err(),
                 },
             ]
         }
+    }
+}
+
+/// What the VM tier (DESIGN.md, "The VM tier") needs from this machine, found: qemu, a
+/// Debian kernel image with its modules, a static busybox, and the kernel modules to load in
+/// the guest, in dependency order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmKit {
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// The kernel image, `/boot/vmlinuz-<kver>`.
+    pub kernel: PathBuf,
+    /// Its release, the name of its directory under `/lib/modules`.
+    pub kver: String,
+    /// A statically linked busybox (`busybox-static`).
+    pub busybox: PathBuf,
+    /// The `.ko` files to load at boot, dependencies first, each once (from
+    /// `modprobe --show-depends -S <kver>`): dm-thin-pool, loop, overlay, ext4 (the ones
+    /// built into the kernel are not listed).
+    pub modules: Vec<PathBuf>,
+    /// The `.ko` files to load, in order, before a scenario on xfs (those of xfs not
+    /// loaded at boot).
+    pub xfs_modules: Vec<PathBuf>,
+}
+
+/// Modules the guest loads: (name, required, at boot). The required ones must exist (as a
+/// module or built in); without xfs or ext4 only scenarios on that backing filesystem
+/// fail, with the mount error. xfs is loaded when a scenario asks for it: its 4 MB take
+/// about a second to load under TCG.
+const VM_MODULES: &[(&str, bool, bool)] = &[
+    ("dm-thin-pool", true, true),
+    ("loop", true, true),
+    ("overlay", true, true),
+    ("ext4", false, true),
+    ("xfs", false, false),
+];
+
+/// The VM tier's kit on this machine, or why there is none (the `vm` backend's skip
+/// reason). Found once per process. `LAYERSPEC_VM_KERNEL=<kver>` picks a kernel; by default
+/// the newest `/boot/vmlinuz-*` whose modules include dm-thin-pool.
+pub fn vm_kit() -> Result<VmKit, String> {
+    static KIT: std::sync::OnceLock<Result<VmKit, String>> = std::sync::OnceLock::new();
+    KIT.get_or_init(find_vm_kit).clone()
+}
+
+fn find_vm_kit() -> Result<VmKit, String> {
+    let qemu = find_program("qemu-system-x86_64")
+        .ok_or("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")?;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(find_program("busybox"))
+        .find(|p| p.is_file())
+        .ok_or("busybox is not installed (Debian: busybox-static)")?;
+    if has_interpreter(&busybox)? {
+        return Err(format!(
+            "{} is dynamically linked; the guest needs a static one (Debian: busybox-static)",
+            busybox.display()
+        ));
+    }
+    let modprobe = find_program("modprobe").ok_or("modprobe is not installed (Debian: kmod)")?;
+    let (kver, kernel) = pick_kernel()?;
+    std::fs::File::open(&kernel).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (Debian installs kernel images readable by root only)",
+            kernel.display()
+        )
+    })?;
+    let mut modules: Vec<PathBuf> = Vec::new();
+    let mut xfs_modules: Vec<PathBuf> = Vec::new();
+    for &(name, required, at_boot) in VM_MODULES {
+        let out = std::process::Command::new(&modprobe)
+            .args(["--show-depends", "-S", &kver, name])
+            .output()
+            .map_err(|e| format!("running {}: {e}", modprobe.display()))?;
+        if !out.status.success() {
+            if required {
+                return Err(format!(
+                    "kernel {kver} has no {name} module (`modprobe --show-depends -S {kver} {name}`: {})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            continue;
+        }
+        // Lines are `insmod <path> [params]` or `builtin <name>`.
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut w = line.split_whitespace();
+            if w.next() != Some("insmod") {
+                continue;
+            }
+            let Some(ko) = w.next().map(PathBuf::from) else {
+                continue;
+            };
+            if ko.extension().is_none_or(|x| x != "ko") {
+                return Err(format!(
+                    "{} is compressed; the guest's busybox insmod needs plain .ko files",
+                    ko.display()
+                ));
+            }
+            if modules.contains(&ko) || xfs_modules.contains(&ko) {
+                continue;
+            }
+            if at_boot {
+                modules.push(ko);
+            } else {
+                xfs_modules.push(ko);
+            }
+        }
+    }
+    Ok(VmKit {
+        qemu,
+        kernel,
+        kver,
+        busybox,
+        modules,
+        xfs_modules,
+    })
+}
+
+/// A program on the PATH, or in /usr/sbin or /sbin (not on a user's PATH on Debian).
+fn find_program(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Whether an ELF file asks for a program interpreter (`PT_INTERP`): dynamically linked.
+fn has_interpreter(path: &Path) -> Result<bool, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let bad = || format!("{} is not a 64-bit little-endian ELF file", path.display());
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let phoff = u64_at(0x20).ok_or_else(bad)? as usize;
+    let phentsize = u16_at(0x36).ok_or_else(bad)? as usize;
+    let phnum = u16_at(0x38).ok_or_else(bad)? as usize;
+    const PT_INTERP: u32 = 3;
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let ty = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(bad)?;
+        if ty == PT_INTERP {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `(kver, /boot/vmlinuz-<kver>)`: `LAYERSPEC_VM_KERNEL`, else the newest kernel whose
+/// `/lib/modules/<kver>/modules.dep` has dm-thin-pool.
+fn pick_kernel() -> Result<(String, PathBuf), String> {
+    let has_thin = |kver: &str| {
+        std::fs::read_to_string(format!("/lib/modules/{kver}/modules.dep"))
+            .is_ok_and(|d| d.contains("/dm-thin-pool.ko"))
+    };
+    if let Ok(kver) = std::env::var("LAYERSPEC_VM_KERNEL") {
+        let image = PathBuf::from(format!("/boot/vmlinuz-{kver}"));
+        if !image.is_file() {
+            return Err(format!(
+                "LAYERSPEC_VM_KERNEL={kver}: no {}",
+                image.display()
+            ));
+        }
+        if !Path::new(&format!("/lib/modules/{kver}")).is_dir() {
+            return Err(format!(
+                "LAYERSPEC_VM_KERNEL={kver}: no /lib/modules/{kver}"
+            ));
+        }
+        return Ok((kver, image));
+    }
+    let mut kvers: Vec<String> = std::fs::read_dir("/boot")
+        .map_err(|e| format!("/boot: {e}"))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(str::to_string)
+        })
+        .collect();
+    if kvers.is_empty() {
+        return Err("no kernel image /boot/vmlinuz-* (Debian: linux-image-cloud-amd64)".into());
+    }
+    kvers.sort_by(|a, b| version_cmp(b, a));
+    kvers
+        .iter()
+        .find(|k| has_thin(k))
+        .map(|k| (k.clone(), PathBuf::from(format!("/boot/vmlinuz-{k}"))))
+        .ok_or_else(|| {
+            format!(
+                "no kernel in /boot has dm-thin-pool in /lib/modules/<kver> (looked at {})",
+                kvers.join(", ")
+            )
+        })
+}
+
+/// Compares release strings the way people read them: digit runs as numbers.
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<Result<u64, String>> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut digits = false;
+        for c in s.chars() {
+            if !cur.is_empty() && c.is_ascii_digit() != digits {
+                out.push(std::mem::take(&mut cur));
+            }
+            digits = c.is_ascii_digit();
+            cur.push(c);
+        }
+        out.push(cur);
+        out.into_iter()
+            .map(|c| c.parse::<u64>().map_err(|_| c))
+            .collect()
+    }
+    chunks(a).cmp(&chunks(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_by_numbers() {
+        assert!(version_cmp("6.10.0-1-amd64", "6.9.0-1-amd64").is_gt());
+        assert!(version_cmp("6.1.0-56-cloud-amd64", "6.1.0-9-cloud-amd64").is_gt());
+    }
+
+    #[test]
+    fn elf_headers_are_read() {
+        assert!(has_interpreter(Path::new("/proc/self/exe")).is_ok());
+        assert!(has_interpreter(Path::new("/proc/self/status")).is_err());
     }
 }

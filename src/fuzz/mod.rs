@@ -50,8 +50,9 @@ pub struct FuzzArgs {
     /// Steps per trace.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Backend compared with the model: kernel, fuse, or model (a second model: a
-    /// self-check of the harness). For thinpool: model here, vm through the VM tier.
+    /// Backend compared with the model: kernel, fuse, vm (the kernel in the VM tier, one
+    /// boot for the whole run), or model (a second model: a self-check of the harness).
+    /// For thinpool: model here, vm through the VM tier.
     #[arg(long, default_value = "kernel")]
     pub backend: String,
     /// Where shrunk scenario files go.
@@ -74,6 +75,9 @@ pub fn open(
 ) -> Result<Box<dyn Driver + Send>, String> {
     if backend == "model" {
         Ok(Box::new(ModelDriver::new(driver, options)))
+    } else if backend == "vm" && crate::vm::in_guest() {
+        // Inside the VM, backend `vm` is the guest kernel's.
+        layerspec_real::open_backend(driver, "kernel", options)
     } else {
         layerspec_real::open_backend(driver, backend, options)
     }
@@ -280,6 +284,9 @@ pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summ
 /// `layerspec fuzz`: prints the summary; returns the exit code (0 no divergence, 1
 /// divergences, 2 when the backend cannot run or traces could not run).
 pub fn main(args: &FuzzArgs) -> u8 {
+    if args.backend == "vm" && !crate::vm::in_guest() {
+        return crate::vm::host::fuzz(args);
+    }
     if args.driver == DriverKind::Thinpool {
         return thin::main(args);
     }
