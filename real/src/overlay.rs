@@ -292,8 +292,25 @@ impl OverlayDriver {
         let fuse = Arc::clone(&self.fuse);
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
             let merged = inside.root.join(kind.name()).join(&id).join("merged");
-            let r = sys::umount(&mut inside.log, &merged, false);
+            // EBUSY can be transient: seen here on fuse-overlayfs mounts right after the
+            // observation closed files in them (the release of a fuse file is answered by
+            // the daemon asynchronously); the next try succeeds. Retry a while; if the mount
+            // stays busy, kill our fuse daemon rather than wait for an exit that never comes
+            // (waiting on a daemon whose mount stayed hung a whole fuzz run).
+            let mut r = sys::umount(&mut inside.log, &merged, false);
+            for _ in 0..200 {
+                match &r {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        r = sys::umount(&mut inside.log, &merged, false);
+                    }
+                    _ => break,
+                }
+            }
             if let Some(mut child) = fuse.lock().expect("fuse map").remove(&id) {
+                if r.is_err() {
+                    let _ = child.kill();
+                }
                 let _ = child.wait();
             }
             r.map_err(|e| backend_err(&format!("unmounting `{id}`"), e, &inside.log))
