@@ -292,21 +292,9 @@ impl OverlayDriver {
         let fuse = Arc::clone(&self.fuse);
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
             let merged = inside.root.join(kind.name()).join(&id).join("merged");
-            // EBUSY can be transient: seen here on fuse-overlayfs mounts right after the
-            // observation closed files in them (the release of a fuse file is answered by
-            // the daemon asynchronously); the next try succeeds. Retry a while; if the mount
-            // stays busy, kill our fuse daemon rather than wait for an exit that never comes
-            // (waiting on a daemon whose mount stayed hung a whole fuzz run).
-            let mut r = sys::umount(&mut inside.log, &merged, false);
-            for _ in 0..200 {
-                match &r {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        r = sys::umount(&mut inside.log, &merged, false);
-                    }
-                    _ => break,
-                }
-            }
+            // `umount` retries a transiently busy mount; if it stays busy, kill our fuse
+            // daemon rather than wait for an exit that never comes (a fuse fuzz run hung so).
+            let r = sys::umount(&mut inside.log, &merged, false);
             if let Some(mut child) = fuse.lock().expect("fuse map").remove(&id) {
                 if r.is_err() {
                     let _ = child.kill();
