@@ -292,8 +292,13 @@ impl OverlayDriver {
         let fuse = Arc::clone(&self.fuse);
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
             let merged = inside.root.join(kind.name()).join(&id).join("merged");
+            // `umount` retries a transiently busy mount; if it stays busy, kill our fuse
+            // daemon rather than wait for an exit that never comes (a fuse fuzz run hung so).
             let r = sys::umount(&mut inside.log, &merged, false);
             if let Some(mut child) = fuse.lock().expect("fuse map").remove(&id) {
+                if r.is_err() {
+                    let _ = child.kill();
+                }
                 let _ = child.wait();
             }
             r.map_err(|e| backend_err(&format!("unmounting `{id}`"), e, &inside.log))

@@ -105,7 +105,11 @@ pub fn bind(log: &mut Log, source: &Path, target: &Path) -> io::Result<()> {
     })
 }
 
-/// `umount2(target, flags)`.
+/// `umount2(target, flags)`; a plain (not lazy) unmount that finds the mount busy is retried
+/// for up to 2 s. The busy state is transient here, most likely from a child being forked by
+/// another thread of this process (a fuse-overlayfs daemon between fork and exec): it holds
+/// a copy of every open descriptor, close-on-exec or not, including ones this thread just
+/// had open in the mount. Seen with `fuzz --backend fuse`: EBUSY once, then success.
 pub fn umount(log: &mut Log, target: &Path, detach: bool) -> io::Result<()> {
     let t = cpath(target)?;
     log.note(format!(
@@ -113,7 +117,21 @@ pub fn umount(log: &mut Log, target: &Path, detach: bool) -> io::Result<()> {
         target.display(),
         if detach { " (lazy)" } else { "" }
     ));
-    check(unsafe { libc::umount2(t.as_ptr(), if detach { libc::MNT_DETACH } else { 0 }) })
+    let flags = if detach { libc::MNT_DETACH } else { 0 };
+    let mut r = check(unsafe { libc::umount2(t.as_ptr(), flags) });
+    for _ in 0..200 {
+        match &r {
+            Err(e) if !detach && e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                r = check(unsafe { libc::umount2(t.as_ptr(), flags) });
+            }
+            _ => break,
+        }
+    }
+    if r.is_err() {
+        log.note(format!("umount {}: {:?}", target.display(), r));
+    }
+    r
 }
 
 /// An overlayfs whiteout as a layer builder makes it: `mknod(path, S_IFCHR | 0, 0)`.

@@ -1,13 +1,15 @@
 //! Replaying a trace on the model and on a second driver, side by side, and finding the
 //! first place where they differ.
 //!
-//! Every step's outcome is compared exactly (a value or an errno), with one normalisation:
-//! - the `size` of a directory in a `stat` result is set to 0 on both sides: it is the
-//!   backing filesystem's business (`StatInfo::size` says so, and observations leave it out).
+//! Every step's outcome is compared exactly (a value or an errno), after
+//! [`crate::compare::normalise_outcome_on`] for the backend under test: a directory's `size`
+//! in a `stat` result is the backing filesystem's business, and on fuse its `nlink` too.
 //!
 //! After the layers are built and the container made, and after every step, both sides are
-//! observed and the observations compared with [`crate::compare::diff_observations`], which
-//! holds the normalisations of observations.
+//! observed and the observations compared with [`crate::compare::diff_observations_on`] for
+//! that backend. These are the comparisons `layerspec run` makes against the model, with the
+//! same documented normalisations (on fuse: what containers see, not the driver root); a
+//! fuse difference beyond them is a divergence, to be written up, not normalised away.
 
 use super::generate::Trace;
 use layerspec_model::{Driver, DriverError, FileOp, ModelDriver, Op, Outcome};
@@ -115,7 +117,7 @@ pub fn show_outcome(o: &Outcome) -> String {
     }
 }
 
-/// The one normalisation of step outcomes, kept with the others in [`crate::compare`].
+/// Step outcomes are normalised in [`crate::compare`] (`normalise_outcome_on` per backend).
 pub use crate::compare::normalise_outcome;
 
 /// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind).
