@@ -406,22 +406,41 @@ impl DmThinPool {
             }
             at += n;
         }
-        let mut out: Vec<Piece> = Vec::new();
-        for (s, e, zero, live) in pieces {
-            let stamp = if zero {
-                None
-            } else if let Some(&i) = live.first() {
-                Some(self.extents[i].stamp)
+        // Each piece's possible sources: zeros, or the writes whose pattern it holds (the
+        // read block's own writes first, then the most recent). A short piece can match
+        // more than one write by chance, and a cut where some write began or ended need not
+        // be a boundary in this block: take the reading with the fewest changes of source.
+        let mut options: Vec<Vec<Option<Stamp>>> = Vec::with_capacity(pieces.len());
+        for (s, e, zero, live) in &pieces {
+            let mut o: Vec<Option<Stamp>> = if *zero {
+                vec![None]
             } else {
+                let mut own: Vec<Option<Stamp>> = Vec::new();
+                let mut other: Vec<Option<Stamp>> = Vec::new();
+                for &i in live {
+                    let st = self.extents[i].stamp;
+                    if st.block == v { &mut own } else { &mut other }.push(Some(st));
+                }
+                own.extend(other);
+                own
+            };
+            let mut seen = BTreeSet::new();
+            o.retain(|x| seen.insert(*x));
+            if o.is_empty() {
                 return Err(io::Error::other(format!(
                     "bytes {s}..{e} of virtual block {v} hold what no write of the trace wrote"
                 )));
-            };
+            }
+            options.push(o);
+        }
+        let choice = fewest_changes(&options);
+        let mut out: Vec<Piece> = Vec::new();
+        for ((s, e, _, _), stamp) in pieces.iter().zip(choice) {
             match out.last_mut() {
-                Some(l) if l.stamp == stamp => l.end = e as u32,
+                Some(l) if l.stamp == stamp => l.end = *e as u32,
                 _ => out.push(Piece {
-                    start: s as u32,
-                    end: e as u32,
+                    start: *s as u32,
+                    end: *e as u32,
                     stamp,
                 }),
             }
@@ -514,6 +533,42 @@ impl DmThinPool {
 /// The events the pool sent: its device's event counter, which `dm_table_event` bumps.
 fn events(info: &DeviceInfo) -> u32 {
     info.event_nr
+}
+
+/// Picks one option per position so that consecutive picks differ as rarely as possible;
+/// among equally good readings, the earlier options (the preferred ones) win.
+fn fewest_changes(options: &[Vec<Option<Stamp>>]) -> Vec<Option<Stamp>> {
+    // cost[k], and for each position the option of the previous one it came from.
+    let mut cost: Vec<u32> = vec![0; options.first().map_or(0, Vec::len)];
+    let mut back: Vec<Vec<usize>> = vec![Vec::new()];
+    for w in options.windows(2) {
+        let (prev, cur) = (&w[0], &w[1]);
+        let mut next = Vec::with_capacity(cur.len());
+        let mut from = Vec::with_capacity(cur.len());
+        for c in cur {
+            let (best, j) = prev
+                .iter()
+                .enumerate()
+                .map(|(j, p)| (cost[j] + u32::from(p != c), j))
+                .min()
+                .expect("every position has an option");
+            next.push(best);
+            from.push(j);
+        }
+        cost = next;
+        back.push(from);
+    }
+    let Some((_, mut k)) = cost.iter().enumerate().map(|(k, c)| (*c, k)).min() else {
+        return Vec::new();
+    };
+    let mut picked = vec![None; options.len()];
+    for i in (0..options.len()).rev() {
+        picked[i] = options[i][k];
+        if i > 0 {
+            k = back[i][k];
+        }
+    }
+    picked
 }
 
 fn errno_or_eio(n: Option<i32>) -> Errno {
@@ -733,6 +788,25 @@ mod tests {
             "<single_mapping origin_block=\"1\" data_block=\"2\" time=\"0\"/>"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_short_piece_matching_two_writes_continues_its_neighbour() {
+        let st = |block| {
+            Some(Stamp {
+                step: 16,
+                dev: 2,
+                block,
+            })
+        };
+        // Seen in the VM: the last byte of a block also matched another block's pattern.
+        let options = vec![vec![st(0)], vec![st(2), st(0)]];
+        assert_eq!(fewest_changes(&options), vec![st(0), st(0)]);
+        // A real change of source stays a change.
+        let options = vec![vec![st(0)], vec![None], vec![st(0)]];
+        assert_eq!(fewest_changes(&options), vec![st(0), None, st(0)]);
+        // Ties go to the preferred (first) option.
+        assert_eq!(fewest_changes(&[vec![st(1), st(3)]]), vec![st(1)]);
     }
 
     #[test]
