@@ -55,6 +55,7 @@ errnos! {
     ELOOP = 40, "Too many levels of symbolic links.";
     ENODATA = 61, "No data available (missing xattr).";
     EOPNOTSUPP = 95, "Operation not supported.";
+    ESTALE = 116, "Stale file handle (overlayfs: the layers changed under the mount).";
 }
 
 impl fmt::Display for Errno {
