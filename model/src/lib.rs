@@ -42,6 +42,7 @@ mod changes;
 mod check;
 mod container;
 mod copy_up;
+pub mod devmapper;
 mod digest;
 mod dir;
 mod driver;
