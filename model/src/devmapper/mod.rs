@@ -30,6 +30,8 @@
 //!   discards the whole device (`dm.blkdiscard`, on by default for loop-lvm), then deletes
 //!   it: exactly its own blocks go back to the pool.
 //! - Scenario ids are Docker's hashes ([`device_hash`]).
+//! - Pool figures are those after a `sync` of every mounted filesystem: a real driver
+//!   syncs before it reads the pool's status.
 //!
 //! The filesystem on the devices is ext4 (`dm.fs=ext4`; Docker takes xfs when it can, and
 //! the real side has no mkfs.xfs), made as Docker makes it: `mkfs.ext4 -E
