@@ -4,9 +4,11 @@
 
 use crate::scenario::{Action, Expect, Expected, Scenario, Step};
 use layerspec_model::{
-    evaluate_check, Driver, DriverError, DriverKind, Errno, Observation, Op, Outcome, Value,
+    evaluate_check_since, pool_data_blocks, Check, Driver, DriverError, DriverKind, Errno,
+    Observation, Op, Outcome, Value,
 };
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 mod thin;
 
@@ -62,8 +64,17 @@ pub fn run(scenario: &Scenario, driver: &mut dyn Driver) -> RunResult {
             Err(e) => return fail(format!("creating container `{id}`: {e}")),
         }
     }
+    // The pool figure each `check` step with `pool_data_blocks` observed, by step index.
+    let mut pool_marks: BTreeMap<usize, u64> = BTreeMap::new();
     for step in &scenario.steps {
-        if let Err(msg) = run_step(step, driver, kind, backend, &mut containers) {
+        if let Err(msg) = run_step(
+            step,
+            driver,
+            kind,
+            backend,
+            &mut containers,
+            &mut pool_marks,
+        ) {
             return fail(format!(
                 "step {} (`{}`, line {}): {msg}",
                 step.index, step.text, step.line
@@ -85,6 +96,7 @@ fn run_step(
     kind: DriverKind,
     backend: &str,
     containers: &mut Vec<(String, bool)>,
+    pool_marks: &mut BTreeMap<usize, u64>,
 ) -> Result<(), String> {
     match &step.action {
         Action::Thin(_) => Err("thin-pool steps run only in a scenario with a `[pool]`".into()),
@@ -102,8 +114,13 @@ fn run_step(
             };
             let obs = driver.observe().map_err(|e| e.to_string())?;
             for c in checks {
-                evaluate_check(&obs, kind, &id, has_image, c)
+                evaluate_check_since(&obs, kind, &id, has_image, c, pool_marks)
                     .map_err(|got| format!("expected {c}, but {got}"))?;
+            }
+            if checks.iter().any(|c| matches!(c, Check::PoolDataBlocks(_))) {
+                if let Some(n) = pool_data_blocks(&obs) {
+                    pool_marks.insert(step.index, n);
+                }
             }
             Ok(())
         }

@@ -118,3 +118,54 @@ fn valid_file_passes() {
     ));
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn pool_data_blocks_ranges() {
+    let steps = |s: &str| {
+        format!(
+            "{HEAD}entries = []\n[[container]]\nid = \"c\"\nimage = \"base\"\n[trace]\nsteps = [\n{s}]\n"
+        )
+    };
+    assert_located(
+        &steps("  { op = \"check\", pool_data_blocks = { min = 3, max = 2 } },\n"),
+        10,
+        "min 3 is above max 2",
+    );
+    assert_located(
+        &steps("  { op = \"check\", pool_data_blocks = {} },\n"),
+        10,
+        "give `min`, `max` or both",
+    );
+    assert_located(
+        &steps("  { op = \"check\", pool_data_blocks = { min = 1, most = 2 } },\n"),
+        10,
+        "unknown key `most`",
+    );
+    assert_located(
+        &steps("  { op = \"check\", pool_data_blocks = { since = 0, min = 0 } },\n"),
+        10,
+        "must name an earlier step",
+    );
+    assert_located(
+        &steps(
+            "  { op = \"stat\", path = \"/\" },\n  { op = \"check\", pool_data_blocks = { since = 0, max = 0 } },\n",
+        ),
+        11,
+        "not a `check` with `pool_data_blocks`",
+    );
+    assert_located(
+        &steps("  { op = \"check\", pool_data_blocks = \"x\" },\n"),
+        10,
+        "expected a block count",
+    );
+    let ok = steps(
+        "  { op = \"check\", pool_data_blocks = { min = 1 } },\n  { op = \"check\", pool_data_blocks = { since = 0, min = -5, max = 5 } },\n",
+    );
+    assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
+    // A thin-pool scenario decides every block: exact counts only.
+    assert_located(
+        "title = \"t\"\ndrivers = [\"thinpool\"]\n[pool]\ndata_blocks = 4\n[trace]\nsteps = [\n  { op = \"check\", pool_data_blocks = { min = 0 } },\n]\n",
+        7,
+        "exact block count",
+    );
+}

@@ -3,7 +3,60 @@
 
 use crate::observe::Observation;
 use crate::params::DriverKind;
+use std::collections::BTreeMap;
 use std::fmt;
+
+/// An expected count of thin-pool data blocks: exact or a range, of the pool's figure or of
+/// its change since an earlier `check` step. Where a rule decides the figure a scenario
+/// states it exactly; where a filesystem's allocator does (devicemapper), as a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRange {
+    /// Least value allowed.
+    pub min: Option<i64>,
+    /// Greatest value allowed.
+    pub max: Option<i64>,
+    /// Index of an earlier `check` step that observed the pool: the figure checked is the
+    /// change since then (negative when blocks were freed).
+    pub since: Option<usize>,
+}
+
+impl BlockRange {
+    /// Exactly `n` blocks in use.
+    pub fn exactly(n: u64) -> BlockRange {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        BlockRange {
+            min: Some(n),
+            max: Some(n),
+            since: None,
+        }
+    }
+
+    /// Whether `v` is allowed.
+    pub fn contains(&self, v: i64) -> bool {
+        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+    }
+}
+
+impl fmt::Display for BlockRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.min, self.max, self.since) {
+            (Some(a), Some(b), None) if a == b => write!(f, "{a}"),
+            _ => {
+                let mut parts = Vec::new();
+                if let Some(s) = self.since {
+                    parts.push(format!("since = {s}"));
+                }
+                if let Some(m) = self.min {
+                    parts.push(format!("min = {m}"));
+                }
+                if let Some(m) = self.max {
+                    parts.push(format!("max = {m}"));
+                }
+                write!(f, "{{ {} }}", parts.join(", "))
+            }
+        }
+    }
+}
 
 /// One assertion of a `check` step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,8 +73,8 @@ pub enum Check {
     CopiedUpBytes(u64),
     /// Inodes the driver's storage uses.
     InodesUsed(u64),
-    /// Thin-pool data blocks in use.
-    PoolDataBlocks(u64),
+    /// Thin-pool data blocks in use, or their change since an earlier check.
+    PoolDataBlocks(BlockRange),
 }
 
 impl fmt::Display for Check {
@@ -33,7 +86,7 @@ impl fmt::Display for Check {
             Check::NotInUpper(p) => write!(f, "not_in_upper = {p:?}"),
             Check::CopiedUpBytes(n) => write!(f, "copied_up_bytes = {n}"),
             Check::InodesUsed(n) => write!(f, "inodes_used = {n}"),
-            Check::PoolDataBlocks(n) => write!(f, "pool_data_blocks = {n}"),
+            Check::PoolDataBlocks(r) => write!(f, "pool_data_blocks = {r}"),
         }
     }
 }
@@ -62,13 +115,32 @@ pub fn applies(driver: DriverKind, check: &Check) -> bool {
     }
 }
 
-/// Evaluates `check` for `container`; `Err` says what was found instead.
+/// The thin pool's data blocks in use, if the driver has a pool.
+pub fn pool_data_blocks(obs: &Observation) -> Option<u64> {
+    obs.accounting.pool.as_ref().map(|p| p.used_data_blocks)
+}
+
+/// Evaluates `check` for `container`; `Err` says what was found instead. A check of the
+/// change since an earlier step needs [`evaluate_since`].
 pub fn evaluate(
     obs: &Observation,
     driver: DriverKind,
     container: &str,
     has_image: bool,
     check: &Check,
+) -> Result<(), String> {
+    evaluate_since(obs, driver, container, has_image, check, &BTreeMap::new())
+}
+
+/// [`evaluate`], with the pool figures ([`pool_data_blocks`]) earlier check steps observed,
+/// by step index.
+pub fn evaluate_since(
+    obs: &Observation,
+    driver: DriverKind,
+    container: &str,
+    has_image: bool,
+    check: &Check,
+    earlier: &BTreeMap<usize, u64>,
 ) -> Result<(), String> {
     let upper = || {
         upper_dir(driver, container, has_image)
@@ -149,8 +221,24 @@ pub fn evaluate(
                 Err(format!("inodes_used is {got}"))
             }
         }
-        Check::PoolDataBlocks(_) => Err(format!(
-            "pool_data_blocks needs the thin-pool model, which {driver} does not have yet"
-        )),
+        Check::PoolDataBlocks(r) => {
+            let got = pool_data_blocks(obs).ok_or_else(|| format!("{driver} has no thin pool"))?;
+            let got = i64::try_from(got).unwrap_or(i64::MAX);
+            let (v, what) = match r.since {
+                None => (got, format!("it is {got}")),
+                Some(k) => {
+                    let before = earlier
+                        .get(&k)
+                        .ok_or_else(|| format!("step {k} observed no pool figure"))?;
+                    let v = got - i64::try_from(*before).unwrap_or(i64::MAX);
+                    (v, format!("it is {got}, {v:+} since step {k}"))
+                }
+            };
+            if r.contains(v) {
+                Ok(())
+            } else {
+                Err(what)
+            }
+        }
     }
 }

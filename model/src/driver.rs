@@ -102,6 +102,10 @@ pub fn observe_store(store: &Store) -> Observation {
         inodes_used,
         ..Accounting::default()
     };
+    if let Some(ds) = store.devmapper() {
+        accounting.pool = Some(ds.observe());
+        accounting.dm_tables = ds.tables();
+    }
     let mut merged = std::collections::BTreeMap::new();
     for c in store.containers() {
         merged.insert(c.id.clone(), c.merged_view());

@@ -19,6 +19,11 @@ pub const INVARIANTS: &[&str] = &[
     "whiteouts_only_over_lower_names",
     "no_whiteout_in_flat_driver",
     "merged_view_has_no_whiteouts",
+    // devicemapper: every layer and container has its thin device, every container's is
+    // mounted, the pool holds exactly the device set's devices and its transaction id is
+    // the device set's. (The pool's own invariants, `THIN_INVARIANTS`, are checked by the
+    // thin-pool property tests and by the devicemapper unit tests.)
+    "devicemapper_pool_matches_device_set",
 ];
 
 /// Checks every invariant on `store`.
@@ -51,7 +56,57 @@ pub fn check(store: &Store) -> Vec<Violation> {
             }
         }
     }
+    if let Some(ds) = store.devmapper() {
+        devicemapper(store, ds, &mut out);
+    }
     out
+}
+
+fn devicemapper(store: &Store, ds: &crate::devmapper::DeviceSet, out: &mut Vec<Violation>) {
+    let mut bad = |detail: String| {
+        out.push(Violation {
+            invariant: "devicemapper_pool_matches_device_set",
+            detail,
+        })
+    };
+    use crate::devmapper::device_hash;
+    for l in store.layers() {
+        match ds.devices.get(&device_hash(&l.id)) {
+            None => bad(format!("layer {} has no device", l.id)),
+            Some(d) if d.mounted => bad(format!("layer {} is still mounted", l.id)),
+            _ => {}
+        }
+    }
+    for c in store.containers() {
+        if !ds
+            .devices
+            .get(&device_hash(&c.id))
+            .is_some_and(|d| d.mounted)
+        {
+            bad(format!("container {} has no mounted device", c.id));
+        }
+    }
+    let wanted = store.layers().count() + store.containers().count() + 1;
+    if ds.devices.len() != wanted {
+        bad(format!(
+            "{} devices for {wanted} layers, containers and base",
+            ds.devices.len()
+        ));
+    }
+    let pool = ds.pool();
+    let ids: Vec<u32> = pool.device_ids().iter().map(|i| i.get()).collect();
+    let mut set: Vec<u32> = ds.devices.values().map(|d| d.device_id).collect();
+    set.sort_unstable();
+    if ids != set {
+        bad(format!("pool devices {ids:?}, device set {set:?}"));
+    }
+    if pool.status().transaction_id != ds.transaction_id() {
+        bad(format!(
+            "pool transaction {}, device set {}",
+            pool.status().transaction_id,
+            ds.transaction_id()
+        ));
+    }
 }
 
 /// Whether the whiteout at `path` hides a name of the lower stack: its parent, looked up

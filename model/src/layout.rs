@@ -8,7 +8,8 @@
 //!   parent's root plus its diff; containers `lower-id`, `upper`, `work`, `merged`.
 //! - overlay2 (DOCK2, S14-S16): `l/<short>` -> `../<id>/diff`, `<id>/{link,lower,diff,work}`,
 //!   `committed` in every layer something was created on, `merged` for containers.
-//! - devicemapper (S19-S21): loop files, per-device JSON metadata, `mnt/<id>` per container.
+//! - devicemapper (S18, S21): loop files, per-device JSON metadata, `mnt/<hash>` per mounted
+//!   device (the `devmapper` module holds the device set).
 //!
 //! Modes are what Docker creates under umask 022.
 
@@ -559,62 +560,69 @@ fn overlay2(store: &Store, disk: &mut Disk) {
     }
 }
 
-/// Docker's per-device metadata JSON (devmapper `devInfo`).
-fn device_json(device_id: u32, transaction_id: u32, initialized: bool) -> String {
-    format!(
-        "{{\"device_id\":{device_id},\"size\":10737418240,\"transaction_id\":{transaction_id},\"initialized\":{initialized},\"deleted\":false}}"
-    )
-}
-
+/// Docker's devicemapper driver root (S18, S21; see the `devmapper` module): the loop files,
+/// one JSON file per device under `metadata/` (shown as text, the base filesystem's UUID as
+/// `<uuid>`), and `mnt/<hash>` for every mounted device. The mounted filesystems are not
+/// listed: a mount point shows as the directory under it.
 fn devicemapper(store: &Store, disk: &mut Disk) {
+    use crate::devmapper::{DATA_FILE_BYTES, METADATA_FILE_BYTES};
+    let Some(ds) = store.devmapper() else {
+        return;
+    };
+    let json = |disk: &mut Disk, path: String, text: &str, len: usize| {
+        let mut e = entry("file", 0o600);
+        e.size = Some(len as u64);
+        e.content = Some(format!("text:{text}"));
+        disk.add(path, None, e);
+    };
     disk.dir("devicemapper".into(), 0o700);
     disk.dir("devicemapper/devicemapper".into(), 0o700);
-    // Sparse loop files: 100 GiB data, 2 GiB metadata (THIN9); sizes are apparent sizes.
-    for (name, size) in [("data", 107_374_182_400u64), ("metadata", 2_147_483_648u64)] {
+    for (name, size) in [("data", DATA_FILE_BYTES), ("metadata", METADATA_FILE_BYTES)] {
         let mut e = entry("file", 0o600);
         e.size = Some(size);
         e.content = Some("<sparse loop file>".into());
         disk.add(format!("devicemapper/devicemapper/{name}"), None, e);
     }
     disk.dir("devicemapper/metadata".into(), 0o700);
-    disk.dir("devicemapper/mnt".into(), 0o700);
-    // Device ids in creation order: the base device is 1 (S20).
-    let mut next = 1u32;
-    disk.file(
-        "devicemapper/metadata/base".into(),
-        0o600,
-        device_json(next, next, true).as_bytes(),
-    );
-    for l in store.layers() {
-        next += 1;
-        disk.file(
-            format!("devicemapper/metadata/{}", l.id),
-            0o600,
-            device_json(next, next, false).as_bytes(),
+    for (hash, d) in &ds.devices {
+        let text = format!(
+            "{{\"device_id\":{},\"size\":{},\"transaction_id\":{},\"initialized\":{},\"deleted\":false}}",
+            d.device_id, d.size, d.transaction_id, d.initialized
+        );
+        let name = if hash.is_empty() { "base" } else { hash };
+        json(
+            disk,
+            format!("devicemapper/metadata/{name}"),
+            &text,
+            text.len(),
         );
     }
-    for c in store.containers() {
-        next += 1;
-        disk.file(
-            format!("devicemapper/metadata/{}", c.id),
-            0o600,
-            device_json(next, next, false).as_bytes(),
-        );
-        disk.dir(format!("devicemapper/mnt/{}", c.id), 0o755);
-    }
-    let deviceset = format!(
-        "{{\"next_device_id\":{},\"BaseDeviceUUID\":\"\",\"BaseDeviceFilesystem\":\"ext4\"}}",
-        next + 1
-    );
-    disk.file(
+    // Written when the base filesystem was made, with the base device's id as the last one
+    // handed out, and not again before shutdown; mkfs's UUID is 36 characters.
+    let text =
+        "{\"next_device_id\":1,\"BaseDeviceUUID\":\"<uuid>\",\"BaseDeviceFilesystem\":\"ext4\"}";
+    let len = text.len() - "<uuid>".len() + 36;
+    json(
+        disk,
         "devicemapper/metadata/deviceset-metadata".into(),
-        0o600,
-        deviceset.as_bytes(),
+        text,
+        len,
     );
-    let tx = format!("{{\"open_transaction_id\":{next},\"device_hash\":\"\",\"device_id\":0}}");
-    disk.file(
+    let (tx, hash, id) = &ds.open_transaction;
+    let text =
+        format!("{{\"open_transaction_id\":{tx},\"device_hash\":\"{hash}\",\"device_id\":{id}}}");
+    json(
+        disk,
         "devicemapper/metadata/transaction-metadata".into(),
-        0o600,
-        tx.as_bytes(),
+        &text,
+        text.len(),
     );
+    if ds.mnt_made {
+        disk.dir("devicemapper/mnt".into(), 0o755);
+    }
+    for (hash, d) in &ds.devices {
+        if d.mounted {
+            disk.dir(format!("devicemapper/mnt/{hash}"), 0o755);
+        }
+    }
 }

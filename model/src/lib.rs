@@ -42,6 +42,7 @@ mod changes;
 mod check;
 mod container;
 mod copy_up;
+pub mod devmapper;
 mod digest;
 mod dir;
 mod driver;
@@ -60,7 +61,10 @@ mod store;
 mod thin;
 mod tree;
 
-pub use check::{applies as check_applies, evaluate as evaluate_check, upper_dir, Check};
+pub use check::{
+    applies as check_applies, evaluate as evaluate_check, evaluate_since as evaluate_check_since,
+    pool_data_blocks, upper_dir, BlockRange, Check,
+};
 pub use container::{Container, Dentry};
 pub use digest::{content_digest, pseudo_random, seed_for_path, short_name};
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};

@@ -87,10 +87,15 @@ pub struct Accounting {
     /// 4096-byte page.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub mount_data_len: BTreeMap<String, usize>,
-    /// The thin pool (the `thinpool` driver): its status fields, and per device what it maps
-    /// and shares.
+    /// The thin pool (the `thinpool` driver, and devicemapper's): its status fields, and per
+    /// device what it maps and shares.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<crate::thin::PoolObservation>,
+    /// devicemapper: the device-mapper devices the driver keeps active, by name, with their
+    /// tables as `dmsetup table` prints them (the pool, and every mounted thin device);
+    /// see the `devmapper` module for the placeholders in names and tables.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub dm_tables: BTreeMap<String, String>,
 }
 
 /// Text of a file's contents for observations: `text:` and the text itself when short and

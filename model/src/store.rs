@@ -2,6 +2,7 @@
 //! that runs one [`Op`].
 
 use crate::container::Container;
+use crate::devmapper::DeviceSet;
 use crate::lower::{Layer, LowerStack};
 use crate::params::{DriverKind, OverlayOptions, Policy};
 use crate::step::{EntryKind, LayerSpec, Op, Outcome, Value};
@@ -66,6 +67,8 @@ pub struct Store {
     stacks: BTreeMap<String, Arc<LowerStack>>,
     backing: crate::params::Backing,
     built_upon: std::collections::BTreeSet<String>,
+    /// devicemapper: the device set and its thin pool.
+    dm: Option<Box<DeviceSet>>,
 }
 
 impl Store {
@@ -81,7 +84,13 @@ impl Store {
             stacks: BTreeMap::new(),
             backing: crate::params::Backing::default(),
             built_upon: std::collections::BTreeSet::new(),
+            dm: (driver == DriverKind::Devicemapper).then(|| Box::new(DeviceSet::new())),
         }
+    }
+
+    /// devicemapper: the device set and the thin pool under the layers and containers.
+    pub(crate) fn devmapper(&self) -> Option<&DeviceSet> {
+        self.dm.as_deref()
     }
 
     /// Layers something (a layer or a container) was ever created on: overlay2 marks them
@@ -185,17 +194,29 @@ impl Store {
             id: spec.id.clone(),
             parent: spec.parent.clone(),
             tree,
-        });
-        Ok(())
+        })
     }
 
-    fn insert_layer(&mut self, layer: Layer) {
+    fn insert_layer(&mut self, layer: Layer) -> Result<(), StepError> {
+        if let Some(dm) = &self.dm {
+            if dm.has_device(&layer.id) {
+                return Err(StepError::LayerExists(layer.id));
+            }
+        }
         if let Some(p) = &layer.parent {
             self.built_upon.insert(p.clone());
         }
+        let (id, parent) = (layer.id.clone(), layer.parent.clone());
         self.layer_order.push(layer.id.clone());
         self.layers.insert(layer.id.clone(), Arc::new(layer));
         self.refresh_farm_roots();
+        if self.dm.is_some() {
+            let stack = self.stack(Some(&id));
+            if let Some(dm) = &mut self.dm {
+                dm.add_layer(&id, parent.as_deref(), &stack);
+            }
+        }
+        Ok(())
     }
 
     /// overlay driver: counts, for every file of every layer, the layer roots (hard-link
@@ -221,7 +242,12 @@ impl Store {
         match op {
             Op::File { container, op } => {
                 let id = self.container_id(container.as_deref())?;
-                Ok(self.containers.get_mut(&id).expect("exists").apply(op))
+                let c = self.containers.get_mut(&id).expect("exists");
+                let out = c.apply(op);
+                if let Some(dm) = &mut self.dm {
+                    dm.file_step(c, op, &out);
+                }
+                Ok(out)
             }
             Op::CreateContainer { id, image } => {
                 if self.containers.contains_key(id) {
@@ -232,6 +258,9 @@ impl Store {
                         return Err(StepError::NoLayer(i.clone()));
                     }
                 }
+                if self.dm.as_ref().is_some_and(|dm| dm.has_device(id)) {
+                    return Err(StepError::ContainerExists(id.clone()));
+                }
                 if let Some(i) = image {
                     self.built_upon.insert(i.clone());
                 }
@@ -241,6 +270,9 @@ impl Store {
                     ..Policy::new(self.driver, self.options)
                 };
                 let mut c = Container::new(id, image.clone(), stack, policy);
+                if let Some(dm) = &mut self.dm {
+                    dm.create_container(id, image.as_deref(), &c);
+                }
                 if let Some(other) = self.containers.values().next() {
                     c.farm_roots = Arc::clone(&other.farm_roots);
                 } else if policy.farm_links {
@@ -257,6 +289,9 @@ impl Store {
                 if self.containers.remove(id).is_none() {
                     return Err(StepError::NoContainer(Some(id.clone())));
                 }
+                if let Some(dm) = &mut self.dm {
+                    dm.remove_container(id);
+                }
                 self.container_order.retain(|c| c != id);
                 Ok(Ok(Value::Unit))
             }
@@ -267,12 +302,15 @@ impl Store {
                 let c = self.container(container.as_deref())?;
                 let image = self.image_tree(c);
                 let new = c.commit_layer(layer, &image);
-                self.insert_layer(new);
+                self.insert_layer(new)?;
                 Ok(Ok(Value::Unit))
             }
             Op::Remount { container } => {
                 let id = self.container_id(container.as_deref())?;
                 self.containers.get_mut(&id).expect("exists").remount();
+                if let Some(dm) = &mut self.dm {
+                    dm.remount(&id);
+                }
                 Ok(Ok(Value::Unit))
             }
             Op::Changes { container } => {

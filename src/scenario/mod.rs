@@ -156,6 +156,16 @@ pub struct Step {
     pub returns: Option<PerDriver<Expected>>,
 }
 
+impl Step {
+    /// The assertions of a file-level `check` step (none for any other step).
+    pub fn checks(&self) -> &[Check] {
+        match &self.action {
+            Action::Check { checks, .. } => checks,
+            _ => &[],
+        }
+    }
+}
+
 impl Scenario {
     /// The drivers this scenario runs on: those it names, else every file-level driver
     /// whose capabilities cover its steps.

@@ -5,8 +5,8 @@ mod thin;
 
 use super::{Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step};
 use layerspec_model::{
-    seed_for_path, validate_scenario_path, Check, Content, DriverKind, Entry, EntryKind, Errno,
-    FileOp, LayerSpec, Op, OverlayOptions,
+    seed_for_path, validate_scenario_path, BlockRange, Check, Content, DriverKind, Entry,
+    EntryKind, Errno, FileOp, LayerSpec, Op, OverlayOptions,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -194,7 +194,7 @@ struct StepDoc {
     not_in_upper: Option<Spanned<String>>,
     copied_up_bytes: Option<u64>,
     inodes_used: Option<u64>,
-    pool_data_blocks: Option<u64>,
+    pool_data_blocks: Option<Spanned<toml::Value>>,
     mapped_blocks: Option<toml::Value>,
     shared_blocks: Option<toml::Value>,
     // thin pool
@@ -383,7 +383,27 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
     let mut steps = Vec::new();
     if let Some(t) = doc.trace {
         for (i, s) in t.steps.into_iter().enumerate() {
-            steps.push(parse_step(&ctx, i, s, options.pool.as_ref())?);
+            let span = s.span();
+            let step = parse_step(&ctx, i, s, options.pool.as_ref())?;
+            for c in step.checks() {
+                if let Check::PoolDataBlocks(BlockRange { since: Some(k), .. }) = c {
+                    let observed = steps.get(*k).is_some_and(|e: &Step| {
+                        e.checks()
+                            .iter()
+                            .any(|c| matches!(c, Check::PoolDataBlocks(_)))
+                    });
+                    if !observed {
+                        return Err(ctx.err(
+                            span,
+                            format!(
+                                "step {i}: `pool_data_blocks` since step {k}, which is not a \
+                                 `check` with `pool_data_blocks`"
+                            ),
+                        ));
+                    }
+                }
+            }
+            steps.push(step);
         }
     }
     Ok(Scenario {
@@ -414,6 +434,62 @@ fn check_id(ctx: &Ctx, id: &Spanned<String>, what: &str) -> Result<(), ParseErro
                 "{what} `{s}` must be 1-64 characters of A-Z a-z 0-9 - _ . (it names a directory)"
             ),
         ))
+    }
+}
+
+/// `pool_data_blocks = N`, or `{ min = a, max = b, since = k }` (at least one bound; with
+/// `since`, the change since check step `k`, which must come earlier).
+fn block_range(
+    ctx: &Ctx,
+    v: &Spanned<toml::Value>,
+    index: usize,
+) -> Result<BlockRange, ParseError> {
+    let err = |msg: String| ctx.err(v.span(), format!("`pool_data_blocks`: {msg}"));
+    let int = |x: &toml::Value, key: &str| -> Result<i64, ParseError> {
+        x.as_integer()
+            .ok_or_else(|| err(format!("`{key}` must be an integer")))
+    };
+    match v.get_ref() {
+        toml::Value::Integer(n) if *n >= 0 => Ok(BlockRange::exactly(*n as u64)),
+        toml::Value::Table(t) => {
+            let mut r = BlockRange {
+                min: None,
+                max: None,
+                since: None,
+            };
+            for (k, x) in t {
+                match k.as_str() {
+                    "min" => r.min = Some(int(x, k)?),
+                    "max" => r.max = Some(int(x, k)?),
+                    "since" => {
+                        let s = int(x, k)?;
+                        if s < 0 || s as usize >= index {
+                            return Err(err(format!(
+                                "`since = {s}` must name an earlier step (this is step {index})"
+                            )));
+                        }
+                        r.since = Some(s as usize);
+                    }
+                    other => {
+                        return Err(err(format!(
+                            "unknown key `{other}` (expected min, max, since)"
+                        )))
+                    }
+                }
+            }
+            if r.min.is_none() && r.max.is_none() {
+                return Err(err("give `min`, `max` or both".into()));
+            }
+            if let (Some(a), Some(b)) = (r.min, r.max) {
+                if a > b {
+                    return Err(err(format!("min {a} is above max {b}")));
+                }
+            }
+            Ok(r)
+        }
+        _ => Err(err(
+            "expected a block count or a table `{ min = .., max = .., since = .. }`".into(),
+        )),
     }
 }
 
@@ -767,8 +843,8 @@ fn parse_step(
             if let Some(n) = d.inodes_used {
                 checks.push(Check::InodesUsed(n));
             }
-            if let Some(n) = d.pool_data_blocks {
-                checks.push(Check::PoolDataBlocks(n));
+            if let Some(v) = &d.pool_data_blocks {
+                checks.push(Check::PoolDataBlocks(block_range(ctx, v, index)?));
             }
             if d.mapped_blocks.is_some() || d.shared_blocks.is_some() {
                 return Err(at(

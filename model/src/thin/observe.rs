@@ -107,20 +107,52 @@ pub struct PoolObservation {
 impl ThinPool {
     /// The pool's observation.
     pub fn observe(&self) -> PoolObservation {
+        self.observe_with(true)
+    }
+
+    /// The pool's observation, with or without each device's mapping list (`thin_dump`):
+    /// without, when the block placement is a filesystem's business (devicemapper).
+    pub(crate) fn observe_with(&self, mapping_lists: bool) -> PoolObservation {
         let st = self.status();
-        let mut users: BTreeMap<u64, u32> = BTreeMap::new();
         let mut entries = BTreeMap::new();
+        let mut all: Vec<u64> = Vec::new();
         for (id, d) in &self.devices {
             let e = d.mapping.entries();
-            for (_, bt) in &e {
-                *users.entry(bt.block().0).or_default() += 1;
-            }
+            all.extend(e.iter().map(|(_, bt)| bt.block().0));
             entries.insert(*id, e);
         }
+        // Data blocks more than one mapping points at: counted in a table when the block
+        // numbers are dense (next-fit allocation from 0 keeps them so), else by sorting.
+        let max = all.iter().copied().max().unwrap_or(0);
+        let dense = max < 8 * all.len() as u64 + 1024;
+        let mut counts: Vec<u8> = Vec::new();
+        let mut sorted_shared: Vec<u64> = Vec::new();
+        if dense {
+            counts = vec![0; max as usize + 1];
+            for &b in &all {
+                let c = &mut counts[b as usize];
+                *c = c.saturating_add(1);
+            }
+        } else {
+            all.sort_unstable();
+            sorted_shared = all
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| w[0])
+                .collect();
+            sorted_shared.dedup();
+        }
+        let is_shared = |b: u64| {
+            if dense {
+                counts[b as usize] > 1
+            } else {
+                sorted_shared.binary_search(&b).is_ok()
+            }
+        };
         let mut devices = BTreeMap::new();
         for (id, e) in entries {
             let mut mappings: Vec<MappedRange> = Vec::new();
-            for (v, bt) in &e {
+            for (v, bt) in e.iter().filter(|_| mapping_lists) {
                 let (data, time) = (bt.block().0, bt.time());
                 match mappings.last_mut() {
                     Some(r)
@@ -136,10 +168,7 @@ impl ThinPool {
                     }),
                 }
             }
-            let shared = e
-                .iter()
-                .filter(|(_, bt)| users.get(&bt.block().0).is_some_and(|n| *n > 1))
-                .count() as u64;
+            let shared = e.iter().filter(|(_, bt)| is_shared(bt.block().0)).count() as u64;
             let status = self
                 .thin_status(id)
                 .map(|s| s.to_string())

@@ -155,8 +155,17 @@ pub(super) fn thin_check(
         }
     }
     let mut checks = Vec::new();
-    if let Some(n) = d.pool_data_blocks {
-        checks.push(ThinCheck::PoolDataBlocks(n));
+    if let Some(v) = &d.pool_data_blocks {
+        match v.get_ref() {
+            toml::Value::Integer(n) if *n >= 0 => checks.push(ThinCheck::PoolDataBlocks(*n as u64)),
+            _ => {
+                return Err(at(
+                    "`pool_data_blocks` of a thin-pool check is an exact block count: block-level \
+                     steps decide every block"
+                        .into(),
+                ))
+            }
+        }
     }
     if let Some(v) = &d.mapped_blocks {
         let [dev, count] = table_ints(v, "mapped_blocks", &["dev", "count"]).map_err(at)?;
