@@ -130,15 +130,27 @@ fn run_step(
             let Some(value) = judge_expect(step, kind, backend, outcome)? else {
                 return Ok(());
             };
-            let Some(returns) = &step.returns else {
-                return Ok(());
-            };
-            let want = returns
-                .get(kind, backend)
-                .ok_or_else(|| format!("`returns` has no value for {kind} and no default"))?;
-            compare(want, &value)
+            match wanted(step, kind, backend)? {
+                Some(want) => compare(want, &value),
+                None => Ok(()),
+            }
         }
     }
+}
+
+/// The value the step's `returns` states for this driver and backend, if it has one.
+pub(crate) fn wanted<'s>(
+    step: &'s Step,
+    kind: DriverKind,
+    backend: &str,
+) -> Result<Option<&'s Expected>, String> {
+    let Some(returns) = &step.returns else {
+        return Ok(None);
+    };
+    returns
+        .get(kind, backend)
+        .map(Some)
+        .ok_or_else(|| format!("`returns` has no value for {kind} and no default"))
 }
 
 /// Judges a step's outcome against its `expect`: `Ok(Some(value))` when it succeeded as

@@ -12,7 +12,7 @@
 //! Where the harness itself decides (a device it has not activated), it does what a user
 //! would: it loads a `thin` table for that id, and the kernel's refusal is the outcome.
 
-use crate::dm::{Control, DeviceInfo, DmError, Target};
+use crate::dm::{Control, DmError, Target};
 use crate::sys::{self, Log};
 use layerspec_model::{
     BlockData, DeviceObservation, DriverError, Errno, MappedRange, Piece, PoolObservation,
@@ -503,7 +503,8 @@ impl DmThinPool {
                 },
             );
         }
-        Ok(PoolObservation::from_status(&st, events(&info), devices))
+        // The events the pool sent: the counter `dm_table_event` bumps.
+        Ok(PoolObservation::from_status(&st, info.event_nr, devices))
     }
 
     /// Every device's mapping, from `thin_dump` of a metadata snapshot (the live metadata
@@ -528,11 +529,6 @@ impl DmThinPool {
         }
         parse_thin_dump(&String::from_utf8_lossy(&out.stdout))
     }
-}
-
-/// The events the pool sent: its device's event counter, which `dm_table_event` bumps.
-fn events(info: &DeviceInfo) -> u32 {
-    info.event_nr
 }
 
 /// Picks one option per position so that consecutive picks differ as rarely as possible;

@@ -69,31 +69,14 @@ impl Shrinker<'_> {
     }
 
     fn steps(&mut self, cur: &mut Trace, div: &mut Divergence) -> bool {
-        let mut progress = false;
-        let mut chunk = (cur.steps.len() / 2).max(1);
-        loop {
-            let mut changed = false;
-            let mut i = 0;
-            while i < cur.steps.len() && !self.out_of_budget() {
-                let mut cand = cur.clone();
-                let end = (i + chunk).min(cand.steps.len());
-                cand.steps.drain(i..end);
-                if self.try_keep(cand, cur, div) {
-                    changed = true;
-                } else {
-                    i += chunk;
-                }
-            }
-            progress |= changed;
-            if self.out_of_budget() || cur.steps.is_empty() {
-                return progress;
-            }
-            if chunk > 1 {
-                chunk = (chunk / 2).max(1);
-            } else if !changed {
-                return progress;
-            }
-        }
+        remove_chunks(
+            cur,
+            |t| t.steps.len(),
+            |t, r| {
+                t.steps.drain(r);
+            },
+            |cand, cur| (!self.out_of_budget()).then(|| self.try_keep(cand, cur, div)),
+        )
     }
 
     fn entries(&mut self, cur: &mut Trace, div: &mut Divergence) -> bool {
@@ -173,5 +156,42 @@ pub fn shrink(trace: &Trace, first: Divergence, open: &Factory<'_>, budget: usiz
         divergence: div,
         replays: s.replays,
         budget_exhausted: s.out_of_budget(),
+    }
+}
+
+/// Delta debugging over a list inside `cur`: removes chunks of it, halving the chunk size
+/// down to single elements, keeping each removal `attempt` accepts (`Some(true)`); stops
+/// when `attempt` says the budget is spent (`None`). Returns whether anything was removed.
+/// The file-level and the thin-pool shrinkers both use it.
+pub(crate) fn remove_chunks<T: Clone>(
+    cur: &mut T,
+    len: impl Fn(&T) -> usize,
+    remove: impl Fn(&mut T, std::ops::Range<usize>),
+    mut attempt: impl FnMut(T, &mut T) -> Option<bool>,
+) -> bool {
+    let mut progress = false;
+    let mut chunk = (len(cur) / 2).max(1);
+    loop {
+        let mut changed = false;
+        let mut i = 0;
+        while i < len(cur) {
+            let mut cand = cur.clone();
+            let end = (i + chunk).min(len(&cand));
+            remove(&mut cand, i..end);
+            match attempt(cand, cur) {
+                None => return progress | changed,
+                Some(true) => changed = true,
+                Some(false) => i += chunk,
+            }
+        }
+        progress |= changed;
+        if len(cur) == 0 {
+            return progress;
+        }
+        if chunk > 1 {
+            chunk = (chunk / 2).max(1);
+        } else if !changed {
+            return progress;
+        }
     }
 }

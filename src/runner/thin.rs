@@ -85,12 +85,9 @@ fn run_step(step: &Step, driver: &mut dyn ThinDriver) -> Result<(), String> {
     let Some(value) = super::judge_expect(step, kind, backend, outcome)? else {
         return Ok(());
     };
-    let Some(returns) = &step.returns else {
+    let Some(want) = super::wanted(step, kind, backend)? else {
         return Ok(());
     };
-    let want = returns
-        .get(kind, backend)
-        .ok_or_else(|| format!("`returns` has no value for {kind} and no default"))?;
     match (want, &value) {
         (Expected::Blocks(w), ThinValue::Blocks(got)) => {
             let got: Vec<String> = got.iter().map(|b| b.sources()).collect();

@@ -528,23 +528,25 @@ pub fn finish_from_guest(lines: &[serde_json::Value], out: &Path) -> u8 {
     for l in text {
         println!("{l}");
     }
-    match write_scenarios(out, &files) {
+    code = code.max(print_written(write_scenarios(out, &files)));
+    exit.max(code)
+}
+
+/// Prints the scenario files written (or why they could not be); 2 on an error.
+fn print_written(written: Result<Vec<PathBuf>, String>) -> u8 {
+    match written {
         Ok(paths) => {
             println!("files written: {}", paths.len());
             for p in paths {
                 println!("  {}", p.display());
             }
+            0
         }
         Err(e) => {
             println!("fuzz: writing scenario files: {e}");
-            code = 2;
+            2
         }
     }
-    exit.max(code)
-}
-
-fn refuse(_: PoolParams) -> Result<Box<dyn ThinDriver + Send>, String> {
-    Err("no thin pool on this backend".into())
 }
 
 /// `layerspec fuzz --driver thinpool`: runs the traces against `--backend model` (the
@@ -553,50 +555,37 @@ fn refuse(_: PoolParams) -> Result<Box<dyn ThinDriver + Send>, String> {
 /// VM tier runs the guest side with [`run_traces`] and `layerspec_real::open_thin`.
 pub fn main(args: &FuzzArgs) -> u8 {
     let mut cfg = ThinFuzzConfig::from_args(args);
-    let open_real: &OpenThin<'_> = match cfg.backend.as_str() {
+    let open_real: &OpenThin<'_> = match cfg.backend.clone().as_str() {
         "model" => &open_model,
         // dm-thin on this machine's kernel (where it has device-mapper, e.g. in the VM).
-        "kernel" => &layerspec_real::open_thin,
-        _ => &refuse,
-    };
-    if cfg.backend == "kernel" {
-        if let Err(why) = layerspec_real::backends_for(layerspec_model::DriverKind::Thinpool)
-            .into_iter()
-            .find(|b| b.name == "kernel")
-            .and_then(|b| b.unavailable)
-            .map_or(Ok(()), Err)
-        {
-            println!("fuzz: thinpool on kernel: cannot run here: {why}");
+        "kernel" => {
+            let verdict = layerspec_real::backends_for(layerspec_model::DriverKind::Thinpool)
+                .into_iter()
+                .find(|b| b.name == "kernel")
+                .and_then(|b| b.unavailable);
+            if let Some(why) = verdict {
+                println!("fuzz: thinpool on kernel: cannot run here: {why}");
+                return 2;
+            }
+            // Pools on one kernel are made one at a time.
+            cfg.parallel = false;
+            &layerspec_real::open_thin
+        }
+        other => {
+            println!(
+                "fuzz: thinpool on {other}: cannot run here: no thin-pool driver for that \
+                 backend in this process (`--backend model` runs the model against itself; \
+                 the VM tier runs `layerspec guest fuzz --driver thinpool ...`)"
+            );
             return 2;
         }
-        // Pools on one kernel are made one at a time.
-        cfg.parallel = false;
-    }
-    if cfg.backend != "model" && cfg.backend != "kernel" {
-        println!(
-            "fuzz: thinpool on {}: cannot run here: no thin-pool driver for that backend in \
-             this process (`--backend model` runs the model against itself; the VM tier runs \
-             `layerspec guest fuzz --driver thinpool ...`)",
-            cfg.backend
-        );
-        return 2;
-    }
+    };
     let start = Instant::now();
     let report = run_traces(&cfg, open_real);
     print!("{report}");
-    let mut code = report.exit_code();
-    match report.write(&args.out) {
-        Ok(paths) => {
-            println!("files written: {}", paths.len());
-            for p in paths {
-                println!("  {}", p.display());
-            }
-        }
-        Err(e) => {
-            println!("fuzz: writing scenario files: {e}");
-            code = code.max(2);
-        }
-    }
+    let code = report
+        .exit_code()
+        .max(print_written(report.write(&args.out)));
     eprintln!("elapsed: {:.2}s", start.elapsed().as_secs_f64());
     code
 }

@@ -17,6 +17,7 @@
 //!    the data blocks to half.
 
 use super::super::replay::{Divergence, Phase, NOT_RUN};
+use super::super::shrink::remove_chunks;
 use super::generate::ThinTrace;
 use super::replay::{replay_thin, ReplayOptions, ThinReplay};
 use super::OpenThin;
@@ -81,31 +82,14 @@ impl Shrinker<'_> {
     }
 
     fn chunks(&mut self, cur: &mut ThinTrace, div: &mut Divergence) -> bool {
-        let mut progress = false;
-        let mut chunk = (cur.steps.len() / 2).max(1);
-        loop {
-            let mut changed = false;
-            let mut i = 0;
-            while i < cur.steps.len() && !self.out_of_budget() {
-                let mut cand = cur.clone();
-                let end = (i + chunk).min(cand.steps.len());
-                cand.steps.drain(i..end);
-                if self.try_keep(cand, cur, div) {
-                    changed = true;
-                } else {
-                    i += chunk;
-                }
-            }
-            progress |= changed;
-            if self.out_of_budget() || cur.steps.is_empty() {
-                return progress;
-            }
-            if chunk > 1 {
-                chunk = (chunk / 2).max(1);
-            } else if !changed {
-                return progress;
-            }
-        }
+        remove_chunks(
+            cur,
+            |t| t.steps.len(),
+            |t, r| {
+                t.steps.drain(r);
+            },
+            |cand, cur| (!self.out_of_budget()).then(|| self.try_keep(cand, cur, div)),
+        )
     }
 
     fn numbers(&mut self, cur: &mut ThinTrace, div: &mut Divergence) -> bool {
