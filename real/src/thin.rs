@@ -61,6 +61,8 @@ pub struct DmThinPool {
     _loops: [File; 2],
     devices: BTreeMap<u64, Active>,
     extents: Vec<Extent>,
+    /// A commit between blocks that failed: the step's result cannot be trusted.
+    commit_failed: Option<String>,
 }
 
 fn dm(e: DmError) -> io::Error {
@@ -128,6 +130,7 @@ impl DmThinPool {
                 meta_loop,
                 devices: BTreeMap::new(),
                 extents: Vec::new(),
+                commit_failed: None,
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -286,8 +289,18 @@ impl DmThinPool {
                 }
                 at += n;
             }
+            self.commit_between_blocks();
         }
         result
+    }
+
+    /// Commits the pool's metadata between two blocks of a step, so that what a block can
+    /// allocate never depends on where dm-thin's own once-a-second commit falls (see the
+    /// model's `thin::io`).
+    fn commit_between_blocks(&mut self) {
+        if let Err(e) = self.ctl.status(&self.pool, false) {
+            self.commit_failed.get_or_insert(e.to_string());
+        }
     }
 
     fn write_bytes(&mut self, step: usize, dev: u64, offset: u64, len: u64) -> ThinOutcome {
@@ -322,12 +335,14 @@ impl DmThinPool {
                 }
                 p += n;
             }
+            // Through the page cache, as a program writes, and synced block by block: the
+            // write-back's error (EIO) or the flush's (ENOSPC out of data space) comes
+            // from fsync.
+            if let Err(e) = f.sync_all() {
+                result = Err(io_errno(&e));
+            }
+            self.commit_between_blocks();
             at = block_end;
-        }
-        // Through the page cache, as a program writes; the error of the write-back (a full
-        // pool: ENOSPC) comes from fsync.
-        if let Err(e) = f.sync_all() {
-            result = Err(io_errno(&e));
         }
         result
     }
@@ -710,6 +725,11 @@ impl ThinDriver for DmThinPool {
 
     fn apply(&mut self, step: usize, op: &ThinOp) -> Result<ThinOutcome, DriverError> {
         let out = self.apply_op(step, op);
+        if let Some(e) = self.commit_failed.take() {
+            return Err(DriverError::Backend(format!(
+                "committing between blocks of step {step}: {e}"
+            )));
+        }
         // The model takes each step as followed by the pool's periodic commit (every
         // second): blocks freed become allocatable and a pool out of data space with free
         // blocks goes back to write mode (`commit` -> `check_for_data_space`). Asking the
