@@ -102,6 +102,7 @@ class Dev:
         else:
             sh("cp", "--sparse=always", origin.img, self.img)
         self.loop = sh("losetup", "-f", "--show", self.img).strip()
+        ATTACHED.append(self)
         self.mounted = False
         self.prev = state(self.img)
         self.written = set()
@@ -151,8 +152,20 @@ class Dev:
     def close(self):
         if self.mounted:
             subprocess.run(["umount", self.mnt], capture_output=True)
+            self.mounted = False
         subprocess.run(["losetup", "-d", self.loop], capture_output=True)
-        os.unlink(self.img)
+        if os.path.exists(self.img):
+            os.unlink(self.img)
+
+
+# Every device attached and not yet detached: `main` detaches them after each replay,
+# whatever happened in it.
+ATTACHED = []
+
+
+def detach_all():
+    while ATTACHED:
+        ATTACHED.pop().close()
 
 
 def put_file(dev, rel, data):
@@ -328,6 +341,7 @@ def main():
             try:
                 results.append(replay(sc, tmp))
             finally:
+                detach_all()
                 shutil.rmtree(tmp, ignore_errors=True)
         print(f"{name}: mkfs {sorted({r[0] for r in results})}")
         for step in results[0][1]:
