@@ -3,7 +3,7 @@
 use crate::runner::{run, RunResult, Status};
 use crate::scenario::{parse_file, ParseError, Scenario};
 use layerspec_model::{
-    Driver, DriverError, DriverKind, LayerSpec, ModelDriver, Observation, Op,
+    Driver, DriverError, DriverKind, KernelVersion, LayerSpec, ModelDriver, Observation, Op,
     Outcome as ModelOutcome, PoolObservation, ThinDriver, ThinOp, ThinOutcome,
 };
 use std::path::{Path, PathBuf};
@@ -65,8 +65,19 @@ pub struct Outcome {
     pub result: RunResult,
 }
 
-/// Runs one scenario on the model for every driver it applies to (or the `only` ones).
+/// Runs one scenario on the model for every driver it applies to (or the `only` ones), at
+/// the kernel the model follows by default ([`KernelVersion::DEFAULT`]).
 pub fn run_model(s: &Scenario, only: Option<&[DriverKind]>) -> Vec<Outcome> {
+    run_model_at(s, only, KernelVersion::DEFAULT)
+}
+
+/// Like [`run_model`], the model following the rules of `kernel`. A file whose `kernel`
+/// range leaves `kernel` out is skipped, saying why.
+pub fn run_model_at(
+    s: &Scenario,
+    only: Option<&[DriverKind]>,
+    kernel: KernelVersion,
+) -> Vec<Outcome> {
     s.drivers()
         .into_iter()
         .filter(|d| only.is_none_or(|o| o.contains(d)))
@@ -74,12 +85,29 @@ pub fn run_model(s: &Scenario, only: Option<&[DriverKind]>) -> Vec<Outcome> {
             scenario: s.name(),
             driver: d,
             backend: "model".into(),
-            result: run(
-                s,
-                &mut ModelDriver::new(d, s.options.overlay).with_backing(s.options.backing),
-            ),
+            result: model_result(s, d, kernel),
         })
         .collect()
+}
+
+/// One model run of `s` on `driver` at `kernel`.
+fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunResult {
+    if let Some(why) = s
+        .kernel
+        .as_ref()
+        .and_then(|r| r.skip_reason("the model", kernel))
+    {
+        return RunResult {
+            status: Status::Skip(why),
+            observation: None,
+        };
+    }
+    run(
+        s,
+        &mut ModelDriver::new(driver, s.options.overlay)
+            .with_backing(s.options.backing)
+            .with_kernel(kernel),
+    )
 }
 
 /// The backing filesystem a scenario asks for, for the real side.
@@ -97,7 +125,9 @@ pub fn backing(s: &Scenario) -> layerspec_real::BackingFs {
 }
 
 /// Runs one scenario on a real backend: the file's expectations first, then the real
-/// final observation against the model's (`model`, from [`run_model`]).
+/// final observation against the model's at the real side's kernel: `model` (from
+/// [`run_model`], at [`KernelVersion::DEFAULT`]) when the real driver runs that kernel,
+/// else (or when `model` is `None`) a model run made here at the real driver's kernel.
 pub fn run_real(
     s: &Scenario,
     driver: DriverKind,
@@ -127,6 +157,8 @@ pub fn run_real_as(
             observation: None,
         },
     };
+    // The model run at the real side's kernel, when that is not the default.
+    let mut paired: Option<RunResult> = None;
     let result = if let Some(params) = &s.options.pool {
         // A thin-pool scenario: the bare pool, block level.
         if open != "kernel" {
@@ -157,10 +189,23 @@ pub fn run_real_as(
                 backend: label,
             });
         }
+        let kernel = real.kernel();
+        if let Some(why) = s
+            .kernel
+            .as_ref()
+            .and_then(|r| r.skip_reason(&format!("backend {backend} (kernel {kernel})"), kernel))
+        {
+            return outcome(Status::Skip(why));
+        }
+        if kernel != KernelVersion::DEFAULT || model.is_none() {
+            // The differential run pairs the real side with the model at its kernel.
+            paired = Some(model_result(s, driver, kernel));
+        }
         let result = run(s, real.as_mut());
         drop(real);
         result
     };
+    let model = paired.as_ref().or(model);
     let (Status::Pass, Some(obs)) = (&result.status, &result.observation) else {
         return Outcome {
             scenario: s.name(),
@@ -249,6 +294,9 @@ impl Driver for Relabel<dyn Driver + Send> {
     }
     fn observe(&mut self) -> Result<Observation, DriverError> {
         self.inner.observe()
+    }
+    fn kernel(&self) -> KernelVersion {
+        self.inner.kernel()
     }
 }
 

@@ -73,7 +73,9 @@ pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
-pub use params::{Backing, DirRename, DriverKind, OverlayOptions, Policy};
+pub use params::{
+    Backing, BadKernelVersion, DirRename, DriverKind, KernelVersion, OverlayOptions, Policy,
+};
 pub use path::{validate_scenario_path, BadPath, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 pub use step::{
     Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,

@@ -120,9 +120,10 @@ pub fn show_outcome(o: &Outcome) -> String {
 /// Step outcomes are normalised in [`crate::compare`] (`normalise_outcome_on` per backend).
 pub use crate::compare::normalise_outcome;
 
-/// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind).
+/// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind), the
+/// model following the rules of `other`'s kernel.
 pub fn replay(trace: &Trace, other: &mut dyn Driver) -> Replay {
-    let mut model = ModelDriver::new(trace.driver, trace.options);
+    let mut model = ModelDriver::new(trace.driver, trace.options).with_kernel(other.kernel());
     replay_with(trace, &mut model, other)
 }
 

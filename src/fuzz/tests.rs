@@ -54,6 +54,9 @@ impl Driver for Mutant {
     fn observe(&mut self) -> Result<Observation, DriverError> {
         self.0.observe()
     }
+    fn kernel(&self) -> layerspec_model::KernelVersion {
+        self.0.kernel()
+    }
 }
 
 #[test]
