@@ -95,7 +95,7 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
     if let Some(why) = s
         .kernel
         .as_ref()
-        .and_then(|r| r.skip_reason("the model", kernel))
+        .and_then(|r| r.skip_reason("the model follows", kernel))
     {
         return RunResult {
             status: Status::Skip(why),
@@ -193,7 +193,7 @@ pub fn run_real_as(
         if let Some(why) = s
             .kernel
             .as_ref()
-            .and_then(|r| r.skip_reason(&format!("backend {backend} (kernel {kernel})"), kernel))
+            .and_then(|r| r.skip_reason(&format!("backend {backend} runs"), kernel))
         {
             return outcome(Status::Skip(why));
         }

@@ -70,12 +70,11 @@ impl KernelRange {
         self.min.is_none_or(|m| k >= m) && self.below.is_none_or(|b| k < b)
     }
 
-    /// Why a run on `backend`, whose kernel is `k`, does not take place; `None` when `k`
-    /// lies in the range.
-    pub fn skip_reason(&self, backend: &str, k: KernelVersion) -> Option<String> {
-        (!self.contains(k)).then(|| {
-            format!("the file states the behaviour of kernel {self}; {backend} follows {k}")
-        })
+    /// Why a run on `who` (`the model follows`, `backend vm runs`), whose kernel is `k`,
+    /// does not take place; `None` when `k` lies in the range.
+    pub fn skip_reason(&self, who: &str, k: KernelVersion) -> Option<String> {
+        (!self.contains(k))
+            .then(|| format!("the file states the behaviour of kernel {self}; {who} {k}"))
     }
 }
 
