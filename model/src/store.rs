@@ -201,7 +201,23 @@ impl Store {
                 return Err(StepError::NoLayer(p.clone()));
             }
         }
-        let tree = build_tree(spec)?;
+        let policy = Policy {
+            backing: self.backing,
+            kernel: self.kernel,
+            ..Policy::new(self.driver, self.options)
+        };
+        let tree = if policy.user_xattrs() {
+            build_tree(spec)?
+        } else {
+            // Docker's layer applier (moby pkg/archive, createTarFile) skips an xattr the
+            // filesystem refuses with ENOTSUP, with a warning ("ignored xattrs in archive:
+            // underlying filesystem doesn't support them"): tmpfs before 6.6 keeps none.
+            let mut spec = spec.clone();
+            for e in &mut spec.entries {
+                e.xattrs.retain(|k, _| !k.starts_with("user."));
+            }
+            build_tree(&spec)?
+        };
         self.insert_layer(Layer {
             id: spec.id.clone(),
             parent: spec.parent.clone(),
