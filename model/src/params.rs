@@ -112,9 +112,10 @@ impl KernelVersion {
     /// `uuid=auto` upgrades a new overlay, one whose upper root is not yet impure, to
     /// `uuid=on`, which stores the generated uuid there (kernel cbb44f093597 "ovl: auto
     /// generate uuid for new overlay filesystems" on d9544c1b0d9e "ovl: store persistent
-    /// uuid/fsid with uuid=on"; overlayfs.rst, "UUID and fsid"). Before, `uuid=on` (the
-    /// default since `uuid=off` came in 5.12) meant the layers' own uuids in file handles
-    /// and wrote nothing on the upper root.
+    /// uuid/fsid with uuid=on"; overlayfs.rst, "UUID and fsid"). Before (6.1 included)
+    /// the option was `uuid=on|off` only (5830fb6b54f7 added `off`), default `on`: the
+    /// layers' own uuids in file handles, nothing written on the upper root, whatever
+    /// `index` says (Docker mounts with `index=off`).
     pub fn overlay_upper_uuid(self) -> bool {
         self >= KernelVersion::V6_6
     }
