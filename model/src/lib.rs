@@ -9,7 +9,9 @@
 //! both side by side and compare their [`Observation`]s.
 //!
 //! The union code (lookup, copy-up, whiteouts, opaque directories, readdir) is shared by all
-//! file-level drivers; they differ only in [`Policy`] and in their on-disk encoding.
+//! file-level drivers; they differ only in [`Policy`] and in their on-disk encoding. Rules
+//! that changed between kernels ask the [`KernelVersion`] the model follows
+//! ([`ModelDriver::with_kernel`]; default 6.18).
 //!
 //! ```
 //! use layerspec_model::*;
