@@ -93,8 +93,7 @@ pub fn run_model_at(
 /// One model run of `s` on `driver` at `kernel`.
 fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunResult {
     if let Some(why) = s
-        .kernel
-        .as_ref()
+        .kernel_range(driver)
         .and_then(|r| r.skip_reason("the model follows", kernel))
     {
         return RunResult {
@@ -191,8 +190,7 @@ pub fn run_real_as(
         }
         let kernel = real.kernel();
         if let Some(why) = s
-            .kernel
-            .as_ref()
+            .kernel_range(driver)
             .and_then(|r| r.skip_reason(&format!("backend {backend} runs"), kernel))
         {
             return outcome(Status::Skip(why));

@@ -201,4 +201,30 @@ fn kernel_ranges_are_checked_and_located() {
     );
     let (code, err) = check("title = \"t\"\nkernel = \">= 5.12, < 6.6\"\n");
     assert_eq!(code, 0, "{err}");
+    // Per driver: the bad key, and the bad comparison inside a value, are located.
+    let (code, err) = check("title = \"t\"\nkernel = { overlay2 = \">= 6.6\", zfs = \"< 6\" }\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("FILE:2:33:") && err.contains("`zfs`"),
+        "{err}"
+    );
+    let (code, err) = check("title = \"t\"\nkernel = { overlay = \">= 6.6, <= 7.0\" }\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("FILE:2:31:") && err.contains("`<= 7.0`"),
+        "{err}"
+    );
+    assert_located(
+        "title = \"t\"\nkernel = { overlay = 6 }\n",
+        2,
+        "expected a string",
+    );
+    assert_located(
+        "title = \"t\"\nkernel = [\">= 6.6\"]\n",
+        2,
+        "or a table of them",
+    );
+    let (code, err) =
+        check("title = \"t\"\nkernel = { default = \">= 6.6\", devicemapper = \">= 4.0\" }\n");
+    assert_eq!(code, 0, "{err}");
 }

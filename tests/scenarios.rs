@@ -47,7 +47,7 @@ fn main() {
 const OLDER: KernelVersion = KernelVersion::new(6, 1);
 
 fn model_trial(s: &Scenario, driver: layerspec_model::DriverKind) -> Result<(), Failed> {
-    let kernel = match &s.kernel {
+    let kernel = match s.kernel_range(driver) {
         Some(range) if !range.contains(KernelVersion::DEFAULT) => {
             if !range.contains(OLDER) {
                 return Err(format!(

@@ -188,7 +188,9 @@ fn a_file_found_on_another_kernel_states_it_and_passes_on_the_model_there() {
         };
         let text = scenario_text(&t, &origin).unwrap();
         let s = parse_str("gen.toml".as_ref(), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let range = s.kernel.clone().expect("a kernel range");
+        let range = s
+            .kernel_range(DriverKind::Overlay2)
+            .expect("a kernel range");
         assert!(
             range.contains(old) && !range.contains(KernelVersion::DEFAULT),
             "{range}"

@@ -22,8 +22,9 @@ pub struct Scenario {
     pub claims: Vec<String>,
     /// Drivers named by the file (`None`: the default set).
     pub drivers: Option<Vec<DriverKind>>,
-    /// `kernel`: the kernel versions whose behaviour the file states (`None`: any).
-    pub kernel: Option<KernelRange>,
+    /// `kernel`: the kernel versions whose behaviour the file states, for every driver or
+    /// per driver (`None`: any).
+    pub kernel: Option<PerDriver<KernelRange>>,
     /// `[options]`.
     pub options: Options,
     /// Image layers in file order.
@@ -54,8 +55,9 @@ pub struct Options {
 }
 
 /// A scenario's `kernel = ">= 6.6"`: the kernel versions whose behaviour it states, as
-/// comparisons that must all hold (`">= 5.12, < 6.6"`). A backend running another kernel
-/// skips the file, saying why, and so does the model when its kernel is outside.
+/// comparisons that must all hold (`">= 5.12, < 6.6"`); per driver in a table. A backend
+/// running another kernel skips the file, saying why, and so does the model when its kernel
+/// is outside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelRange {
     /// At least this version (`>=`).
@@ -234,6 +236,12 @@ impl Scenario {
                 })
             })
             .collect()
+    }
+
+    /// The kernel versions whose behaviour the file states for `driver` (`None`: any).
+    pub fn kernel_range(&self, driver: DriverKind) -> Option<&KernelRange> {
+        let k = self.kernel.as_ref()?;
+        k.by_name.get(driver.name()).or(k.default.as_ref())
     }
 
     /// The scenario's name: its path below `scenarios/`, without `.toml`.
