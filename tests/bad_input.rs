@@ -6,10 +6,10 @@ use std::process::Command;
 fn check(text: &str) -> (i32, String) {
     let dir = std::env::temp_dir().join(format!("layerspec-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "case{:x}.toml",
-        layerspec_model::content_digest(text.as_bytes()).len() + text.len()
-    ));
+    // One file per call: tests run in parallel, and two texts may have the same length.
+    static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("case{n}.toml"));
     std::fs::File::create(&path)
         .unwrap()
         .write_all(text.as_bytes())
@@ -168,4 +168,63 @@ fn pool_data_blocks_ranges() {
         7,
         "exact block count",
     );
+}
+
+#[test]
+fn kernel_ranges_are_checked_and_located() {
+    // Column of the bad comparison, not just the line: `kernel = ">= 6.6, <= 7"`.
+    let (code, err) = check("title = \"t\"\nkernel = \">= 6.6, <= 7\"\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("FILE:2:19:"), "{err}");
+    assert!(err.contains("`<= 7`: only `>=` and `<`"), "{err}");
+    assert_located("title = \"t\"\nkernel = \">= 6\"\n", 2, "not major.minor");
+    assert_located(
+        "title = \"t\"\nkernel = \"6.1\"\n",
+        2,
+        "expected `>= major.minor`",
+    );
+    assert_located(
+        "title = \"t\"\nkernel = \">= 6.6, >= 6.8\"\n",
+        2,
+        "given twice",
+    );
+    assert_located(
+        "title = \"t\"\nkernel = \">= 6.6, < 6.6\"\n",
+        2,
+        "no kernel is",
+    );
+    assert_located("title = \"t\"\nkernel = 6.6\n", 2, "string");
+    assert_located(
+        "title = \"t\"\nkernel = \">= 6.6\"\ndrivers = [\"thinpool\"]\n[pool]\ndata_blocks = 4\n",
+        2,
+        "thin-pool",
+    );
+    let (code, err) = check("title = \"t\"\nkernel = \">= 5.12, < 6.6\"\n");
+    assert_eq!(code, 0, "{err}");
+    // Per driver: the bad key, and the bad comparison inside a value, are located.
+    let (code, err) = check("title = \"t\"\nkernel = { overlay2 = \">= 6.6\", zfs = \"< 6\" }\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("FILE:2:33:") && err.contains("`zfs`"),
+        "{err}"
+    );
+    let (code, err) = check("title = \"t\"\nkernel = { overlay = \">= 6.6, <= 7.0\" }\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("FILE:2:31:") && err.contains("`<= 7.0`"),
+        "{err}"
+    );
+    assert_located(
+        "title = \"t\"\nkernel = { overlay = 6 }\n",
+        2,
+        "expected a string",
+    );
+    assert_located(
+        "title = \"t\"\nkernel = [\">= 6.6\"]\n",
+        2,
+        "or a table of them",
+    );
+    let (code, err) =
+        check("title = \"t\"\nkernel = { default = \">= 6.6\", devicemapper = \">= 4.0\" }\n");
+    assert_eq!(code, 0, "{err}");
 }

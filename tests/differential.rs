@@ -134,6 +134,7 @@ fn an_emitted_scenario_passes_layerspec_run_model_only() {
         backend: "kernel",
         command: "layerspec fuzz --driver overlay2 --seed 4 --traces 3 --steps 30",
         divergence: Some(&divergence),
+        kernel: layerspec_model::KernelVersion::DEFAULT,
     };
     let dir = std::env::temp_dir().join(format!("layerspec-emit-cli-{}", std::process::id()));
     let path = emit::write(&dir, &trace, &origin).expect("written");

@@ -1,12 +1,13 @@
 //! Every scenario file x driver as its own test, on the model, with an insta snapshot of the
-//! final observation under `snapshots/`. Filter as usual: `cargo test --test scenarios --
+//! final observation under `snapshots/`, at the model's default kernel (or at 6.1 for a file
+//! whose `kernel` range leaves the default out). Filter as usual: `cargo test --test scenarios --
 //! overlay2/whiteout`. Real backends this machine cannot run are listed as ignored tests
 //! whose names carry the reason.
 
 use layerspec::runner::{run, Status};
 use layerspec::scenario::Scenario;
 use layerspec::suite;
-use layerspec_model::ModelDriver;
+use layerspec_model::{KernelVersion, ModelDriver};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -41,10 +42,30 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
+/// The kernel a file the default kernel does not fall in (`kernel = "< 6.6"`) runs at on
+/// the model: the VM tier's, where the real side of such files runs.
+const OLDER: KernelVersion = KernelVersion::new(6, 1);
+
 fn model_trial(s: &Scenario, driver: layerspec_model::DriverKind) -> Result<(), Failed> {
+    let kernel = match s.kernel_range(driver) {
+        Some(range) if !range.contains(KernelVersion::DEFAULT) => {
+            if !range.contains(OLDER) {
+                return Err(format!(
+                    "{}: neither {} nor {OLDER} is in kernel {range}: add a version here",
+                    s.file.display(),
+                    KernelVersion::DEFAULT
+                )
+                .into());
+            }
+            OLDER
+        }
+        _ => KernelVersion::DEFAULT,
+    };
     let result = run(
         s,
-        &mut ModelDriver::new(driver, s.options.overlay).with_backing(s.options.backing),
+        &mut ModelDriver::new(driver, s.options.overlay)
+            .with_backing(s.options.backing)
+            .with_kernel(kernel),
     );
     match result.status {
         Status::Pass => {}

@@ -1,7 +1,7 @@
 //! The driver trait both sides implement, and the model's implementation of it.
 
 use crate::observe::{Accounting, Observation};
-use crate::params::{DriverKind, OverlayOptions};
+use crate::params::{DriverKind, KernelVersion, OverlayOptions};
 use crate::step::{LayerSpec, Op, Outcome};
 use crate::store::{StepError, Store};
 use std::fmt;
@@ -45,6 +45,9 @@ pub trait Driver {
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError>;
     /// Observes the whole driver.
     fn observe(&mut self) -> Result<Observation, DriverError>;
+    /// The kernel whose rules the driver follows: the model's parameter, or the release
+    /// the real driver runs on. A differential run builds its model with the real side's.
+    fn kernel(&self) -> KernelVersion;
 }
 
 /// The specification as a [`Driver`].
@@ -64,6 +67,12 @@ impl ModelDriver {
     /// The same on a backing filesystem other than tmpfs.
     pub fn with_backing(mut self, backing: crate::params::Backing) -> ModelDriver {
         self.store.set_backing(backing);
+        self
+    }
+
+    /// The same following the rules of `kernel` (default: [`KernelVersion::DEFAULT`]).
+    pub fn with_kernel(mut self, kernel: KernelVersion) -> ModelDriver {
+        self.store.set_kernel(kernel);
         self
     }
 
@@ -92,6 +101,10 @@ impl Driver for ModelDriver {
 
     fn observe(&mut self) -> Result<Observation, DriverError> {
         Ok(observe_store(&self.store))
+    }
+
+    fn kernel(&self) -> KernelVersion {
+        self.store.kernel()
     }
 }
 

@@ -193,6 +193,10 @@ impl Container {
     fn getxattr(&self, path: &str, name: &str) -> Result<Vec<u8>, Errno> {
         self.check_xattr_name(name)?;
         let d = self.resolve(path, true)?.existing()?;
+        if !self.policy.user_xattrs() {
+            // tmpfs before 6.6: no handler for the name (`KernelVersion::tmpfs_user_xattrs`).
+            return Err(Errno::EOPNOTSUPP);
+        }
         self.inode(d)
             .xattrs
             .get(name)
@@ -211,11 +215,21 @@ impl Container {
         if !matches!(self.kind(d), Kind::File | Kind::Dir) {
             return Err(Errno::EPERM);
         }
+        if value.is_none() && !self.policy.user_xattrs() {
+            // A removal asks the lower file first (6.1 ovl_xattr_set), and tmpfs before 6.6
+            // has no handler for the name: EOPNOTSUPP, nothing copied up.
+            return Err(Errno::EOPNOTSUPP);
+        }
         if value.is_none() && !self.inode(d).xattrs.contains_key(name) {
             // Removing a missing xattr fails before any copy-up.
             return Err(Errno::ENODATA);
         }
         let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
+        if !self.policy.user_xattrs() {
+            // Setting one copies up first and fails on the upper filesystem (6.1
+            // ovl_xattr_set: ovl_copy_up, then the upper's setxattr): the file stays up.
+            return Err(Errno::EOPNOTSUPP);
+        }
         // An xattr changes ctime only: Docker's walker, which compares a directory's size,
         // mode and mtime, does not see it.
         let version = self.upper.get(ino).version;

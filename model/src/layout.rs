@@ -436,10 +436,12 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     if root.impure {
         r.xattrs.insert("trusted.overlay.impure".into(), "y".into());
     }
-    // The kernel records the upper layer's filesystem uuid on the upper root at mount time
-    // (uuid=on, the default since 6.6).
-    r.xattrs
-        .insert("trusted.overlay.uuid".into(), "<uuid>".into());
+    // Since 6.6 the kernel records a generated uuid on the upper root when it first mounts
+    // a new overlay (uuid=auto, the default; see `KernelVersion::overlay_upper_uuid`).
+    if c.policy.kernel.overlay_upper_uuid() {
+        r.xattrs
+            .insert("trusted.overlay.uuid".into(), "<uuid>".into());
+    }
     disk.add(format!("{at}/{upper}"), None, r);
     render_tree(
         disk,

@@ -9,7 +9,9 @@
 //! both side by side and compare their [`Observation`]s.
 //!
 //! The union code (lookup, copy-up, whiteouts, opaque directories, readdir) is shared by all
-//! file-level drivers; they differ only in [`Policy`] and in their on-disk encoding.
+//! file-level drivers; they differ only in [`Policy`] and in their on-disk encoding. Rules
+//! that changed between kernels ask the [`KernelVersion`] the model follows
+//! ([`ModelDriver::with_kernel`]; default 6.18).
 //!
 //! ```
 //! use layerspec_model::*;
@@ -73,7 +75,9 @@ pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
-pub use params::{Backing, DirRename, DriverKind, OverlayOptions, Policy};
+pub use params::{
+    Backing, BadKernelVersion, DirRename, DriverKind, KernelVersion, OverlayOptions, Policy,
+};
 pub use path::{validate_scenario_path, BadPath, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 pub use step::{
     Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,

@@ -72,6 +72,99 @@ impl FromStr for DriverKind {
     }
 }
 
+/// A Linux kernel release, as far as the rules of the model depend on it: the model takes
+/// it as a parameter, and every version-dependent rule asks it through one of the methods
+/// below, each naming the kernel change it follows. `Default` is the kernel the model has
+/// followed all along, this machine's (REFERENCE "This machine": 6.18); the VM tier's is 6.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct KernelVersion {
+    /// Major version (`6` in 6.1.0-56-cloud-amd64).
+    pub major: u32,
+    /// Minor version (`1` in 6.1.0-56-cloud-amd64).
+    pub minor: u32,
+}
+
+impl KernelVersion {
+    /// The kernel the model follows unless told otherwise.
+    pub const DEFAULT: KernelVersion = KernelVersion::new(6, 18);
+
+    /// Linux 6.6: overlayfs `uuid=auto`, tmpfs `user.*` xattrs.
+    pub const V6_6: KernelVersion = KernelVersion::new(6, 6);
+
+    /// `major.minor`.
+    pub const fn new(major: u32, minor: u32) -> KernelVersion {
+        KernelVersion { major, minor }
+    }
+
+    /// The version of a release string as `uname -r` prints it (`6.1.0-56-cloud-amd64`,
+    /// `6.18.44-fc-v669`): its first two numbers.
+    pub fn from_release(release: &str) -> Result<KernelVersion, BadKernelVersion> {
+        let bad = || BadKernelVersion(release.to_string());
+        let mut parts = release.trim().split(['.', '-', '+']);
+        let mut number = || -> Result<u32, BadKernelVersion> {
+            parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)
+        };
+        Ok(KernelVersion::new(number()?, number()?))
+    }
+
+    /// Whether overlayfs writes `trusted.overlay.uuid` on the upper root when a new overlay
+    /// is first mounted (Docker always mounts a fresh upper dir). Since 6.6 the default
+    /// `uuid=auto` upgrades a new overlay, one whose upper root is not yet impure, to
+    /// `uuid=on`, which stores the generated uuid there (kernel cbb44f093597 "ovl: auto
+    /// generate uuid for new overlay filesystems" on d9544c1b0d9e "ovl: store persistent
+    /// uuid/fsid with uuid=on"; overlayfs.rst, "UUID and fsid"). Before (6.1 included)
+    /// the option was `uuid=on|off` only (5830fb6b54f7 added `off`), default `on`: the
+    /// layers' own uuids in file handles, nothing written on the upper root, whatever
+    /// `index` says (Docker mounts with `index=off`).
+    pub fn overlay_upper_uuid(self) -> bool {
+        self >= KernelVersion::V6_6
+    }
+
+    /// Whether tmpfs stores `user.*` xattrs. Before 6.6 its xattr handlers were `trusted.*`,
+    /// `security.*` and the ACLs only: a `user.*` name fails with EOPNOTSUPP (kernel
+    /// 2daf18a7884d "tmpfs,xattr: enable limited user extended attributes";
+    /// tmpfs.rst). overlayfs passes the error through from the upper (or, for a removal,
+    /// the lower) filesystem.
+    pub fn tmpfs_user_xattrs(self) -> bool {
+        self >= KernelVersion::V6_6
+    }
+}
+
+impl Default for KernelVersion {
+    fn default() -> Self {
+        KernelVersion::DEFAULT
+    }
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl FromStr for KernelVersion {
+    type Err = BadKernelVersion;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KernelVersion::from_release(s)
+    }
+}
+
+/// A kernel version that does not start with `major.minor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadKernelVersion(pub String);
+
+impl fmt::Display for BadKernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` is not a kernel version (expected major.minor, e.g. 6.1)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadKernelVersion {}
+
 /// overlayfs mount options that change semantics. `Default` is this kernel's built-in
 /// default: everything off (REFERENCE "This machine").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -159,6 +252,8 @@ pub struct Policy {
     pub farm_links: bool,
     /// The backing filesystem.
     pub backing: Backing,
+    /// The kernel whose rules apply.
+    pub kernel: KernelVersion,
 }
 
 impl Policy {
@@ -181,6 +276,53 @@ impl Policy {
             whiteout_names_reserved: driver == DriverKind::Aufs,
             farm_links: driver == DriverKind::Overlay,
             backing: Backing::Tmpfs,
+            kernel: KernelVersion::DEFAULT,
         }
+    }
+
+    /// Whether the filesystem holding the container's writable layer stores `user.*`
+    /// xattrs: devicemapper's is ext4 on a thin device; the others write to the backing
+    /// filesystem, and tmpfs has them only on newer kernels.
+    pub fn user_xattrs(&self) -> bool {
+        self.flat || self.backing != Backing::Tmpfs || self.kernel.tmpfs_user_xattrs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_from_releases_and_their_rules() {
+        let guest = KernelVersion::from_release("6.1.0-56-cloud-amd64\n").unwrap();
+        assert_eq!(guest, KernelVersion::new(6, 1));
+        let host: KernelVersion = "6.18.44-fc-v669".parse().unwrap();
+        assert_eq!(host, KernelVersion::DEFAULT);
+        assert_eq!(
+            KernelVersion::from_release("5.4").unwrap().to_string(),
+            "5.4"
+        );
+        assert!(KernelVersion::from_release("6").is_err());
+        assert!(KernelVersion::from_release("linux").is_err());
+        assert!(!guest.overlay_upper_uuid() && !guest.tmpfs_user_xattrs());
+        assert!(
+            KernelVersion::V6_6.overlay_upper_uuid() && KernelVersion::V6_6.tmpfs_user_xattrs()
+        );
+        assert!(KernelVersion::new(6, 10) > KernelVersion::new(6, 9));
+    }
+
+    #[test]
+    fn user_xattrs_depend_on_backing_and_kernel() {
+        let old = KernelVersion::new(6, 1);
+        let p = |d, backing| Policy {
+            backing,
+            kernel: old,
+            ..Policy::new(d, OverlayOptions::default())
+        };
+        assert!(!p(DriverKind::Overlay2, Backing::Tmpfs).user_xattrs());
+        assert!(p(DriverKind::Overlay2, Backing::Ext4).user_xattrs());
+        // devicemapper's files live on ext4 in a thin device, whatever the driver root.
+        assert!(p(DriverKind::Devicemapper, Backing::Tmpfs).user_xattrs());
+        assert!(Policy::new(DriverKind::Overlay2, OverlayOptions::default()).user_xattrs());
     }
 }

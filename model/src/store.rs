@@ -66,6 +66,7 @@ pub struct Store {
     container_order: Vec<String>,
     stacks: BTreeMap<String, Arc<LowerStack>>,
     backing: crate::params::Backing,
+    kernel: crate::params::KernelVersion,
     built_upon: std::collections::BTreeSet<String>,
     /// devicemapper: the device set and its thin pool.
     dm: Option<Box<DeviceSet>>,
@@ -83,6 +84,7 @@ impl Store {
             container_order: Vec::new(),
             stacks: BTreeMap::new(),
             backing: crate::params::Backing::default(),
+            kernel: crate::params::KernelVersion::DEFAULT,
             built_upon: std::collections::BTreeSet::new(),
             dm: (driver == DriverKind::Devicemapper).then(|| Box::new(DeviceSet::new())),
         }
@@ -102,6 +104,16 @@ impl Store {
     /// Sets the backing filesystem for containers created from now on.
     pub fn set_backing(&mut self, backing: crate::params::Backing) {
         self.backing = backing;
+    }
+
+    /// Sets the kernel whose rules apply to containers created from now on.
+    pub fn set_kernel(&mut self, kernel: crate::params::KernelVersion) {
+        self.kernel = kernel;
+    }
+
+    /// The kernel whose rules apply.
+    pub fn kernel(&self) -> crate::params::KernelVersion {
+        self.kernel
     }
 
     /// The driver.
@@ -189,7 +201,23 @@ impl Store {
                 return Err(StepError::NoLayer(p.clone()));
             }
         }
-        let tree = build_tree(spec)?;
+        let policy = Policy {
+            backing: self.backing,
+            kernel: self.kernel,
+            ..Policy::new(self.driver, self.options)
+        };
+        let tree = if policy.user_xattrs() {
+            build_tree(spec)?
+        } else {
+            // Docker's layer applier (moby pkg/archive, createTarFile) skips an xattr the
+            // filesystem refuses with ENOTSUP, with a warning ("ignored xattrs in archive:
+            // underlying filesystem doesn't support them"): tmpfs before 6.6 keeps none.
+            let mut spec = spec.clone();
+            for e in &mut spec.entries {
+                e.xattrs.retain(|k, _| !k.starts_with("user."));
+            }
+            build_tree(&spec)?
+        };
         self.insert_layer(Layer {
             id: spec.id.clone(),
             parent: spec.parent.clone(),
@@ -267,6 +295,7 @@ impl Store {
                 let stack = self.stack(image.as_deref());
                 let policy = Policy {
                     backing: self.backing,
+                    kernel: self.kernel,
                     ..Policy::new(self.driver, self.options)
                 };
                 let mut c = Container::new(id, image.clone(), stack, policy);

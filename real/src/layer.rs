@@ -56,7 +56,7 @@ pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<
                 fs::set_permissions(dir, fs::Permissions::from_mode(m))?;
             }
             for (k, v) in &e.xattrs {
-                sys::lsetxattr(log, dir, k, v)?;
+                set_layer_xattr(log, dir, k, v)?;
             }
             continue;
         }
@@ -90,11 +90,27 @@ pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<
             EntryKind::Symlink(_) | EntryKind::HardLink(_) | EntryKind::Whiteout
         ) {
             for (k, v) in &e.xattrs {
-                sys::lsetxattr(log, &p, k, v)?;
+                set_layer_xattr(log, &p, k, v)?;
             }
         }
     }
     Ok(())
+}
+
+/// Sets an entry's xattr as Docker's layer applier does (moby pkg/archive, createTarFile):
+/// one the filesystem does not support (EOPNOTSUPP: `user.*` on tmpfs before 6.6) is
+/// skipped, noted in the log where Docker logs a warning.
+fn set_layer_xattr(log: &mut Log, p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    match sys::lsetxattr(log, p, name, value) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            log.note(format!(
+                "ignored xattr {name} on {}: the filesystem does not support it",
+                p.display()
+            ));
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Copies `from` to `to` the way Docker's overlay driver builds a layer root from its

@@ -25,7 +25,7 @@ mod sys;
 mod thin;
 
 pub use overlay::{Implementation, OverlayDriver};
-pub use probe::{backends_for, vm_kit, Backend, HostFacts, VmKit};
+pub use probe::{backends_for, kernel_version, vm_kit, Backend, HostFacts, VmKit};
 pub use sandbox::{parse_size, sweep, BackingFs, Sandbox, PREFIX};
 pub use thin::DmThinPool;
 

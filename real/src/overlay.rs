@@ -9,8 +9,9 @@ use crate::ops;
 use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys::{self, Log};
 use layerspec_model::{
-    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry, LayerSpec,
-    Observation, Op, Outcome, OverlayOptions, StepError, Value, DATA_ROOT,
+    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry,
+    KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError, Value,
+    DATA_ROOT,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -47,6 +48,8 @@ pub struct OverlayDriver {
     /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
     copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)>,
     sandbox: Sandbox,
+    /// The running kernel (fuse-overlayfs too writes to this kernel's tmpfs).
+    kernel: KernelVersion,
 }
 
 fn backend_err(what: &str, e: io::Error, log: &Log) -> DriverError {
@@ -64,6 +67,7 @@ impl OverlayDriver {
         options: OverlayOptions,
         backing: BackingFs,
     ) -> io::Result<Self> {
+        let kernel = crate::probe::kernel_version()?;
         let sandbox = Sandbox::new(backing)?;
         let name = kind.name();
         sandbox.run(move |inside| -> io::Result<()> {
@@ -88,6 +92,7 @@ impl OverlayDriver {
             fuse: Arc::new(Mutex::new(BTreeMap::new())),
             copied: BTreeMap::new(),
             sandbox,
+            kernel,
         })
     }
 
@@ -515,6 +520,10 @@ impl Driver for OverlayDriver {
 
     fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
         self.write_layer(spec.clone())
+    }
+
+    fn kernel(&self) -> KernelVersion {
+        self.kernel
     }
 
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {

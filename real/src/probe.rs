@@ -1,6 +1,6 @@
 //! What this machine offers: root, kernel filesystems, device-mapper, helper programs.
 
-use layerspec_model::DriverKind;
+use layerspec_model::{DriverKind, KernelVersion};
 use std::path::{Path, PathBuf};
 
 /// Facts about the host that decide which backends can run.
@@ -38,6 +38,12 @@ impl HostFacts {
             qemu: on_path("qemu-system-x86_64"),
         }
     }
+}
+
+/// The version of the running kernel (`uname -r`; inside the VM tier, the guest's).
+pub fn kernel_version() -> std::io::Result<KernelVersion> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    KernelVersion::from_release(&release).map_err(std::io::Error::other)
 }
 
 fn is_root() -> bool {

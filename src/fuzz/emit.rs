@@ -5,7 +5,8 @@
 use super::generate::Trace;
 use super::replay::{describe, model_outcomes, Divergence, Phase, NOT_RUN};
 use layerspec_model::{
-    seed_for_path, Content, Entry, EntryKind, FileOp, Kind, Op, OverlayOptions, Value,
+    seed_for_path, Content, Entry, EntryKind, FileOp, KernelVersion, Kind, Op, OverlayOptions,
+    Value,
 };
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ pub struct Origin<'a> {
     pub command: &'a str,
     /// The divergence, if there is one.
     pub divergence: Option<&'a Divergence>,
+    /// The kernel the backend ran: the file's expectations are the model's at it.
+    pub kernel: KernelVersion,
 }
 
 /// `<driver>-<backend>-seed<S>-trace<N>.toml` under `dir`.
@@ -251,7 +254,7 @@ fn options(o: &OverlayOptions) -> Option<String> {
 
 /// The scenario file for `trace`, with every step's `expect`/`returns` as the model says.
 pub fn scenario_text(trace: &Trace, origin: &Origin<'_>) -> Result<String, String> {
-    let outcomes = model_outcomes(trace)?;
+    let outcomes = model_outcomes(trace, origin.kernel)?;
     let driver = trace.driver.name();
     let mut out = String::new();
     let title = match origin.divergence {
@@ -271,6 +274,13 @@ pub fn scenario_text(trace: &Trace, origin: &Origin<'_>) -> Result<String, Strin
     let _ = writeln!(out, "title = {}", toml_str(&title));
     let _ = writeln!(out, "claims = [{}]", toml_str(origin.command));
     let _ = writeln!(out, "drivers = [{}]", toml_str(driver));
+    if origin.kernel != KernelVersion::DEFAULT {
+        // The expectations below are the model's at the backend's kernel, not the default:
+        // the file states that kernel's behaviour (widen the range where it holds longer).
+        let k = origin.kernel;
+        let next = KernelVersion::new(k.major, k.minor + 1);
+        let _ = writeln!(out, "kernel = {}", toml_str(&format!(">= {k}, < {next}")));
+    }
     if let Some(d) = origin.divergence {
         out.push('\n');
         let found = format!("found against {}: {}", origin.backend, d.summary());

@@ -220,6 +220,7 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
         Replay::Invalid(e) => return TraceResult::Error(format!("invalid trace: {e}")),
         Replay::Diverged(d) => d,
     };
+    let kernel = other.kernel();
     drop(other);
     let shrunk = shrink(&trace, first.clone(), &factory, args.shrink_budget);
     let cmd = command(args);
@@ -227,6 +228,7 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
         backend: &args.backend,
         command: &cmd,
         divergence: Some(&shrunk.divergence),
+        kernel,
     };
     let mut scenario = emit::scenario_text(&shrunk.trace, &origin);
     let mut file = None;

@@ -12,7 +12,7 @@
 //! fuse difference beyond them is a divergence, to be written up, not normalised away.
 
 use super::generate::Trace;
-use layerspec_model::{Driver, DriverError, FileOp, ModelDriver, Op, Outcome};
+use layerspec_model::{Driver, DriverError, FileOp, KernelVersion, ModelDriver, Op, Outcome};
 use std::cell::Cell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -120,9 +120,10 @@ pub fn show_outcome(o: &Outcome) -> String {
 /// Step outcomes are normalised in [`crate::compare`] (`normalise_outcome_on` per backend).
 pub use crate::compare::normalise_outcome;
 
-/// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind).
+/// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind), the
+/// model following the rules of `other`'s kernel.
 pub fn replay(trace: &Trace, other: &mut dyn Driver) -> Replay {
-    let mut model = ModelDriver::new(trace.driver, trace.options);
+    let mut model = ModelDriver::new(trace.driver, trace.options).with_kernel(other.kernel());
     replay_with(trace, &mut model, other)
 }
 
@@ -241,10 +242,14 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
     }
 }
 
-/// What the model gives for each step of `trace` (for writing the scenario file): the
-/// outcomes, up to a step where the model panics (`Err` with the message; nothing after).
-pub fn model_outcomes(trace: &Trace) -> Result<Vec<Result<Outcome, String>>, String> {
-    let mut model = ModelDriver::new(trace.driver, trace.options);
+/// What the model following `kernel` gives for each step of `trace` (for writing the
+/// scenario file): the outcomes, up to a step where the model panics (`Err` with the
+/// message; nothing after).
+pub fn model_outcomes(
+    trace: &Trace,
+    kernel: KernelVersion,
+) -> Result<Vec<Result<Outcome, String>>, String> {
+    let mut model = ModelDriver::new(trace.driver, trace.options).with_kernel(kernel);
     for l in &trace.layers {
         guarded(|| model.add_layer(l))
             .and_then(|r| r.map_err(|e| e.to_string()))

@@ -54,6 +54,9 @@ impl Driver for Mutant {
     fn observe(&mut self) -> Result<Observation, DriverError> {
         self.0.observe()
     }
+    fn kernel(&self) -> layerspec_model::KernelVersion {
+        self.0.kernel()
+    }
 }
 
 #[test]
@@ -149,7 +152,7 @@ fn generated_traces_are_valid_and_model_agrees_with_itself() {
                 Replay::Agree { steps: 40 },
                 "{driver} trace {i}"
             );
-            for o in replay::model_outcomes(&t).unwrap() {
+            for o in replay::model_outcomes(&t, layerspec_model::KernelVersion::DEFAULT).unwrap() {
                 steps += 1;
                 errnos += usize::from(o.expect("no panic").is_err());
             }
@@ -164,6 +167,44 @@ fn generated_traces_are_valid_and_model_agrees_with_itself() {
             "{driver}: {errnos} of {steps} failed"
         );
     }
+}
+
+#[test]
+fn a_file_found_on_another_kernel_states_it_and_passes_on_the_model_there() {
+    use layerspec_model::KernelVersion;
+    let old = KernelVersion::new(6, 1);
+    let mut with_xattrs = 0;
+    for i in 0..25 {
+        let t = generate(DriverKind::Overlay2, OPTS, 5, i, 40);
+        let mut other = ModelDriver::new(DriverKind::Overlay2, OPTS).with_kernel(old);
+        if let Replay::Diverged(_) = replay(&t, &mut other) {
+            continue;
+        }
+        let origin = Origin {
+            backend: "vm",
+            command: "test",
+            divergence: None,
+            kernel: old,
+        };
+        let text = scenario_text(&t, &origin).unwrap();
+        let s = parse_str("gen.toml".as_ref(), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let range = s
+            .kernel_range(DriverKind::Overlay2)
+            .expect("a kernel range");
+        assert!(
+            range.contains(old) && !range.contains(KernelVersion::DEFAULT),
+            "{range}"
+        );
+        let mut m = ModelDriver::new(DriverKind::Overlay2, OPTS).with_kernel(old);
+        assert_eq!(
+            runner::run(&s, &mut m).status,
+            Status::Pass,
+            "trace {i}\n{text}"
+        );
+        with_xattrs += usize::from(text.contains("EOPNOTSUPP"));
+    }
+    // 6.1's rules show in what the file expects.
+    assert!(with_xattrs > 0);
 }
 
 #[test]
@@ -184,6 +225,7 @@ fn emitted_scenarios_parse_back_to_the_same_trace_and_pass_on_the_model() {
                 backend: "model",
                 command: "test",
                 divergence: None,
+                kernel: layerspec_model::KernelVersion::DEFAULT,
             };
             let text = scenario_text(&t, &origin).unwrap();
             let s = parse_str("gen.toml".as_ref(), &text)
@@ -258,6 +300,7 @@ fn the_emitted_regression_parses_passes_on_the_model_and_fails_on_the_mutant() {
         backend: "mutant",
         command: "layerspec fuzz --driver overlay2 --seed 1 --traces 200 --steps 50",
         divergence: Some(&s.divergence),
+        kernel: layerspec_model::KernelVersion::DEFAULT,
     };
     let path = emit::write(&dir, &s.trace, &origin).unwrap();
     assert_eq!(

@@ -4,6 +4,7 @@ mod parse;
 
 pub use parse::{parse_file, parse_str, ParseError};
 
+use layerspec_model::KernelVersion;
 use layerspec_model::{
     Check, DriverKind, Errno, LayerSpec, Op, OverlayOptions, PoolParams, ThinCheck, ThinOp,
 };
@@ -21,6 +22,9 @@ pub struct Scenario {
     pub claims: Vec<String>,
     /// Drivers named by the file (`None`: the default set).
     pub drivers: Option<Vec<DriverKind>>,
+    /// `kernel`: the kernel versions whose behaviour the file states, for every driver or
+    /// per driver (`None`: any).
+    pub kernel: Option<PerDriver<KernelRange>>,
     /// `[options]`.
     pub options: Options,
     /// Image layers in file order.
@@ -48,6 +52,43 @@ pub struct Options {
     pub discard: Option<bool>,
     /// `[pool]`: the thin pool of a `thinpool` scenario.
     pub pool: Option<PoolParams>,
+}
+
+/// A scenario's `kernel = ">= 6.6"`: the kernel versions whose behaviour it states, as
+/// comparisons that must all hold (`">= 5.12, < 6.6"`); per driver in a table. A backend
+/// running another kernel skips the file, saying why, and so does the model when its kernel
+/// is outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRange {
+    /// At least this version (`>=`).
+    pub min: Option<KernelVersion>,
+    /// Below this version (`<`).
+    pub below: Option<KernelVersion>,
+}
+
+impl KernelRange {
+    /// Whether `k` lies in the range.
+    pub fn contains(&self, k: KernelVersion) -> bool {
+        self.min.is_none_or(|m| k >= m) && self.below.is_none_or(|b| k < b)
+    }
+
+    /// Why a run on `who` (`the model follows`, `backend vm runs`), whose kernel is `k`,
+    /// does not take place; `None` when `k` lies in the range.
+    pub fn skip_reason(&self, who: &str, k: KernelVersion) -> Option<String> {
+        (!self.contains(k))
+            .then(|| format!("the file states the behaviour of kernel {self}; {who} {k}"))
+    }
+}
+
+impl std::fmt::Display for KernelRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.min, self.below) {
+            (Some(m), Some(b)) => write!(f, ">= {m}, < {b}"),
+            (Some(m), None) => write!(f, ">= {m}"),
+            (None, Some(b)) => write!(f, "< {b}"),
+            (None, None) => f.write_str("any"),
+        }
+    }
 }
 
 /// The filesystem under the driver root (the model's vocabulary).
@@ -195,6 +236,12 @@ impl Scenario {
                 })
             })
             .collect()
+    }
+
+    /// The kernel versions whose behaviour the file states for `driver` (`None`: any).
+    pub fn kernel_range(&self, driver: DriverKind) -> Option<&KernelRange> {
+        let k = self.kernel.as_ref()?;
+        k.by_name.get(driver.name()).or(k.default.as_ref())
     }
 
     /// The scenario's name: its path below `scenarios/`, without `.toml`.
