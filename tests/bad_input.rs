@@ -4,12 +4,13 @@ use std::io::Write;
 use std::process::Command;
 
 fn check(text: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("layerspec-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // One file per call: tests run in parallel, and two texts may have the same length.
+    // One directory per call, removed after it: tests run in parallel, and nothing a test
+    // makes may outlive it.
     static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("case{n}.toml"));
+    let dir = std::env::temp_dir().join(format!("layerspec-bad-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("case.toml");
     std::fs::File::create(&path)
         .unwrap()
         .write_all(text.as_bytes())
@@ -19,7 +20,7 @@ fn check(text: &str) -> (i32, String) {
         .arg(&path)
         .output()
         .unwrap();
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (
         out.status.code().unwrap_or(-1),
