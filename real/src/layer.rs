@@ -7,8 +7,7 @@ use layerspec_model::{EntryKind, LayerSpec};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Creates `dir` with `mode` (umask is 0 on the sandbox thread).
 pub fn mkdir(log: &mut Log, dir: &Path, mode: u32) -> io::Result<()> {
@@ -146,25 +145,6 @@ fn copy_xattrs(log: &mut Log, src: &Path, dst: &Path) -> io::Result<()> {
 /// layer applier does for the overlay driver: whiteouts delete, opaque directories replace,
 /// files replace (unlinking first, so the parent layer's hard-linked copy is untouched).
 pub fn apply_diff(log: &mut Log, staged: &Path, root: &Path) -> io::Result<()> {
-    apply(log, staged, root, &mut Place::Link)
-}
-
-/// Like [`apply_diff`], onto a root on another filesystem (a devicemapper device): files
-/// are written anew rather than linked, as Docker's applier writes them from the layer's
-/// tar; names that are one inode in the diff stay one inode.
-pub fn apply_diff_copying(log: &mut Log, staged: &Path, root: &Path) -> io::Result<()> {
-    apply(log, staged, root, &mut Place::Copy(BTreeMap::new()))
-}
-
-/// How [`apply`] puts a diff's files in place.
-enum Place {
-    /// Hard-linked from the staged diff (same filesystem).
-    Link,
-    /// Copied; the first copy of each staged inode (dev, ino), for its other names.
-    Copy(BTreeMap<(u64, u64), PathBuf>),
-}
-
-fn apply(log: &mut Log, staged: &Path, root: &Path, place: &mut Place) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(staged)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -188,30 +168,16 @@ fn apply(log: &mut Log, staged: &Path, root: &Path, place: &mut Place) -> io::Re
                 fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
             }
             copy_xattrs(log, &src, &dst)?;
-            apply(log, &src, &dst, place)?;
+            apply_diff(log, &src, &dst)?;
             continue;
         }
         remove_any(log, &dst, existing.as_ref())?;
         if ft.is_symlink() {
             symlink(fs::read_link(&src)?, &dst)?;
         } else {
-            match place {
-                Place::Copy(seen) if !seen.contains_key(&(m.dev(), m.ino())) => {
-                    write_file(log, &dst, m.mode() & 0o7777, &fs::read(&src)?)?;
-                    copy_xattrs(log, &src, &dst)?;
-                    seen.insert((m.dev(), m.ino()), dst.clone());
-                }
-                Place::Copy(seen) => {
-                    let first = &seen[&(m.dev(), m.ino())];
-                    log.note(format!("ln {} {}", first.display(), dst.display()));
-                    fs::hard_link(first, &dst)?;
-                }
-                // Files of the diff are hard-linked in too: the staged diff is discarded.
-                Place::Link => {
-                    log.note(format!("ln {} {}", src.display(), dst.display()));
-                    fs::hard_link(&src, &dst)?;
-                }
-            }
+            // Files of the diff are hard-linked in too: the staged diff is discarded.
+            log.note(format!("ln {} {}", src.display(), dst.display()));
+            fs::hard_link(&src, &dst)?;
         }
     }
     Ok(())

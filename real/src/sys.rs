@@ -396,7 +396,11 @@ pub fn sync(log: &mut Log) {
 /// after `from` that starts data (a hole); `None` past the last data (ENXIO).
 pub fn seek(file: &std::fs::File, from: u64, data: bool) -> io::Result<Option<u64>> {
     use std::os::fd::AsRawFd;
-    let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
     let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
     if r < 0 {
         let e = io::Error::last_os_error();
@@ -406,4 +410,29 @@ pub fn seek(file: &std::fs::File, from: u64, data: bool) -> io::Result<Option<u6
         return Err(e);
     }
     Ok(Some(r as u64))
+}
+
+/// A read-only, `noatime` bind mount of `source` on `target`: reading through it changes
+/// nothing on the filesystem below, not even an access time (`atime_needs_update` returns
+/// early for a `MNT_NOATIME` mount).
+pub fn bind_quiet(log: &mut Log, source: &Path, target: &Path) -> io::Result<()> {
+    bind(log, source, target)?;
+    let t = cpath(target)?;
+    log.note(format!(
+        "mount -o remount,bind,ro,noatime {}",
+        target.display()
+    ));
+    let r = check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOATIME,
+            std::ptr::null(),
+        )
+    });
+    if r.is_err() {
+        let _ = umount(log, target, false);
+    }
+    r
 }

@@ -245,7 +245,8 @@ impl Pool {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        crate::thin::parse_thin_dump(&String::from_utf8_lossy(&out.stdout)).map_err(io::Error::other)
+        crate::thin::parse_thin_dump(&String::from_utf8_lossy(&out.stdout))
+            .map_err(io::Error::other)
     }
 
     /// Deactivates every thin device, then removes the pool; the loop devices go when
@@ -346,10 +347,19 @@ fn build_template(log: &mut Log, dir: &Path) -> io::Result<Template> {
         crate::sandbox::run(
             log,
             Command::new("mkfs.ext4")
-                .args(["-q", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"])
+                .args([
+                    "-q",
+                    "-E",
+                    "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+                ])
                 .arg(&node),
         )?;
-        crate::sandbox::run(log, Command::new("tune2fs").args(["-c", "-1", "-i", "0"]).arg(&node))?;
+        crate::sandbox::run(
+            log,
+            Command::new("tune2fs")
+                .args(["-c", "-1", "-i", "0"])
+                .arg(&node),
+        )?;
         ext4_uuid(&node)
     })();
     let closed = pool.close(log);
