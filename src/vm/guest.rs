@@ -130,6 +130,7 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
             }))?;
         }
     }
+    layerspec_real::remove_devmapper_base();
     Ok(if !errs.is_empty() {
         2
     } else {

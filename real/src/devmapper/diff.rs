@@ -209,3 +209,67 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: ChangeKind, path: &str) -> Change {
+        Change {
+            path: path.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn changes_between_two_roots_follow_changes_dirs() {
+        let dir = crate::sandbox::temp_dir().unwrap();
+        let (old, new) = (dir.join("old"), dir.join("new"));
+        for root in [&old, &new] {
+            fs::create_dir_all(root.join("etc/conf.d")).unwrap();
+            fs::create_dir_all(root.join("var/lib")).unwrap();
+        }
+        fs::write(old.join("etc/hosts"), "a").unwrap();
+        fs::write(old.join("etc/conf.d/gone"), "x").unwrap();
+        fs::write(old.join("var/lib/same"), "s").unwrap();
+        // The "snapshot": the unchanged file is the same inode on both sides.
+        fs::hard_link(old.join("var/lib/same"), new.join("var/lib/same")).unwrap();
+        fs::write(new.join("etc/hosts"), "b").unwrap();
+        fs::create_dir_all(new.join("opt/app")).unwrap();
+        fs::write(new.join("opt/app/run"), "r").unwrap();
+        let got = changes(Some(&old), &new).unwrap();
+        use ChangeKind::*;
+        assert_eq!(
+            got,
+            vec![
+                change(C, "/etc"),
+                change(C, "/etc/conf.d"),
+                change(D, "/etc/conf.d/gone"),
+                change(C, "/etc/hosts"),
+                change(A, "/opt"),
+                change(A, "/opt/app"),
+                change(A, "/opt/app/run"),
+            ]
+        );
+        let entries = commit_entries(Some(&old), &new).unwrap();
+        let kinds: Vec<(&str, bool)> = entries
+            .iter()
+            .map(|e| (e.path.as_str(), matches!(e.kind, EntryKind::Whiteout)))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("/etc", false),
+                ("/etc/conf.d", false),
+                ("/etc/conf.d/gone", true),
+                ("/etc/hosts", false),
+                ("/opt", false),
+                ("/opt/app", false),
+                ("/opt/app/run", false),
+            ]
+        );
+        // Without an image everything is added.
+        assert!(changes(None, &new).unwrap().iter().all(|c| c.kind == A));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -304,8 +304,10 @@ pub(crate) fn template() -> Result<&'static Template, String> {
         .map_err(Clone::clone)
 }
 
-/// Removes the base pool's files (the sweeper removes them after a killed run: the
-/// directory is `layerspec-<pid>-<n>`). Call when no driver will be opened any more.
+/// Removes the base pool's files (the sweeper removes them after a killed run, or a
+/// process that never called this: the directory is `layerspec-<pid>-<n>`). Call when no
+/// devicemapper driver will be opened any more: `layerspec run` does after its real runs,
+/// the guest after its scenarios.
 pub fn remove_template() {
     if let Some(Ok(t)) = TEMPLATE.get() {
         let _ = std::fs::remove_dir_all(&t.dir);
@@ -411,9 +413,14 @@ pub(crate) fn sparse_copy(log: &mut Log, from: &Path, to: &Path) -> io::Result<u
     let mut buf = vec![0u8; 1 << 20];
     let mut written = 0;
     let mut at = 0;
-    while let Some(start) = sys::seek(&src, at, true)? {
-        let end = sys::seek(&src, start, false)?.unwrap_or(len).min(len);
-        let mut p = start;
+    while let Some(data) = sys::seek(&src, at, true)? {
+        // Whole chunks of the file: the data's start and end rounded out to 64 KiB.
+        let end = sys::seek(&src, data, false)?.unwrap_or(len);
+        let end = end
+            .div_ceil(BLOCK_BYTES)
+            .saturating_mul(BLOCK_BYTES)
+            .min(len);
+        let mut p = (data / BLOCK_BYTES * BLOCK_BYTES).max(at);
         while p < end {
             let n = (buf.len() as u64).min(end - p) as usize;
             src.read_exact_at(&mut buf[..n], p)?;
@@ -431,4 +438,46 @@ pub(crate) fn sparse_copy(log: &mut Log, from: &Path, to: &Path) -> io::Result<u
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_sparse_copy_reads_the_same_and_leaves_zero_chunks_out() {
+        let dir = crate::sandbox::temp_dir().unwrap();
+        let (from, to) = (dir.join("from"), dir.join("to"));
+        let f = File::create(&from).unwrap();
+        f.set_len(64 << 20).unwrap();
+        // Data at 1 MiB, a written chunk of zeros at 8 MiB, data again at the very end.
+        f.write_all_at(&[7u8; 5000], 1 << 20).unwrap();
+        f.write_all_at(&vec![0u8; BLOCK_BYTES as usize], 8 << 20)
+            .unwrap();
+        f.write_all_at(b"end", (64 << 20) - 3).unwrap();
+        drop(f);
+        let mut log = Log::default();
+        let written = sparse_copy(&mut log, &from, &to).unwrap();
+        // The chunks holding the two pieces of data; the zeros are not copied.
+        assert_eq!(written, 2 * BLOCK_BYTES);
+        assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
+        let m = std::fs::metadata(&to).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o600);
+        assert!(
+            m.blocks() * 512 <= 2 * BLOCK_BYTES,
+            "{} sectors",
+            m.blocks()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_pool_table_is_dockers() {
+        let t = pool_target(libc::makedev(7, 1), libc::makedev(7, 0));
+        assert_eq!(
+            format!("{} {} {} {}", t.start, t.length, t.kind, t.params),
+            "0 209715200 thin-pool 7:1 7:0 128 32768 1 skip_block_zeroing"
+        );
+    }
 }
