@@ -28,7 +28,7 @@ mod thin;
 pub use devmapper::{remove_template as remove_devmapper_base, DmDriver};
 pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, vm_kit, Backend, HostFacts, VmKit};
-pub use sandbox::{parse_size, sweep, BackingFs, Sandbox, PREFIX};
+pub use sandbox::{leftovers, parse_size, sweep, BackingFs, Sandbox, PREFIX};
 pub use thin::DmThinPool;
 
 use layerspec_model::{Driver, DriverKind, OverlayOptions};

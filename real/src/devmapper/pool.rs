@@ -252,6 +252,13 @@ impl Pool {
     /// Deactivates every thin device, then removes the pool; the loop devices go when
     /// their handles close (here). Errors are logged; every step is tried.
     pub(crate) fn close(mut self, log: &mut Log) -> io::Result<()> {
+        self.teardown(log)
+    }
+
+    fn teardown(&mut self, log: &mut Log) -> io::Result<()> {
+        if self.loops.is_empty() {
+            return Ok(());
+        }
         let mut first: Option<io::Error> = None;
         let ids: Vec<u32> = self.active.keys().copied().collect();
         for id in ids {
@@ -264,6 +271,14 @@ impl Pool {
         }
         self.loops.clear();
         first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Pool {
+    /// A pool dropped without [`Pool::close`] (a driver root that failed to start) is
+    /// taken down all the same.
+    fn drop(&mut self) {
+        let _ = self.teardown(&mut Log::default());
     }
 }
 
