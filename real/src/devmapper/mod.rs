@@ -36,12 +36,17 @@
 //!   set (relatime, the first read after a change), and the next `sync` would write the
 //!   inode table and the journal: seen in the VM, two observations in a row without a step
 //!   between them differed by 2 pool blocks. The model's observation has no side effect,
-//!   and its change list none either. Even so, the first observation after a mount, when
-//!   it read the pool before walking, saw one block less than the next (the container's
-//!   journal chunk, copied from its image's: `thin_dump` showed it); reading the pool
-//!   last, after the walks and a `sync`, gives figures that stay put from one observation
-//!   to the next (seen over 3 in a row, and after a remount). The cause is ext4's, not
-//!   pinned down here.
+//!   and its change list none either. One write remains that no mount option avoids:
+//!   ext4 records where it is mounted in its superblock, through the journal, at the first
+//!   open of a file after each mount (`ext4_sample_last_mounted`, fs/ext4/file.c; it
+//!   checks the superblock's read-only flag, not the mount's). So the first walk after a
+//!   mount that no step opened a file in writes the container's journal chunk (seen:
+//!   `thin_dump` showed that chunk copied from the image's between two observations). The
+//!   pool is therefore read last, after the walks and a `sync`: that write lands in the
+//!   observation that caused it, and figures stay put from one observation to the next
+//!   (seen over 3 in a row, and after a remount). A container in Docker opens files as
+//!   soon as its process starts, so the write is Docker's too; the model's ext4 stand-in
+//!   does not count it, and the measured ranges cover it.
 //! - The image a change list or commit compares with is mounted read-only on a directory
 //!   outside `devicemapper/`: Docker's naive diff mounts the parent through Get (writing
 //!   its superblock); the model counts no such write and shows no such mount.
