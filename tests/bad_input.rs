@@ -4,7 +4,10 @@ use std::io::Write;
 use std::process::Command;
 
 fn check(text: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("layerspec-bad-{}", std::process::id()));
+    // One directory per case: cases run in parallel and each removes its own.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("layerspec-bad-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!(
         "case{:x}.toml",
@@ -19,9 +22,7 @@ fn check(text: &str) -> (i32, String) {
         .arg(&path)
         .output()
         .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    // Other cases of this process may still use the directory: the last one removes it.
-    let _ = std::fs::remove_dir(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (
         out.status.code().unwrap_or(-1),
