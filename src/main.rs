@@ -189,6 +189,9 @@ fn real_main() -> Result<ExitCode> {
                     outcomes.extend(model);
                 }
             }
+            // The devicemapper base (made at the first real devicemapper run) is not
+            // needed any more.
+            layerspec_real::remove_devmapper_base();
             outcomes.extend(layerspec::vm::host::run_scenarios(&vm_jobs));
             outcomes.sort_by(|a, b| {
                 (&a.scenario, a.driver, &a.backend).cmp(&(&b.scenario, b.driver, &b.backend))

@@ -14,6 +14,7 @@
 
 mod changes;
 mod copy_up;
+mod devmapper;
 mod dm;
 mod layer;
 mod observe;
@@ -24,9 +25,10 @@ mod sandbox;
 mod sys;
 mod thin;
 
+pub use devmapper::{remove_template as remove_devmapper_base, DmDriver};
 pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, kernel_version, vm_kit, Backend, HostFacts, VmKit};
-pub use sandbox::{parse_size, sweep, BackingFs, Sandbox, PREFIX};
+pub use sandbox::{leftovers, parse_size, sweep, BackingFs, Sandbox, PREFIX};
 pub use thin::DmThinPool;
 
 use layerspec_model::{Driver, DriverKind, OverlayOptions};
@@ -62,6 +64,11 @@ pub fn open_backend_on(
              `layerspec fuzz --backend vm`), not a driver in this process"
                 .into(),
         );
+    }
+    if kind == DriverKind::Devicemapper {
+        return DmDriver::new(backing)
+            .map(|d| Box::new(d) as Box<dyn Driver + Send>)
+            .map_err(|e| format!("cannot start a devicemapper root: {e}"));
     }
     let imp = match backend {
         "kernel" => Implementation::Kernel,

@@ -14,6 +14,10 @@ pub struct HostFacts {
     pub aufs: bool,
     /// `/proc/misc` lists device-mapper.
     pub device_mapper: bool,
+    /// `/sys/module/dm_thin_pool` exists: the thin-pool target is loaded or built in.
+    pub thin_pool: bool,
+    /// `/proc/filesystems` lists ext4.
+    pub ext4: bool,
     /// `fuse-overlayfs` is on the PATH.
     pub fuse_overlayfs: bool,
     /// `qemu-system-x86_64` is on the PATH.
@@ -34,6 +38,8 @@ impl HostFacts {
             overlay: has_fs("overlay"),
             aufs: has_fs("aufs"),
             device_mapper: misc.lines().any(|l| l.ends_with(" device-mapper")),
+            thin_pool: Path::new("/sys/module/dm_thin_pool").exists(),
+            ext4: has_fs("ext4"),
             fuse_overlayfs: on_path("fuse-overlayfs"),
             qemu: on_path("qemu-system-x86_64"),
         }
@@ -110,7 +116,7 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             let kernel = if !h.device_mapper {
                 Some("/proc/misc has no device-mapper on this kernel".to_string())
             } else if driver == DriverKind::Devicemapper {
-                Some("the real devicemapper graphdriver is not built yet (issue 4)".to_string())
+                need_root.clone().or_else(|| devicemapper_missing(&h))
             } else {
                 need_root.clone().or_else(|| {
                     (!on_path("thin_dump"))
@@ -129,6 +135,30 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             ]
         }
     }
+}
+
+/// Why the real devicemapper driver cannot run on a kernel with device-mapper, if it
+/// cannot: it needs the thin-pool target (loaded, built in, or a module `modprobe` can
+/// load is not enough: nothing here loads modules), ext4, and mkfs.ext4, tune2fs and
+/// thin_dump.
+fn devicemapper_missing(h: &HostFacts) -> Option<String> {
+    if !h.thin_pool {
+        return Some(
+            "device-mapper has no thin-pool target (/sys/module/dm_thin_pool is missing: \
+             load dm-thin-pool)"
+                .into(),
+        );
+    }
+    if !h.ext4 {
+        return Some("/proc/filesystems has no ext4".into());
+    }
+    ["mkfs.ext4", "tune2fs", "thin_dump"]
+        .into_iter()
+        .find(|p| find_program(p).is_none())
+        .map(|p| match p {
+            "thin_dump" => "thin_dump (thin-provisioning-tools) is not installed".to_string(),
+            _ => format!("{p} (e2fsprogs) is not installed"),
+        })
 }
 
 /// What the VM tier (DESIGN.md, "The VM tier") needs from this machine, found: qemu, a

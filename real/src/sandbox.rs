@@ -223,6 +223,54 @@ pub fn run(log: &mut Log, cmd: &mut Command) -> io::Result<()> {
     }
 }
 
+/// What this process has attached and not let go of: device-mapper devices named
+/// `layerspec-<own pid>-...` and loop devices backed by files in its temporary
+/// directories. Empty between runs when every driver cleaned up after itself. Loop
+/// devices with autoclear may go a moment after their last user closes (the kernel may
+/// defer it): this looks again for up to a second before it reports one.
+pub fn leftovers() -> Vec<String> {
+    let mine = format!("{PREFIX}{}-", std::process::id());
+    let tmp = std::env::temp_dir();
+    let look = || {
+        let mut left: Vec<String> = crate::dm::Control::open()
+            .and_then(|c| c.list().map_err(|e| io::Error::other(e.to_string())))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&mine))
+            .map(|(n, _)| format!("dm device {n}"))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir("/sys/block") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+                else {
+                    continue;
+                };
+                let backing = backing.trim();
+                let ours = Path::new(backing)
+                    .strip_prefix(&tmp)
+                    .ok()
+                    .and_then(|r| r.components().next())
+                    .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with(&mine));
+                if ours {
+                    left.push(format!("/dev/{name} ({backing})"));
+                }
+            }
+        }
+        left.sort();
+        left
+    };
+    let mut left = look();
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = look();
+    }
+    left
+}
+
 /// Removes what killed runs left: sandbox directories of processes that no longer exist,
 /// and loop devices backed by files in them. Returns what it removed.
 pub fn sweep() -> io::Result<Vec<String>> {
@@ -270,4 +318,39 @@ pub fn sweep() -> io::Result<Vec<String>> {
     }
     removed.sort();
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_device_left_attached_is_reported_until_it_goes() {
+        let dir = temp_dir().unwrap();
+        let img = dir.join("img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let mut log = Log::default();
+        let (dev, handle) = match sys::loop_attach(&mut log, &img) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("skipped: no loop device here ({e})");
+                std::fs::remove_dir_all(&dir).unwrap();
+                return;
+            }
+        };
+        let left = leftovers();
+        assert!(
+            left.iter()
+                .any(|l| l.starts_with(&format!("{} ", dev.display()))),
+            "{left:?}"
+        );
+        // Autoclear: closing the last handle detaches it.
+        drop(handle);
+        let left = leftovers();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -365,3 +365,74 @@ pub fn blkdiscard(log: &mut Log, dev: &std::fs::File, start: u64, len: u64) -> i
     let range = [start, len];
     check(unsafe { libc::ioctl(dev.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) })
 }
+
+/// `mount(source, target, fstype, MS_RDONLY, "")`: a read-only mount, which writes nothing
+/// to the device (ext4 neither replays a clean journal nor updates the superblock).
+pub fn mount_ro(log: &mut Log, source: &Path, target: &Path, fstype: &str) -> io::Result<()> {
+    let (s, t, f) = (cpath(source)?, cpath(target)?, CString::new(fstype)?);
+    log.note(format!(
+        "mount -t {fstype} -o ro {} {}",
+        source.display(),
+        target.display()
+    ));
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// `sync(2)`: every dirty page and every filesystem's metadata to its device.
+pub fn sync(log: &mut Log) {
+    log.note("sync");
+    unsafe { libc::sync() }
+}
+
+/// `lseek(fd, from, SEEK_DATA)` (`data = true`) or `SEEK_HOLE`: the next offset at or
+/// after `from` that starts data (a hole); `None` past the last data (ENXIO).
+pub fn seek(file: &std::fs::File, from: u64, data: bool) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
+/// A read-only, `noatime` bind mount of `source` on `target`: reading through it changes
+/// nothing on the filesystem below, not even an access time (`atime_needs_update` returns
+/// early for a `MNT_NOATIME` mount).
+pub fn bind_quiet(log: &mut Log, source: &Path, target: &Path) -> io::Result<()> {
+    bind(log, source, target)?;
+    let t = cpath(target)?;
+    log.note(format!(
+        "mount -o remount,bind,ro,noatime {}",
+        target.display()
+    ));
+    let r = check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOATIME,
+            std::ptr::null(),
+        )
+    });
+    if r.is_err() {
+        let _ = umount(log, target, false);
+    }
+    r
+}

@@ -88,6 +88,7 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
         load_xfs();
     }
     let mut failed = false;
+    let mut reported: Vec<String> = Vec::new();
     for s in &scenarios {
         for m in suite::run_model(s, only.as_deref()) {
             let start = Instant::now();
@@ -111,6 +112,24 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
                     },
                 }
             });
+            // Nothing a run makes may outlive it: a dm or loop device it left fails it
+            // (each one is blamed on the first run after which it was seen).
+            let mut o = o;
+            let left: Vec<String> = layerspec_real::leftovers()
+                .into_iter()
+                .filter(|l| !reported.contains(l))
+                .collect();
+            if !left.is_empty() {
+                let was = match &o.result.status {
+                    Status::Fail(d) => format!("; and: {d}"),
+                    _ => String::new(),
+                };
+                o.result.status = Status::Fail(format!(
+                    "left behind after the run: {}{was}",
+                    left.join(", ")
+                ));
+                reported.extend(left);
+            }
             let (status, detail) = match &o.result.status {
                 Status::Pass => ("pass", ""),
                 Status::Fail(d) => {
@@ -130,6 +149,7 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
             }))?;
         }
     }
+    layerspec_real::remove_devmapper_base();
     Ok(if !errs.is_empty() {
         2
     } else {

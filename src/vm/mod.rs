@@ -157,6 +157,8 @@ impl Drop for RunDir {
 /// scenario that needs one fails with the error of running it.
 const HELPERS: &[(&str, &str, &[&str])] = &[
     ("/usr/sbin/mke2fs", "mke2fs", &["mkfs.ext4"]),
+    // The devicemapper driver runs `tune2fs -c -1 -i 0` on its base device, as Docker does.
+    ("/usr/sbin/tune2fs", "tune2fs", &[]),
     ("/usr/sbin/mkfs.xfs", "mkfs.xfs", &[]),
     (
         "/usr/sbin/pdata_tools",
@@ -173,6 +175,9 @@ const HELPERS: &[(&str, &str, &[&str])] = &[
     ),
     ("/usr/sbin/dmsetup", "dmsetup", &[]),
 ];
+
+/// mke2fs's configuration, copied into the guest when the host has one.
+const MKE2FS_CONF: &str = "/etc/mke2fs.conf";
 
 /// Kernel module parameters set in the guest.
 fn module_params(ko: &Path) -> &'static str {
@@ -293,6 +298,12 @@ fn build(
             a.symlink(&Path::new(at).with_file_name(l), name)?;
         }
         programs.push(p);
+    }
+    // mke2fs reads its defaults (features, inode size) from here; without it the
+    // compiled-in profile applies, which need not be the host's, where the devicemapper
+    // figures were measured.
+    if Path::new(MKE2FS_CONF).is_file() {
+        a.file(Path::new(MKE2FS_CONF), Path::new(MKE2FS_CONF))?;
     }
     let mut lib_dirs: Vec<String> = Vec::new();
     for p in &programs {

@@ -11,6 +11,11 @@
 //! block; the superblock at mount and unmount. Data blocks come from a bump allocator and
 //! are not reused; a directory has one block, a symlink longer than 59 bytes one block.
 //!
+//! Not modelled: ext4 also writes its superblock through the journal at the first open of
+//! a file after each mount, to record the mount point (`ext4_sample_last_mounted`,
+//! fs/ext4/file.c): seen in the VM as one more journal chunk for a container that no step
+//! had opened a file in; the measured ranges cover it.
+//!
 //! So the pool figures of a devicemapper scenario are the model's own where the filesystem
 //! decides; scenarios state them as ranges measured on the real thing
 //! (`tests/measure/dm_ext4_chunks.py`). What a rule decides is exact: a snapshot takes no

@@ -1,0 +1,303 @@
+//! Applying an image layer to a devicemapper device's root, as Docker's applier unpacks a
+//! layer tar onto a snapshot of the parent: the same semantics as the overlay driver's
+//! layer application (`layer::write_entries` into a staging directory, then
+//! `layer::apply_diff`: whiteouts delete, opaque directories replace, files and symlinks
+//! replace, directories listed keep their entries and take the listed mode and `user.*`
+//! xattrs, implied parents count as listed with mode 0755), with the staged diff held in
+//! memory instead of on disk: the backing tmpfs of kernels before 6.6 (the VM's 6.1) has no
+//! `user.*` xattrs to stage them on, and staging on the device itself would write blocks
+//! Docker's applier does not write.
+
+use crate::layer::{mkdir, write_file};
+use crate::sys::{self, Log};
+use layerspec_model::{EntryKind, LayerSpec};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+type Xattrs = BTreeMap<String, Vec<u8>>;
+
+/// One staged entry.
+#[derive(Clone, Debug)]
+enum Node {
+    Dir {
+        mode: u32,
+        xattrs: Xattrs,
+        opaque: bool,
+        children: BTreeMap<String, Node>,
+    },
+    /// A file; `inode` is shared by the names of one file (hard links).
+    File {
+        mode: u32,
+        xattrs: Xattrs,
+        data: Vec<u8>,
+        inode: usize,
+    },
+    Symlink(String),
+    Whiteout,
+}
+
+fn exists() -> io::Error {
+    io::Error::from_raw_os_error(libc::EEXIST)
+}
+
+fn new_dir(mode: u32) -> Node {
+    Node::Dir {
+        mode,
+        xattrs: Xattrs::new(),
+        opaque: false,
+        children: BTreeMap::new(),
+    }
+}
+
+/// The directory `comps` names below `root`, made (0755) where missing.
+fn dir_at<'a>(root: &'a mut Node, comps: &[&str]) -> io::Result<&'a mut Node> {
+    let mut cur = root;
+    for c in comps {
+        let Node::Dir { children, .. } = cur else {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        };
+        cur = children
+            .entry(c.to_string())
+            .or_insert_with(|| new_dir(0o755));
+    }
+    match cur {
+        Node::Dir { .. } => Ok(cur),
+        _ => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+    }
+}
+
+fn lookup<'a>(root: &'a Node, path: &str) -> Option<&'a Node> {
+    let mut cur = root;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        let Node::Dir { children, .. } = cur else {
+            return None;
+        };
+        cur = children.get(c)?;
+    }
+    Some(cur)
+}
+
+/// The layer's entries staged as `layer::write_entries` stages them.
+fn stage(spec: &LayerSpec) -> io::Result<Node> {
+    let mut root = new_dir(0o755);
+    let mut inodes = 0;
+    for e in &spec.entries {
+        let comps: Vec<&str> = e.path.split('/').filter(|c| !c.is_empty()).collect();
+        let Some((name, parents)) = comps.split_last() else {
+            if let Node::Dir { mode, xattrs, .. } = &mut root {
+                if let Some(m) = e.mode {
+                    *mode = m;
+                }
+                xattrs.extend(e.xattrs.clone());
+            }
+            continue;
+        };
+        let node = match &e.kind {
+            EntryKind::File(c) => {
+                inodes += 1;
+                Node::File {
+                    mode: e.mode.unwrap_or(0o644),
+                    xattrs: e.xattrs.clone(),
+                    data: c.materialize(),
+                    inode: inodes,
+                }
+            }
+            EntryKind::Dir { opaque } => {
+                let Node::Dir { children, .. } = dir_at(&mut root, parents)? else {
+                    unreachable!("dir_at returns a directory");
+                };
+                match children.get_mut(*name) {
+                    Some(Node::Dir {
+                        mode,
+                        xattrs,
+                        opaque: o,
+                        ..
+                    }) => {
+                        *mode = e.mode.unwrap_or(0o755);
+                        xattrs.extend(e.xattrs.clone());
+                        *o |= *opaque;
+                    }
+                    Some(_) => return Err(exists()),
+                    None => {
+                        children.insert(
+                            name.to_string(),
+                            Node::Dir {
+                                mode: e.mode.unwrap_or(0o755),
+                                xattrs: e.xattrs.clone(),
+                                opaque: *opaque,
+                                children: BTreeMap::new(),
+                            },
+                        );
+                    }
+                }
+                continue;
+            }
+            EntryKind::Symlink(t) => Node::Symlink(t.clone()),
+            EntryKind::HardLink(to) => match lookup(&root, to) {
+                Some(n @ Node::File { .. }) => n.clone(),
+                Some(_) => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+                None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+            },
+            EntryKind::Whiteout => Node::Whiteout,
+        };
+        let Node::Dir { children, .. } = dir_at(&mut root, parents)? else {
+            unreachable!("dir_at returns a directory");
+        };
+        if children.contains_key(*name) {
+            return Err(exists());
+        }
+        children.insert(name.to_string(), node);
+    }
+    Ok(root)
+}
+
+fn set_xattrs(log: &mut Log, p: &Path, xattrs: &Xattrs) -> io::Result<()> {
+    for (k, v) in xattrs {
+        if k.starts_with("user.") {
+            sys::lsetxattr(log, p, k, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(log: &mut Log, p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => {
+            log.note(format!("rm -r {}", p.display()));
+            fs::remove_dir_all(p)
+        }
+        Ok(_) => {
+            log.note(format!("rm {}", p.display()));
+            fs::remove_file(p)
+        }
+    }
+}
+
+fn apply_dir(
+    log: &mut Log,
+    children: &BTreeMap<String, Node>,
+    root: &Path,
+    seen: &mut BTreeMap<usize, PathBuf>,
+) -> io::Result<()> {
+    for (name, node) in children {
+        let dst = root.join(name);
+        match node {
+            Node::Whiteout => remove_any(log, &dst)?,
+            Node::Dir {
+                mode,
+                xattrs,
+                opaque,
+                children,
+            } => {
+                let keep = !opaque && fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir());
+                if keep {
+                    fs::set_permissions(&dst, fs::Permissions::from_mode(*mode))?;
+                } else {
+                    remove_any(log, &dst)?;
+                    mkdir(log, &dst, *mode)?;
+                }
+                set_xattrs(log, &dst, xattrs)?;
+                apply_dir(log, children, &dst, seen)?;
+            }
+            Node::Symlink(t) => {
+                remove_any(log, &dst)?;
+                log.note(format!("ln -s {t} {}", dst.display()));
+                symlink(t, &dst)?;
+            }
+            Node::File {
+                mode,
+                xattrs,
+                data,
+                inode,
+            } => {
+                remove_any(log, &dst)?;
+                match seen.get(inode) {
+                    Some(first) => {
+                        log.note(format!("ln {} {}", first.display(), dst.display()));
+                        fs::hard_link(first, &dst)?;
+                    }
+                    None => {
+                        write_file(log, &dst, *mode, data)?;
+                        set_xattrs(log, &dst, xattrs)?;
+                        seen.insert(*inode, dst.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `spec` onto `root` (the layer's `rootfs/`, holding its parent's files).
+pub(crate) fn apply_layer(log: &mut Log, spec: &LayerSpec, root: &Path) -> io::Result<()> {
+    let Node::Dir {
+        mode,
+        xattrs,
+        children,
+        ..
+    } = stage(spec)?
+    else {
+        unreachable!("the staged root is a directory");
+    };
+    fs::set_permissions(root, fs::Permissions::from_mode(mode))?;
+    set_xattrs(log, root, &xattrs)?;
+    apply_dir(log, &children, root, &mut BTreeMap::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layerspec_model::{Content, Entry};
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: None,
+            xattrs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn staging_follows_write_entries() {
+        let spec = LayerSpec {
+            id: "l".into(),
+            parent: None,
+            entries: vec![
+                entry("/a/f", EntryKind::File(Content::Bytes(b"x".to_vec()))),
+                entry("/a/g", EntryKind::HardLink("/a/f".into())),
+                entry("/a", EntryKind::Dir { opaque: true }),
+                entry("/w", EntryKind::Whiteout),
+            ],
+        };
+        let root = stage(&spec).unwrap();
+        let Some(Node::Dir {
+            opaque, children, ..
+        }) = lookup(&root, "/a")
+        else {
+            panic!("/a is a directory");
+        };
+        assert!(opaque, "a later entry for an implied parent marks it");
+        let inode = |n: &Node| match n {
+            Node::File { inode, .. } => *inode,
+            _ => panic!("a file"),
+        };
+        assert_eq!(inode(&children["f"]), inode(&children["g"]));
+        assert!(matches!(lookup(&root, "/w"), Some(Node::Whiteout)));
+        let dup = LayerSpec {
+            entries: vec![
+                entry("/w", EntryKind::Whiteout),
+                entry("/w", EntryKind::Whiteout),
+            ],
+            ..spec
+        };
+        assert!(
+            stage(&dup).is_err(),
+            "a name listed twice is EEXIST, as mknod says"
+        );
+    }
+}
