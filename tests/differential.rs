@@ -26,6 +26,7 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
         seed: env_u64("LAYERSPEC_DIFF_SEED", 1),
         traces: env_u64("LAYERSPEC_DIFF_TRACES", default_traces),
         steps,
+        trace: None,
         backend: backend.into(),
         out: std::env::temp_dir().join("layerspec-differential-not-written"),
         shrink_budget: 300,

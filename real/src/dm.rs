@@ -25,6 +25,7 @@ const DM_TARGET_MSG: u8 = 14;
 const DM_SUSPEND_FLAG: u32 = 1 << 1;
 const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
 const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
+const DM_NOFLUSH_FLAG: u32 = 1 << 11;
 const DM_DATA_OUT_FLAG: u32 = 1 << 16;
 
 /// `sizeof(struct dm_target_spec)`.
@@ -320,6 +321,18 @@ impl Control {
             at = start + get_u32(&b, at + 20) as usize;
         }
         Ok((info, targets))
+    }
+
+    /// `dmsetup status --noflush <name>`: the status without the commit a pool makes
+    /// before it answers. Returns the first target's status line.
+    pub fn status_noflush(&self, name: &str) -> Result<String, DmError> {
+        let what = || format!("dmsetup status --noflush {name}");
+        let b = self.call_out(DM_TABLE_STATUS, name, DM_NOFLUSH_FLAG, what)?;
+        let start = get_u32(&b, 16) as usize;
+        if get_u32(&b, 20) == 0 || start + TARGET_SPEC_SIZE > b.len() {
+            return Ok(String::new());
+        }
+        Ok(c_string(&b[start + TARGET_SPEC_SIZE..]))
     }
 
     /// `dmsetup ls`: every device's name and `dev_t`, sorted by name.

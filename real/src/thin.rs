@@ -15,9 +15,9 @@
 use crate::dm::{Control, DmError, Target};
 use crate::sys::{self, Log};
 use layerspec_model::{
-    BlockData, DeviceObservation, DriverError, Errno, MappedRange, Piece, PoolObservation,
-    PoolParams, PoolStatus, Sectors, Stamp, ThinDriver, ThinId, ThinOp, ThinOutcome, ThinStatus,
-    ThinValue, DEFAULT_THIN_SECTORS,
+    BlockData, DeviceObservation, DriverError, Errno, MappedRange, Piece, PoolMode,
+    PoolObservation, PoolParams, PoolStatus, Sectors, Stamp, ThinDriver, ThinId, ThinOp,
+    ThinOutcome, ThinStatus, ThinValue, DEFAULT_THIN_SECTORS,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -292,6 +292,34 @@ impl DmThinPool {
             self.commit_between_blocks();
         }
         result
+    }
+
+    /// After a discard that freed blocks of a pool out of data space, waits (at most 3 s,
+    /// polling the status without committing) for the pool's worker to commit and go back
+    /// to write mode on its own, before the harness's committing status query.
+    ///
+    /// Why: the worker commits right after it processed the discard when its last commit is
+    /// a second old (`process_deferred_bios`), and the status query commits too; both run
+    /// `check_for_data_space`, and `set_pool_mode` is not serialised, so both can switch
+    /// the pool to write mode and send two events instead of one. Seen in the VM (6.1):
+    /// "switching pool to write mode" twice 6 µs apart (fuzz seed 1, trace 15). Letting
+    /// the worker do it alone gives the one event the model counts.
+    fn let_the_worker_commit(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let Ok(line) = self.ctl.status_noflush(&self.pool) else {
+                return;
+            };
+            let Ok(st) = line.parse::<PoolStatus>() else {
+                return;
+            };
+            let recovering =
+                st.mode == PoolMode::OutOfDataSpace && st.used_data_blocks < st.total_data_blocks;
+            if !recovering || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Commits the pool's metadata between two blocks of a step, so that what a block can
@@ -725,6 +753,9 @@ impl ThinDriver for DmThinPool {
 
     fn apply(&mut self, step: usize, op: &ThinOp) -> Result<ThinOutcome, DriverError> {
         let out = self.apply_op(step, op);
+        if matches!(op, ThinOp::DiscardBlocks { .. }) {
+            self.let_the_worker_commit();
+        }
         if let Some(e) = self.commit_failed.take() {
             return Err(DriverError::Backend(format!(
                 "committing between blocks of step {step}: {e}"

@@ -50,6 +50,10 @@ pub struct FuzzArgs {
     /// Steps per trace.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// Replay only trace N of the run (the index a report names), to look at one
+    /// divergence again; `--traces` is then ignored.
+    #[arg(long, value_name = "N")]
+    pub trace: Option<u64>,
     /// Backend compared with the model: kernel, fuse, vm (the kernel in the VM tier, one
     /// boot for the whole run), or model (a second model: a self-check of the harness).
     /// For thinpool: model here, vm through the VM tier.
@@ -64,6 +68,14 @@ pub struct FuzzArgs {
     /// Options of `--driver thinpool`.
     #[command(flatten)]
     pub thin: thin::ThinArgs,
+}
+
+/// The indices of the traces a run replays: all `traces` of them, or only `only`.
+pub fn trace_indices(traces: u64, only: Option<u64>) -> Vec<u64> {
+    match only {
+        Some(i) => vec![i],
+        None => (0..traces).collect(),
+    }
 }
 
 /// Opens a fresh driver: a [`ModelDriver`] for backend `model`, else a real one in its own
@@ -164,9 +176,13 @@ impl Summary {
 
     /// The summary lines (deterministic: no timing).
     pub fn lines(&self, args: &FuzzArgs) -> Vec<String> {
+        let which = match args.trace {
+            Some(i) => format!("trace {i}"),
+            None => format!("{} traces", args.traces),
+        };
         let mut out = vec![format!(
-            "fuzz: {} on {} against the model, seed {}, {} traces x {} steps",
-            args.driver, args.backend, args.seed, args.traces, args.steps
+            "fuzz: {} on {} against the model, seed {}, {which} x {} steps",
+            args.driver, args.backend, args.seed, args.steps
         )];
         for f in self.divergences() {
             out.push(format!(
@@ -255,7 +271,7 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
 pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summary, String> {
     open(args.driver, &args.backend, options)?;
     let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(args.traces);
+        let b = indicatif::ProgressBar::new(trace_indices(args.traces, args.trace).len() as u64);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{pos}/{len} traces, {msg} {wide_bar} {elapsed}",
         ) {
@@ -267,7 +283,7 @@ pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summ
         indicatif::ProgressBar::hidden()
     };
     let found = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<TraceResult> = (0..args.traces)
+    let results: Vec<TraceResult> = trace_indices(args.traces, args.trace)
         .into_par_iter()
         .map(|i| {
             let r = run_trace(args, options, i, write);

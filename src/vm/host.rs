@@ -190,6 +190,10 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
         "--shrink-budget".into(),
         args.shrink_budget.to_string(),
     ];
+    let mut guest_args = guest_args;
+    if let Some(i) = args.trace {
+        guest_args.extend(["--trace".into(), i.to_string()]);
+    }
     let out = match run_guest(&guest_args, &[], fuzz_timeout(args)) {
         Ok(o) => o,
         Err(e) => {

@@ -85,6 +85,8 @@ pub struct ThinFuzzConfig {
     pub seed: u64,
     /// Number of traces.
     pub traces: u64,
+    /// Only this trace of the run (`--trace`).
+    pub only: Option<u64>,
     /// Steps per trace.
     pub steps: usize,
     /// The backend's name (`vm`, `model`, ...): it names the files and the report.
@@ -106,6 +108,7 @@ impl ThinFuzzConfig {
         ThinFuzzConfig {
             seed,
             traces,
+            only: None,
             steps,
             backend: backend.into(),
             observe_every: 10,
@@ -120,6 +123,7 @@ impl ThinFuzzConfig {
         ThinFuzzConfig {
             seed: args.seed,
             traces: args.traces,
+            only: args.trace,
             steps: args.steps,
             backend: args.backend.clone(),
             observe_every: args.thin.observe_every,
@@ -153,6 +157,10 @@ impl ThinFuzzConfig {
         ] {
             a.push(k.into());
             a.push(v);
+        }
+        if let Some(i) = self.only {
+            a.push("--trace".into());
+            a.push(i.to_string());
         }
         a.push("--serial".into());
         a
@@ -278,9 +286,13 @@ impl ThinFuzzReport {
     /// The summary lines (deterministic: no timing).
     pub fn lines(&self) -> Vec<String> {
         let c = &self.config;
+        let which = match c.only {
+            Some(i) => format!("trace {i}"),
+            None => format!("{} traces", c.traces),
+        };
         let mut out = vec![format!(
-            "fuzz: thinpool on {} against the model, seed {}, {} traces x {} steps, observed every {} steps",
-            c.backend, c.seed, c.traces, c.steps, c.observe_every
+            "fuzz: thinpool on {} against the model, seed {}, {which} x {} steps, observed every {} steps",
+            c.backend, c.seed, c.steps, c.observe_every
         )];
         for f in self.divergences() {
             let s = &f.shrunk;
@@ -457,12 +469,13 @@ pub fn run_trace(cfg: &ThinFuzzConfig, index: u64, open_real: &OpenThin<'_>) -> 
 /// `cfg.parallel`), and reports in trace order.
 pub fn run_traces(cfg: &ThinFuzzConfig, open_real: &OpenThin<'_>) -> ThinFuzzReport {
     let results = if cfg.parallel {
-        (0..cfg.traces)
+        super::trace_indices(cfg.traces, cfg.only)
             .into_par_iter()
             .map(|i| run_trace(cfg, i, open_real))
             .collect()
     } else {
-        (0..cfg.traces)
+        super::trace_indices(cfg.traces, cfg.only)
+            .into_iter()
             .map(|i| run_trace(cfg, i, open_real))
             .collect()
     };

@@ -190,6 +190,23 @@ fn the_generator_reaches_the_corners() {
 
 /// The bounded property test: the model against itself, invariants after every step.
 #[test]
+fn one_trace_replays_as_it_does_in_the_whole_run() {
+    // `fuzz --trace N`: the trace a report names, alone, with the same outcome.
+    let cfg = ThinFuzzConfig::new(5, 6, 40, "model");
+    let whole = run_traces(&cfg, &open_broken(Flaw::MisreadsPartialBlocks));
+    let mut one = cfg.clone();
+    one.only = Some(4);
+    let alone = run_traces(&one, &open_broken(Flaw::MisreadsPartialBlocks));
+    assert_eq!(alone.results.len(), 1);
+    assert_eq!(
+        format!("{:?}", alone.results[0]),
+        format!("{:?}", whole.results[4])
+    );
+    assert!(alone.lines()[0].contains("trace 4 x 40 steps"), "{alone}");
+    assert!(one.guest_args().windows(2).any(|w| w == ["--trace", "4"]));
+}
+
+#[test]
 fn the_model_agrees_with_itself_and_keeps_its_invariants() {
     let mut cfg = ThinFuzzConfig::new(3, 40, 50, "model");
     cfg.observe_every = 1;
