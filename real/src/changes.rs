@@ -132,7 +132,8 @@ fn dir_entry(
     }
 }
 
-fn user_xattrs(p: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
+/// A file's `user.*` extended attributes (what Docker's change walk compares).
+pub(crate) fn user_xattrs(p: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
     let mut x = BTreeMap::new();
     for n in sys::llistxattr(p)? {
         if n.starts_with("user.") {

@@ -52,13 +52,6 @@ pub struct OverlayDriver {
     kernel: KernelVersion,
 }
 
-fn backend_err(what: &str, e: io::Error, log: &Log) -> DriverError {
-    DriverError::Backend(format!(
-        "{what}: {e} (last actions: {})",
-        log.tail(4).join("; ")
-    ))
-}
-
 impl OverlayDriver {
     /// A fresh driver root of `kind` (overlay or overlay2) on `backing`.
     pub fn new(
@@ -184,7 +177,7 @@ impl OverlayDriver {
                 }
                 Ok(())
             })();
-            r.map_err(|e| backend_err(&format!("building layer `{}`", spec.id), e, log))
+            r.map_err(|e| log.backend_err(&format!("building layer `{}`", spec.id), e))
         })?;
         self.layers.insert(id, parent);
         Ok(())
@@ -237,7 +230,7 @@ impl OverlayDriver {
                 }
                 Ok(())
             })();
-            r.map_err(|e| backend_err(&format!("creating container `{id2}`"), e, log))
+            r.map_err(|e| log.backend_err(&format!("creating container `{id2}`"), e))
         })?;
         self.containers.push(rec.clone());
         if image.is_some() {
@@ -284,7 +277,7 @@ impl OverlayDriver {
                     }
                 }
             })();
-            r.map_err(|e| backend_err(&format!("mounting container `{id}`"), e, log))
+            r.map_err(|e| log.backend_err(&format!("mounting container `{id}`"), e))
         })
     }
 
@@ -306,7 +299,7 @@ impl OverlayDriver {
                 }
                 let _ = child.wait();
             }
-            r.map_err(|e| backend_err(&format!("unmounting `{id}`"), e, &inside.log))
+            r.map_err(|e| inside.log.backend_err(&format!("unmounting `{id}`"), e))
         })
     }
 

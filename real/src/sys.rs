@@ -26,6 +26,14 @@ impl Log {
     pub fn tail(&self, n: usize) -> Vec<String> {
         self.lines[self.lines.len().saturating_sub(n)..].to_vec()
     }
+
+    /// A real driver's failure while doing `what`, with the last actions it took.
+    pub(crate) fn backend_err(&self, what: &str, e: io::Error) -> layerspec_model::DriverError {
+        layerspec_model::DriverError::Backend(format!(
+            "{what}: {e} (last actions: {})",
+            self.tail(4).join("; ")
+        ))
+    }
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {

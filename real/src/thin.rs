@@ -508,14 +508,7 @@ impl DmThinPool {
             .parse()
             .map_err(|e| format!("pool status `{line}`: {e}"))?;
         let dump = self.thin_dump()?;
-        let mut users: BTreeMap<u64, u32> = BTreeMap::new();
-        for d in dump.values() {
-            for r in d {
-                for b in r.data..r.data + r.len {
-                    *users.entry(b).or_default() += 1;
-                }
-            }
-        }
+        let counts = mapped_and_shared(&dump);
         let mut devices = BTreeMap::new();
         for (id, ranges) in dump {
             let status = match self.devices.get(&id) {
@@ -529,12 +522,7 @@ impl DmThinPool {
                 }
                 None => String::new(),
             };
-            let mapped: u64 = ranges.iter().map(|r| r.len).sum();
-            let shared = ranges
-                .iter()
-                .flat_map(|r| r.data..r.data + r.len)
-                .filter(|b| users.get(b).is_some_and(|n| *n > 1))
-                .count() as u64;
+            let (mapped, shared) = counts.get(&id).copied().unwrap_or_default();
             let tid = ThinId::new(id).map_err(|_| format!("thin_dump lists device {id}"))?;
             devices.insert(
                 tid,
@@ -699,6 +687,30 @@ fn attr(tag: &str, name: &str) -> Option<u64> {
 /// Parses `thin_dump`'s XML: `<device dev_id=..>` holding `<range_mapping origin_begin
 /// data_begin length time>` and `<single_mapping origin_block data_block time>`, into
 /// runs merged as the model lists them (consecutive virtual and data blocks, one time).
+/// Per device of a `thin_dump`: (blocks mapped, of those the ones another mapping also
+/// points at).
+pub(crate) fn mapped_and_shared(
+    dump: &BTreeMap<u64, Vec<MappedRange>>,
+) -> BTreeMap<u64, (u64, u64)> {
+    let mut users: BTreeMap<u64, u32> = BTreeMap::new();
+    for r in dump.values().flatten() {
+        for b in r.data..r.data + r.len {
+            *users.entry(b).or_default() += 1;
+        }
+    }
+    dump.iter()
+        .map(|(id, ranges)| {
+            let mapped: u64 = ranges.iter().map(|r| r.len).sum();
+            let shared = ranges
+                .iter()
+                .flat_map(|r| r.data..r.data + r.len)
+                .filter(|b| users.get(b).is_some_and(|n| *n > 1))
+                .count() as u64;
+            (*id, (mapped, shared))
+        })
+        .collect()
+}
+
 pub(crate) fn parse_thin_dump(xml: &str) -> Result<BTreeMap<u64, Vec<MappedRange>>, String> {
     let mut out: BTreeMap<u64, Vec<MappedRange>> = BTreeMap::new();
     let mut current: Option<u64> = None;

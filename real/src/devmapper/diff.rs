@@ -10,7 +10,7 @@
 //! link and xattr change sets it). moby compares mtime and size, which differ from this
 //! only for an inode whose metadata alone changed in ways the bits above do not show.
 
-use crate::sys;
+use crate::changes::user_xattrs;
 use layerspec_model::{Change, ChangeKind, Content, Entry, EntryKind};
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,16 +24,6 @@ fn names(dir: &Path) -> io::Result<Vec<String>> {
         .collect::<Result<_, _>>()?;
     v.sort();
     Ok(v)
-}
-
-fn user_xattrs(p: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
-    let mut x = BTreeMap::new();
-    for n in sys::llistxattr(p)? {
-        if n.starts_with("user.") {
-            x.insert(n.clone(), sys::getxattr(p, &n, false)?);
-        }
-    }
-    Ok(x)
 }
 
 fn join(dir: &str, name: &str) -> String {

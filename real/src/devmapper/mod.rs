@@ -382,20 +382,10 @@ impl DeviceSet {
             .parse()
             .map_err(|e| io::Error::other(format!("pool status `{line}`: {e}")))?;
         let dump = self.pool.thin_dump(log)?;
-        let mut users: BTreeMap<u64, u32> = BTreeMap::new();
-        for r in dump.values().flatten() {
-            for b in r.data..r.data + r.len {
-                *users.entry(b).or_default() += 1;
-            }
-        }
+        let counts = crate::thin::mapped_and_shared(&dump);
         let mut devices = BTreeMap::new();
         for (id, ranges) in dump {
-            let mapped: u64 = ranges.iter().map(|r| r.len).sum();
-            let shared = ranges
-                .iter()
-                .flat_map(|r| r.data..r.data + r.len)
-                .filter(|b| users.get(b).is_some_and(|n| *n > 1))
-                .count() as u64;
+            let (mapped, shared) = counts.get(&id).copied().unwrap_or_default();
             let highest = ranges.iter().map(|r| r.virt + r.len).max();
             let status = match highest {
                 Some(h) => format!(
@@ -490,13 +480,6 @@ pub struct DmDriver {
     kernel: KernelVersion,
 }
 
-fn backend_err(what: &str, e: io::Error, log: &Log) -> DriverError {
-    DriverError::Backend(format!(
-        "{what}: {e} (last actions: {})",
-        log.tail(4).join("; ")
-    ))
-}
-
 impl DmDriver {
     /// A driver root as Docker's first start leaves it, on `backing`.
     pub fn new(backing: BackingFs) -> io::Result<DmDriver> {
@@ -540,7 +523,7 @@ impl DmDriver {
             let Some(ds) = g.as_mut() else {
                 return Err(DriverError::Backend("the driver was shut down".into()));
             };
-            f(ds, inside).map_err(|e| backend_err(&what, e, &inside.log))
+            f(ds, inside).map_err(|e| inside.log.backend_err(&what, e))
         })
     }
 
