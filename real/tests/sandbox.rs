@@ -89,6 +89,14 @@ fn symlinks_never_leave_the_container() {
     // A canary outside every sandbox, at a path the scenario's symlinks point at.
     let canary_dir = std::env::temp_dir().join(format!("layerspec-canary-{}", std::process::id()));
     std::fs::create_dir_all(canary_dir.join("etc")).unwrap();
+    // Removed however the test ends, a failed assertion included.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(canary_dir.clone());
     let canary = canary_dir.join("etc/passwd");
     std::fs::write(&canary, "canary\n").unwrap();
     let abs = canary.display().to_string();
@@ -177,7 +185,6 @@ fn symlinks_never_leave_the_container() {
         1,
         "nothing was created beside it"
     );
-    std::fs::remove_dir_all(&canary_dir).unwrap();
 }
 
 #[test]
