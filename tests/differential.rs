@@ -43,7 +43,7 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
     for r in &summary.results {
         match r {
             TraceResult::Agree(_) => {}
-            TraceResult::Error(e) => failures.push(format!("error: {e}")),
+            TraceResult::Error(i, e) => failures.push(format!("trace {i}: error: {e}")),
             TraceResult::Diverged(f) => failures.push(format!(
                 "trace {}: {}\n--- shrunk scenario (scenarios/regressions/{}-{backend}-seed{}-trace{}.toml) ---\n{}",
                 f.index,

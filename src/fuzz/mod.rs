@@ -121,14 +121,14 @@ pub enum TraceResult {
     Agree(usize),
     /// They differed.
     Diverged(Box<Found>),
-    /// The trace could not be run: the model rejected it, or the backend failed to open.
-    Error(String),
+    /// Trace `.0` could not be run: the model rejected it, or the backend failed to open.
+    Error(u64, String),
 }
 
 /// What a run found, in trace order.
 #[derive(Clone, Debug)]
 pub struct Summary {
-    /// Every trace's result, by index.
+    /// Every trace's result, in trace order.
     pub results: Vec<TraceResult>,
 }
 
@@ -143,7 +143,7 @@ impl Summary {
                     replay::Phase::Step(k) => k + 1,
                     _ => 0,
                 },
-                TraceResult::Error(_) => 0,
+                TraceResult::Error(..) => 0,
             })
             .sum()
     }
@@ -158,13 +158,10 @@ impl Summary {
 
     /// The trace errors, with their indexes.
     pub fn errors(&self) -> impl Iterator<Item = (u64, &str)> {
-        self.results
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r {
-                TraceResult::Error(e) => Some((i as u64, e.as_str())),
-                _ => None,
-            })
+        self.results.iter().filter_map(|r| match r {
+            TraceResult::Error(i, e) => Some((*i, e.as_str())),
+            _ => None,
+        })
     }
 
     /// Scenario files written, sorted.
@@ -229,11 +226,11 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
     let factory = || open(args.driver, &args.backend, options);
     let mut other = match factory() {
         Ok(d) => d,
-        Err(e) => return TraceResult::Error(format!("opening {}: {e}", args.backend)),
+        Err(e) => return TraceResult::Error(index, format!("opening {}: {e}", args.backend)),
     };
     let first = match replay(&trace, other.as_mut()) {
         Replay::Agree { steps } => return TraceResult::Agree(steps),
-        Replay::Invalid(e) => return TraceResult::Error(format!("invalid trace: {e}")),
+        Replay::Invalid(e) => return TraceResult::Error(index, format!("invalid trace: {e}")),
         Replay::Diverged(d) => d,
     };
     let kernel = other.kernel();

@@ -212,8 +212,8 @@ pub enum ThinTraceResult {
     },
     /// They differed (or the model failed).
     Diverged(Box<ThinFound>),
-    /// The trace could not run: the backend failed to open a pool.
-    Error(String),
+    /// Trace `.0` could not run: the backend failed to open a pool.
+    Error(u64, String),
 }
 
 /// What a thin-pool fuzz run found, in trace order.
@@ -236,7 +236,7 @@ impl ThinFuzzReport {
                     Phase::Step(k) => k + 1,
                     _ => 0,
                 },
-                ThinTraceResult::Error(_) => 0,
+                ThinTraceResult::Error(..) => 0,
             })
             .sum()
     }
@@ -262,13 +262,10 @@ impl ThinFuzzReport {
 
     /// The trace errors, with their indexes.
     pub fn errors(&self) -> impl Iterator<Item = (u64, &str)> {
-        self.results
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r {
-                ThinTraceResult::Error(e) => Some((i as u64, e.as_str())),
-                _ => None,
-            })
+        self.results.iter().filter_map(|r| match r {
+            ThinTraceResult::Error(i, e) => Some((*i, e.as_str())),
+            _ => None,
+        })
     }
 
     /// The scenario files' names and texts, by trace.
@@ -420,7 +417,9 @@ pub fn run_trace(cfg: &ThinFuzzConfig, index: u64, open_real: &OpenThin<'_>) -> 
     let trace: ThinTrace = generate_thin(cfg.seed, index, cfg.steps);
     let mut other = match open_real(trace.params) {
         Ok(d) => d,
-        Err(e) => return ThinTraceResult::Error(format!("opening a pool on {}: {e}", cfg.backend)),
+        Err(e) => {
+            return ThinTraceResult::Error(index, format!("opening a pool on {}: {e}", cfg.backend))
+        }
     };
     let first = match replay_thin(&trace, other.as_mut(), cfg.replay_options()) {
         ThinReplay::Agree {

@@ -204,6 +204,12 @@ fn one_trace_replays_as_it_does_in_the_whole_run() {
     );
     assert!(alone.lines()[0].contains("trace 4 x 40 steps"), "{alone}");
     assert!(one.guest_args().windows(2).any(|w| w == ["--trace", "4"]));
+    // A trace that cannot run is reported under its own index, not its position.
+    let no_pool = |_: PoolParams| -> Result<Box<dyn ThinDriver + Send>, String> {
+        Err("no pools here".into())
+    };
+    let failed = run_traces(&one, &no_pool);
+    assert_eq!(failed.errors().map(|(i, _)| i).collect::<Vec<_>>(), vec![4]);
 }
 
 #[test]
