@@ -1,7 +1,7 @@
 //! The VM tier end to end, through the `layerspec` binary: one boot running the overlay2
 //! suites of several topics as backend `vm` on kernel 6.1 (the model paired with them
 //! follows 6.1's rules), and the failure paths that need no complete boot (the skip when
-//! the tier cannot run, the timeout). When the VM cannot run here (no qemu, no kernel image
+//! the tier cannot run, the timeout, a guest kernel panic). When the VM cannot run here (no qemu, no kernel image
 //! readable, no busybox-static) each test prints `skipped: <reason>` (run with
 //! `--nocapture` to see it) and passes, as the real-backend tests do.
 
@@ -208,9 +208,8 @@ fn a_timeout_fails_every_run_says_so_and_leaves_nothing() {
     assert_clean(pid);
 }
 
-/// A second boot, so not in the default run: `cargo test --test vm -- --ignored`.
+/// A boot that panics at once (a few seconds under TCG).
 #[test]
-#[ignore = "a second boot (~10 s under TCG): a guest kernel panic is reported as one"]
 fn a_guest_panic_is_reported() {
     if let Err(why) = vm_ready() {
         eprintln!("vm: skipped: {why}");
