@@ -1,9 +1,9 @@
 //! The VM tier end to end, through the `layerspec` binary: one boot running the overlay2
 //! suites of several topics as backend `vm` on kernel 6.1 (the model paired with them
 //! follows 6.1's rules), and the failure paths that need no complete boot (the skip when
-//! the tier cannot run, the timeout, a guest kernel panic). When the VM cannot run here (no qemu, no kernel image
-//! readable, no busybox-static) each test prints `skipped: <reason>` (run with
-//! `--nocapture` to see it) and passes, as the real-backend tests do.
+//! the tier cannot run, the timeout, a guest kernel panic). When the VM cannot run here (no
+//! qemu, no kernel image readable, no busybox-static) each test prints `skipped: <reason>`
+//! (run with `--nocapture` to see it) and passes, as the real-backend tests do.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
