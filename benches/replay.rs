@@ -278,8 +278,13 @@ fn bare_step(op: &Bare, buf: &mut [u8]) -> bool {
 /// Prepares a real overlay2 driver as `kernel` does, then issues the bare calls chrooted in
 /// its container; returns the time of the calls and how many failed.
 fn bare_trace(t: &Trace, ops: &Arc<Vec<Bare>>) -> Result<(Duration, usize), String> {
-    let mut d = OverlayDriver::new(DRIVER, Implementation::Kernel, t.options, BackingFs::Tmpfs)
-        .map_err(|e| format!("cannot start a kernel sandbox: {e}"))?;
+    let mut d = OverlayDriver::new(
+        DRIVER,
+        Implementation::Kernel,
+        t.options,
+        BackingFs::tmpfs(),
+    )
+    .map_err(|e| format!("cannot start a kernel sandbox: {e}"))?;
     prepare(&mut d, t)?;
     let ops = Arc::clone(ops);
     d.run_in_container(None, move || {
@@ -410,7 +415,7 @@ fn bench(cr: &mut Criterion) {
             });
             g.bench_function("hop", |b| {
                 b.iter_custom(|iters| {
-                    let s = Sandbox::new(BackingFs::Tmpfs).expect("a sandbox");
+                    let s = Sandbox::new(BackingFs::tmpfs()).expect("a sandbox");
                     (0..iters)
                         .map(|_| {
                             let start = Instant::now();

@@ -111,15 +111,20 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
 
 /// The backing filesystem a scenario asks for, for the real side.
 pub fn backing(s: &Scenario) -> layerspec_real::BackingFs {
+    use crate::scenario::limits::{DEFAULT_LOOP, DEFAULT_TMPFS};
     use crate::scenario::Backing;
-    let size = s.options.size.clone().unwrap_or_else(|| "256M".into());
+    let size = |default: &str| s.options.size.clone().unwrap_or_else(|| default.into());
     match s.options.backing {
-        Backing::Tmpfs => layerspec_real::BackingFs::Tmpfs,
+        Backing::Tmpfs => layerspec_real::BackingFs::Tmpfs {
+            size: size(DEFAULT_TMPFS),
+        },
         Backing::Ext4 => layerspec_real::BackingFs::Ext4 {
-            size,
+            size: size(DEFAULT_LOOP),
             inodes: s.options.inodes,
         },
-        Backing::Xfs => layerspec_real::BackingFs::Xfs { size },
+        Backing::Xfs => layerspec_real::BackingFs::Xfs {
+            size: size(DEFAULT_LOOP),
+        },
     }
 }
 
@@ -175,12 +180,21 @@ pub fn run_real_as(
                 backend: label,
             });
         }
+        if model.is_none() {
+            paired = Some(model_result(s, driver, KernelVersion::DEFAULT));
+        }
+        if let Some(stop) = model_stops(paired.as_ref().or(model)) {
+            return outcome(stop);
+        }
         crate::runner::run_thin(s, pool.as_mut())
     } else {
         let mut real =
             match layerspec_real::open_backend_on(driver, open, s.options.overlay, backing(s)) {
                 Ok(d) => d,
-                Err(why) => return outcome(Status::Skip(why)),
+                // A backend this machine lacks is a skip; one it has that fails to start
+                // (a backing filesystem that cannot be made) is a failure.
+                Err(why) if unavailable(driver, open) => return outcome(Status::Skip(why)),
+                Err(why) => return outcome(Status::Fail(format!("cannot start: {why}"))),
             };
         if let Some(label) = label {
             real = Box::new(Relabel {
@@ -198,6 +212,9 @@ pub fn run_real_as(
         if kernel != KernelVersion::DEFAULT || model.is_none() {
             // The differential run pairs the real side with the model at its kernel.
             paired = Some(model_result(s, driver, kernel));
+        }
+        if let Some(stop) = model_stops(paired.as_ref().or(model)) {
+            return outcome(stop);
         }
         let result = run(s, real.as_mut());
         drop(real);
@@ -237,7 +254,13 @@ pub fn run_real_as(
             result,
         };
     }
-    if let Some(m) = model.and_then(|m| m.observation.as_ref()) {
+    let Some(m) = model.and_then(|m| m.observation.as_ref()) else {
+        // Never a pass that was not compared.
+        return outcome(Status::Fail(
+            "the model gave no end state to compare the real one with".into(),
+        ));
+    };
+    {
         let diff = crate::compare::diff_observations_on(backend, m, obs);
         if !diff.is_empty() {
             let mut msg = format!(
@@ -256,6 +279,32 @@ pub fn run_real_as(
         driver,
         backend: backend.to_string(),
         result,
+    }
+}
+
+/// Whether this machine lacks `backend` for `driver` (the probe's verdict).
+fn unavailable(driver: DriverKind, backend: &str) -> bool {
+    layerspec_real::backends_for(driver)
+        .into_iter()
+        .find(|b| b.name == backend)
+        .is_none_or(|b| b.unavailable.is_some())
+}
+
+/// What a real row is when the model's run of the same file, at the same kernel, did not
+/// pass: the real side is not run (a file the model refuses may be hostile, and its end
+/// state could not be compared), and the row is a failure, or a skip where the model
+/// skipped. `None` when the model passed and the real side runs.
+fn model_stops(model: Option<&RunResult>) -> Option<Status> {
+    match model.map(|m| &m.status) {
+        Some(Status::Pass) => None,
+        Some(Status::Skip(why)) => Some(Status::Skip(format!("the model skipped it: {why}"))),
+        Some(Status::Fail(why)) => Some(Status::Fail(format!(
+            "the model's run failed, so the real side was not run (nothing to compare it \
+             with): {why}"
+        ))),
+        None => Some(Status::Fail(
+            "no model run to compare with, so the real side was not run".into(),
+        )),
     }
 }
 

@@ -32,6 +32,28 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// `len` bytes of [`pseudo_random`]`(seed, ..)` starting at byte `offset`, computed
+/// directly (splitmix64 is counter-based: word `k` comes from state `seed + (k+1)·γ`), so a
+/// window of a huge file costs its own length only.
+pub fn pseudo_random_at(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut word = offset / 8;
+    let mut skip = (offset % 8) as usize;
+    while out.len() < len {
+        let state = seed.wrapping_add(word.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let bytes = z.to_le_bytes();
+        let take = (len - out.len()).min(8 - skip);
+        out.extend_from_slice(&bytes[skip..skip + take]);
+        skip = 0;
+        word = word.wrapping_add(1);
+    }
+    out
+}
+
 /// The seed a `size = N` entry or step uses: derived from the path, so a file's bytes do not
 /// depend on what else the scenario holds.
 pub fn seed_for_path(path: &str) -> u64 {
@@ -56,6 +78,18 @@ pub fn short_name(layer_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_of_the_stream_is_the_stream_sliced() {
+        let all = pseudo_random(7, 100);
+        for (off, len) in [(0, 100), (1, 9), (8, 8), (13, 40), (99, 1)] {
+            assert_eq!(
+                pseudo_random_at(7, off as u64, len),
+                all[off..off + len],
+                "{off}+{len}"
+            );
+        }
+    }
 
     #[test]
     fn short_names_are_26_base32_chars_and_stable() {

@@ -68,7 +68,7 @@ pub use check::{
     pool_data_blocks, upper_dir, BlockRange, Check,
 };
 pub use container::{Container, Dentry};
-pub use digest::{content_digest, pseudo_random, seed_for_path, short_name};
+pub use digest::{content_digest, pseudo_random, pseudo_random_at, seed_for_path, short_name};
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
@@ -78,12 +78,14 @@ pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation
 pub use params::{
     Backing, BadKernelVersion, DirRename, DriverKind, KernelVersion, OverlayOptions, Policy,
 };
-pub use path::{validate_scenario_path, BadPath, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
+pub use path::{
+    check_id, validate_scenario_path, BadId, BadPath, ID_MAX, MAX_SYMLINKS, NAME_MAX, PATH_MAX,
+};
 pub use step::{
     Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,
     Op, Outcome, StatInfo, Value,
 };
-pub use store::{StepError, Store};
+pub use store::{check_op_ids, validate_layer, StepError, Store};
 pub use thin::units::{self as thin_units, BlockSize, PoolBlock, Sectors, ThinId, VirtBlock};
 pub use thin::{
     check_thin_invariants, valid_sources, BadParams, BlockData, BlockTime, DeviceObservation,

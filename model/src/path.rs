@@ -61,6 +61,8 @@ pub enum BadPath {
     NotAbsolute,
     /// Has a `..` component (scenario paths name places inside the container directly).
     DotDot,
+    /// Has a `.` component (`/a/./b`, `/.`): scenario paths are canonical.
+    Dot,
     /// Has a NUL byte.
     Nul,
 }
@@ -70,6 +72,7 @@ impl std::fmt::Display for BadPath {
         f.write_str(match self {
             BadPath::NotAbsolute => "path must be absolute (start with `/`)",
             BadPath::DotDot => "path must not contain `..` (only symlink targets may)",
+            BadPath::Dot => "path must not contain `.` components (write it canonically)",
             BadPath::Nul => "path must not contain a NUL byte",
         })
     }
@@ -86,7 +89,55 @@ pub fn validate_scenario_path(path: &str) -> Result<(), BadPath> {
     if components(path).any(|c| c == "..") {
         return Err(BadPath::DotDot);
     }
+    if components(path).any(|c| c == ".") {
+        return Err(BadPath::Dot);
+    }
     Ok(())
+}
+
+/// Longest layer or container id.
+pub const ID_MAX: usize = 64;
+
+/// Why an id (of a layer or a container) is not acceptable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadId(pub String);
+
+impl std::fmt::Display for BadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "id `{}` must be 1-{ID_MAX} characters of A-Z a-z 0-9 - _ . not starting with `.` \
+             (an id names a directory, never a path)",
+            self.0.escape_debug()
+        )
+    }
+}
+
+impl std::error::Error for BadId {}
+
+/// Checks that `id` is a name: 1 to [`ID_MAX`] characters of `A-Z a-z 0-9 - _ .`, not
+/// starting with `.` (so never `.`, `..` or a hidden name). Every layer and container id
+/// passes here before it becomes a path component, on the model and on every real driver.
+///
+/// ```
+/// use layerspec_model::check_id;
+/// assert!(check_id("base-1.0_x").is_ok());
+/// assert!(check_id("../x").is_err());
+/// assert!(check_id("a/b").is_err());
+/// assert!(check_id("..").is_err());
+/// ```
+pub fn check_id(id: &str) -> Result<(), BadId> {
+    let ok = !id.is_empty()
+        && id.len() <= ID_MAX
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(BadId(id.to_string()))
+    }
 }
 
 #[cfg(test)]

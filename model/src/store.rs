@@ -33,6 +33,8 @@ pub enum StepError {
     },
     /// The driver does not support this step.
     Unsupported(String),
+    /// An id that is not a name ([`crate::check_id`]).
+    BadId(crate::path::BadId),
 }
 
 impl fmt::Display for StepError {
@@ -49,6 +51,7 @@ impl fmt::Display for StepError {
                 reason,
             } => write!(f, "layer `{layer}`, entry {entry}: {reason}"),
             StepError::Unsupported(s) => write!(f, "unsupported: {s}"),
+            StepError::BadId(b) => b.fmt(f),
         }
     }
 }
@@ -193,6 +196,7 @@ impl Store {
 
     /// Builds an image layer from its entries.
     pub fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), StepError> {
+        check_ids(spec.id.as_str(), spec.parent.as_deref())?;
         if self.layers.contains_key(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()));
         }
@@ -267,6 +271,7 @@ impl Store {
 
     /// The transition: runs `op`, returning its outcome; on an errno nothing has changed.
     pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
+        check_op_ids(op)?;
         match op {
             Op::File { container, op } => {
                 let id = self.container_id(container.as_deref())?;
@@ -378,6 +383,63 @@ impl Store {
 
 /// Parent directories made for an entry: 0o755.
 const IMPLIED_DIR_MODE: u32 = 0o755;
+
+/// Checks ids before anything is built: each must be a name ([`crate::check_id`]).
+pub(crate) fn check_ids<'a>(
+    id: &'a str,
+    more: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StepError> {
+    std::iter::once(id)
+        .chain(more)
+        .try_for_each(|i| crate::path::check_id(i).map_err(StepError::BadId))
+}
+
+/// Checks every id an operation names (container, image, new layer): each must be a name
+/// ([`crate::check_id`]). The model and every real driver call this before acting.
+pub fn check_op_ids(op: &Op) -> Result<(), StepError> {
+    let ids: Vec<&str> = match op {
+        Op::File { container, .. } | Op::Remount { container } | Op::Changes { container } => {
+            container.as_deref().into_iter().collect()
+        }
+        Op::CreateContainer { id, image } => std::iter::once(id.as_str())
+            .chain(image.as_deref())
+            .collect(),
+        Op::RemoveContainer { id } => vec![id.as_str()],
+        Op::Commit { container, layer } => std::iter::once(layer.as_str())
+            .chain(container.as_deref())
+            .collect(),
+    };
+    ids.into_iter()
+        .try_for_each(|i| crate::path::check_id(i).map_err(StepError::BadId))
+}
+
+/// Checks a layer as the model builds it, without building it: ids are names, paths are
+/// canonical, no entry lies below a non-directory entry of the same layer, hard links name
+/// an earlier file or symlink. The real drivers call this before they write anything, so a
+/// layer the model refuses never reaches a disk, and the parser calls it to refuse such a
+/// file with a located error.
+pub fn validate_layer(spec: &LayerSpec) -> Result<(), StepError> {
+    check_ids(spec.id.as_str(), spec.parent.as_deref())?;
+    // The shape only: file contents do not change whether a layer can be built.
+    let shape = LayerSpec {
+        id: spec.id.clone(),
+        parent: spec.parent.clone(),
+        entries: spec
+            .entries
+            .iter()
+            .map(|e| crate::step::Entry {
+                path: e.path.clone(),
+                kind: match &e.kind {
+                    EntryKind::File(_) => EntryKind::File(crate::step::Content::Bytes(Vec::new())),
+                    k => k.clone(),
+                },
+                mode: e.mode,
+                xattrs: e.xattrs.clone(),
+            })
+            .collect(),
+    };
+    build_tree(&shape).map(|_| ())
+}
 
 fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
     let mut t = Tree::new();

@@ -1,96 +1,127 @@
 //! Writing image layers to disk in overlayfs's encoding, as a layer applied by Docker looks:
 //! whiteouts as character devices 0:0, opaque directories with `trusted.overlay.opaque=y`
-//! (OVL1, OVL2); and overlay's hard-link farms (DOCK1).
+//! (OVL1, OVL2); and overlay's hard-link farms (DOCK1). Every change goes through
+//! [`Confined`] (`confined.rs`): these functions run chrooted in the driver root.
 
-use crate::sys::{self, Log};
-use layerspec_model::{EntryKind, LayerSpec};
+use crate::confined::Confined;
+use crate::sys;
+use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Creates `dir` with `mode` (umask is 0 on the sandbox thread).
-pub fn mkdir(log: &mut Log, dir: &Path, mode: u32) -> io::Result<()> {
-    log.note(format!("mkdir -m {mode:o} {}", dir.display()));
-    fs::DirBuilder::new().mode(mode).create(dir)
-}
-
-/// Writes a regular file with `mode`.
-pub fn write_file(log: &mut Log, path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
-    log.note(format!(
-        "write {} ({} bytes, mode {mode:o})",
-        path.display(),
-        data.len()
-    ));
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    f.write_all(data)?;
-    // An explicit chmod: setuid/setgid/sticky bits are not kept by open's mode on all
-    // filesystems.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-fn ensure_parents(log: &mut Log, root: &Path, rel: &str) -> io::Result<()> {
+fn ensure_parents(c: &mut Confined, root: &Path, rel: &str) -> io::Result<()> {
     let mut cur = root.to_path_buf();
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-    for c in &comps[..comps.len().saturating_sub(1)] {
-        cur.push(c);
-        if fs::symlink_metadata(&cur).is_err() {
-            mkdir(log, &cur, 0o755)?;
+    for comp in &comps[..comps.len().saturating_sub(1)] {
+        cur.push(comp);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            // The layer was validated: a parent is never a file or symlink of the layer.
+            Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(_) => c.mkdir(&cur, 0o755)?,
         }
     }
     Ok(())
 }
 
+/// A file's contents as a reader, without holding them in memory.
+fn content_reader(content: &Content) -> (u64, Box<dyn io::Read>) {
+    match content {
+        Content::Bytes(b) => (b.len() as u64, Box::new(io::Cursor::new(b.clone()))),
+        Content::Random { len, seed } => (*len, Box::new(RandomReader::new(*seed, *len))),
+    }
+}
+
+/// [`layerspec_model::pseudo_random`]'s bytes, streamed in chunks.
+struct RandomReader {
+    seed: u64,
+    pos: u64,
+    len: u64,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl RandomReader {
+    const CHUNK: u64 = 1 << 20;
+
+    fn new(seed: u64, len: u64) -> Self {
+        RandomReader {
+            seed,
+            pos: 0,
+            len,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl io::Read for RandomReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.pos >= self.len {
+                return Ok(0);
+            }
+            let n = Self::CHUNK.min(self.len - self.pos);
+            self.chunk = layerspec_model::pseudo_random_at(self.seed, self.pos, n as usize);
+            self.pos += n;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Writes a layer's entries into `dir` (an overlay2 `diff`, or a staging directory) in the
 /// overlayfs encoding.
-pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<()> {
+///
+/// The layer is checked first as the model checks it ([`layerspec_model::validate_layer`]):
+/// a layer the model refuses is refused here with the same error, before anything is written.
+pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Result<()> {
+    layerspec_model::validate_layer(spec)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     for e in &spec.entries {
         let rel = e.path.trim_start_matches('/');
         if rel.is_empty() {
             if let Some(m) = e.mode {
-                fs::set_permissions(dir, fs::Permissions::from_mode(m))?;
+                c.set_mode(dir, m)?;
             }
             for (k, v) in &e.xattrs {
-                set_layer_xattr(log, dir, k, v)?;
+                set_layer_xattr(c, dir, k, v)?;
             }
             continue;
         }
-        ensure_parents(log, dir, rel)?;
+        ensure_parents(c, dir, rel)?;
         let p = dir.join(rel);
         match &e.kind {
-            EntryKind::File(c) => write_file(log, &p, e.mode.unwrap_or(0o644), &c.materialize())?,
+            EntryKind::File(content) => {
+                let (len, mut r) = content_reader(content);
+                c.write_file_from(&p, e.mode.unwrap_or(0o644), len, &mut r)?
+            }
             EntryKind::Dir { opaque } => {
                 let mode = e.mode.unwrap_or(0o755);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                    fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+                    c.set_mode(&p, mode)?;
                 } else {
-                    mkdir(log, &p, mode)?;
+                    c.mkdir(&p, mode)?;
                 }
                 if *opaque {
-                    sys::lsetxattr(log, &p, "trusted.overlay.opaque", b"y")?;
+                    c.set_xattr(&p, "trusted.overlay.opaque", b"y")?;
                 }
             }
-            EntryKind::Symlink(t) => {
-                log.note(format!("ln -s {t} {}", p.display()));
-                symlink(t, &p)?;
-            }
-            EntryKind::HardLink(to) => {
-                log.note(format!("ln {to} {}", p.display()));
-                fs::hard_link(dir.join(to.trim_start_matches('/')), &p)?;
-            }
-            EntryKind::Whiteout => sys::mknod_whiteout(log, &p)?,
+            EntryKind::Symlink(t) => c.symlink(Path::new(t), &p)?,
+            EntryKind::HardLink(to) => c.hard_link(&dir.join(to.trim_start_matches('/')), &p)?,
+            EntryKind::Whiteout => c.whiteout(&p)?,
         }
         if !matches!(
             e.kind,
             EntryKind::Symlink(_) | EntryKind::HardLink(_) | EntryKind::Whiteout
         ) {
             for (k, v) in &e.xattrs {
-                set_layer_xattr(log, &p, k, v)?;
+                set_layer_xattr(c, &p, k, v)?;
             }
         }
     }
@@ -100,10 +131,10 @@ pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<
 /// Sets an entry's xattr as Docker's layer applier does (moby pkg/archive, createTarFile):
 /// one the filesystem does not support (EOPNOTSUPP: `user.*` on tmpfs before 6.6) is
 /// skipped, noted in the log where Docker logs a warning.
-fn set_layer_xattr(log: &mut Log, p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    match sys::lsetxattr(log, p, name, value) {
+fn set_layer_xattr(c: &mut Confined, p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    match c.set_xattr(p, name, value) {
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-            log.note(format!(
+            c.note(format!(
                 "ignored xattr {name} on {}: the filesystem does not support it",
                 p.display()
             ));
@@ -116,12 +147,12 @@ fn set_layer_xattr(log: &mut Log, p: &Path, name: &str, value: &[u8]) -> io::Res
 /// Copies `from` to `to` the way Docker's overlay driver builds a layer root from its
 /// parent's: regular files hard-linked, directories and symlinks made anew, xattrs of
 /// every directory (the root's too) copied (DOCK1).
-pub fn farm_copy(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
-    copy_xattrs(log, from, to)?;
-    farm_copy_dir(log, from, to)
+pub fn farm_copy(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
+    copy_xattrs(c, from, to)?;
+    farm_copy_dir(c, from, to)
 }
 
-fn farm_copy_dir(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
+fn farm_copy_dir(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -130,28 +161,28 @@ fn farm_copy_dir(log: &mut Log, from: &Path, to: &Path) -> io::Result<()> {
         let m = fs::symlink_metadata(&src)?;
         let ft = m.file_type();
         if ft.is_dir() {
-            mkdir(log, &dst, m.mode() & 0o7777)?;
-            copy_xattrs(log, &src, &dst)?;
-            farm_copy_dir(log, &src, &dst)?;
+            c.mkdir(&dst, m.mode() & 0o7777)?;
+            copy_xattrs(c, &src, &dst)?;
+            farm_copy_dir(c, &src, &dst)?;
         } else if ft.is_symlink() {
-            symlink(fs::read_link(&src)?, &dst)?;
+            c.symlink(&fs::read_link(&src)?, &dst)?;
         } else {
-            fs::hard_link(&src, &dst)?;
+            c.hard_link(&src, &dst)?;
         }
     }
     Ok(())
 }
 
 /// Sets `src`'s `user.*` xattrs on `dst` (the layer applier on an existing directory).
-pub fn copy_user_xattrs(log: &mut Log, src: &Path, dst: &Path) -> io::Result<()> {
-    copy_xattrs(log, src, dst)
+pub fn copy_user_xattrs(c: &mut Confined, src: &Path, dst: &Path) -> io::Result<()> {
+    copy_xattrs(c, src, dst)
 }
 
-fn copy_xattrs(log: &mut Log, src: &Path, dst: &Path) -> io::Result<()> {
+fn copy_xattrs(c: &mut Confined, src: &Path, dst: &Path) -> io::Result<()> {
     for name in sys::llistxattr(src)? {
         if name.starts_with("user.") {
             let v = sys::getxattr(src, &name, false)?;
-            sys::lsetxattr(log, dst, &name, &v)?;
+            c.set_xattr(dst, &name, &v)?;
         }
     }
     Ok(())
@@ -160,7 +191,7 @@ fn copy_xattrs(log: &mut Log, src: &Path, dst: &Path) -> io::Result<()> {
 /// Applies a diff in the overlayfs encoding (`staged`) onto a flattened root, as Docker's
 /// layer applier does for the overlay driver: whiteouts delete, opaque directories replace,
 /// files replace (unlinking first, so the parent layer's hard-linked copy is untouched).
-pub fn apply_diff(log: &mut Log, staged: &Path, root: &Path) -> io::Result<()> {
+pub fn apply_diff(c: &mut Confined, staged: &Path, root: &Path) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(staged)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -170,7 +201,9 @@ pub fn apply_diff(log: &mut Log, staged: &Path, root: &Path) -> io::Result<()> {
         let ft = m.file_type();
         let existing = fs::symlink_metadata(&dst).ok();
         if is_whiteout(&m) {
-            remove_any(log, &dst, existing.as_ref())?;
+            if existing.is_some() {
+                c.remove(&dst)?;
+            }
             continue;
         }
         if ft.is_dir() {
@@ -178,39 +211,28 @@ pub fn apply_diff(log: &mut Log, staged: &Path, root: &Path) -> io::Result<()> {
                 sys::getxattr(&src, "trusted.overlay.opaque", false).is_ok_and(|v| v == b"y");
             let keep = existing.as_ref().is_some_and(|x| x.is_dir()) && !opaque;
             if !keep {
-                remove_any(log, &dst, existing.as_ref())?;
-                mkdir(log, &dst, m.mode() & 0o7777)?;
+                if existing.is_some() {
+                    c.remove(&dst)?;
+                }
+                c.mkdir(&dst, m.mode() & 0o7777)?;
             } else {
-                fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+                c.set_mode(&dst, m.mode() & 0o7777)?;
             }
-            copy_xattrs(log, &src, &dst)?;
-            apply_diff(log, &src, &dst)?;
+            copy_xattrs(c, &src, &dst)?;
+            apply_diff(c, &src, &dst)?;
             continue;
         }
-        remove_any(log, &dst, existing.as_ref())?;
+        if existing.is_some() {
+            c.remove(&dst)?;
+        }
         if ft.is_symlink() {
-            symlink(fs::read_link(&src)?, &dst)?;
+            c.symlink(&fs::read_link(&src)?, &dst)?;
         } else {
             // Files of the diff are hard-linked in too: the staged diff is discarded.
-            log.note(format!("ln {} {}", src.display(), dst.display()));
-            fs::hard_link(&src, &dst)?;
+            c.hard_link(&src, &dst)?;
         }
     }
     Ok(())
-}
-
-fn remove_any(log: &mut Log, p: &Path, m: Option<&fs::Metadata>) -> io::Result<()> {
-    match m {
-        None => Ok(()),
-        Some(m) if m.is_dir() => {
-            log.note(format!("rm -r {}", p.display()));
-            fs::remove_dir_all(p)
-        }
-        Some(_) => {
-            log.note(format!("rm {}", p.display()));
-            fs::remove_file(p)
-        }
-    }
 }
 
 /// Whether `m` is an overlayfs whiteout (character device 0:0).

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod changes;
+mod confined;
 mod copy_up;
 mod devmapper;
 mod dm;
@@ -25,10 +26,14 @@ mod sandbox;
 mod sys;
 mod thin;
 
+pub use confined::Confined;
 pub use devmapper::{remove_template as remove_devmapper_base, DmDriver};
 pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, kernel_version, vm_kit, Backend, HostFacts, VmKit};
-pub use sandbox::{leftovers, parse_size, sweep, BackingFs, Sandbox, PREFIX};
+pub use sandbox::{
+    leftovers, owned_temp_dir, parse_size, remove_temp_dir, sweep, BackingFs, Sandbox, MARKER,
+    PREFIX,
+};
 pub use thin::DmThinPool;
 
 use layerspec_model::{Driver, DriverKind, OverlayOptions};
@@ -40,7 +45,7 @@ pub fn open_backend(
     backend: &str,
     options: OverlayOptions,
 ) -> Result<Box<dyn Driver + Send>, String> {
-    open_backend_on(kind, backend, options, BackingFs::Tmpfs)
+    open_backend_on(kind, backend, options, BackingFs::tmpfs())
 }
 
 /// Like [`open_backend`], on the given backing filesystem.

@@ -2,12 +2,13 @@
 //! Docker's on-disk layout exactly as the model renders it (`layerspec_model` layout.rs).
 
 use crate::changes;
+use crate::confined::Confined;
 use crate::copy_up;
-use crate::layer::{self, mkdir, write_file};
+use crate::layer;
 use crate::observe;
 use crate::ops;
 use crate::sandbox::{BackingFs, Sandbox};
-use crate::sys::{self, Log};
+use crate::sys;
 use layerspec_model::{
     overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry,
     KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError, Value,
@@ -16,7 +17,7 @@ use layerspec_model::{
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -64,15 +65,17 @@ impl OverlayDriver {
         let sandbox = Sandbox::new(backing)?;
         let name = kind.name();
         sandbox.run(move |inside| -> io::Result<()> {
-            let top = inside.root.join(name);
+            let root = inside.root.clone();
+            let mut c = inside.confine(&root)?;
+            let top = Path::new("/").join(name);
             let mode = if kind == DriverKind::Overlay2 {
                 0o710
             } else {
                 0o700
             };
-            mkdir(&mut inside.log, &top, mode)?;
+            c.mkdir(&top, mode)?;
             if kind == DriverKind::Overlay2 {
-                mkdir(&mut inside.log, &top.join("l"), 0o700)?;
+                c.mkdir(&top.join("l"), 0o700)?;
             }
             Ok(())
         })?;
@@ -127,6 +130,7 @@ impl OverlayDriver {
 
     /// Builds a layer (from a scenario or a commit) in the driver's layout.
     fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
+        layerspec_model::validate_layer(&spec)?;
         if self.layers.contains_key(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()).into());
         }
@@ -140,18 +144,21 @@ impl OverlayDriver {
         let parent = lower.last().cloned();
         let id = spec.id.clone();
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
-            let top = inside.root.join(kind.name());
-            let log = &mut inside.log;
+            let root = inside.root.clone();
+            let c = &mut inside
+                .confine(&root)
+                .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
+            let top = Path::new("/").join(kind.name());
             let r = (|| -> io::Result<()> {
                 match kind {
                     DriverKind::Overlay2 => {
-                        let dir = overlay2_skeleton(log, &top, &spec.id, &lower)?;
-                        mkdir(log, &dir.join("diff"), 0o755)?;
-                        layer::write_entries(log, &dir.join("diff"), &spec)?;
+                        let dir = overlay2_skeleton(c, &top, &spec.id, &lower)?;
+                        c.mkdir(&dir.join("diff"), 0o755)?;
+                        layer::write_entries(c, &dir.join("diff"), &spec)?;
                     }
                     _ => {
                         let dir = top.join(&spec.id);
-                        mkdir(log, &dir, 0o700)?;
+                        c.mkdir(&dir, 0o700)?;
                         let root = dir.join("root");
                         // The layer's root: the parent's root as a hard-link farm (or
                         // nothing), then the diff applied as Docker's applier does it:
@@ -159,31 +166,41 @@ impl OverlayDriver {
                         match lower.last() {
                             Some(parent) => {
                                 let proot = top.join(parent).join("root");
-                                mkdir(log, &root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
-                                layer::farm_copy(log, &proot, &root)?;
+                                c.mkdir(&root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
+                                layer::farm_copy(c, &proot, &root)?;
                             }
-                            None => mkdir(log, &root, 0o755)?,
+                            None => c.mkdir(&root, 0o755)?,
                         }
                         let staged = dir.join("staged-diff");
-                        mkdir(log, &staged, 0o755)?;
-                        layer::write_entries(log, &staged, &spec)?;
+                        c.mkdir(&staged, 0o755)?;
+                        layer::write_entries(c, &staged, &spec)?;
                         let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
-                        fs::set_permissions(&root, fs::Permissions::from_mode(m))?;
-                        layer::copy_user_xattrs(log, &staged, &root)?;
-                        layer::apply_diff(log, &staged, &root)?;
-                        log.note(format!("rm -r {}", staged.display()));
-                        fs::remove_dir_all(&staged)?;
+                        c.set_mode(&root, m)?;
+                        layer::copy_user_xattrs(c, &staged, &root)?;
+                        layer::apply_diff(c, &staged, &root)?;
+                        c.remove(&staged)?;
                     }
                 }
                 Ok(())
             })();
-            r.map_err(|e| log.backend_err(&format!("building layer `{}`", spec.id), e))
+            r.map_err(|e| {
+                let err = c
+                    .log()
+                    .backend_err(&format!("building layer `{}`", spec.id), e);
+                // As Docker does when applying a layer fails: the half-made layer goes.
+                remove_layer_dirs(c, kind, &top, &spec.id);
+                err
+            })
         })?;
         self.layers.insert(id, parent);
         Ok(())
     }
 
     fn create_container(&mut self, id: &str, image: Option<&str>) -> Result<(), DriverError> {
+        layerspec_model::check_op_ids(&Op::CreateContainer {
+            id: id.to_string(),
+            image: image.map(String::from),
+        })?;
         if self.containers.iter().any(|c| c.id == id) || self.layers.contains_key(id) {
             return Err(StepError::ContainerExists(id.to_string()).into());
         }
@@ -200,37 +217,46 @@ impl OverlayDriver {
         let chain = self.chain(image);
         let id2 = id.to_string();
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
-            let top = inside.root.join(kind.name());
-            let log = &mut inside.log;
+            let root = inside.root.clone();
+            let c = &mut inside
+                .confine(&root)
+                .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
+            let top = Path::new("/").join(kind.name());
             let r = (|| -> io::Result<()> {
                 match kind {
                     DriverKind::Overlay2 => {
-                        let dir = overlay2_skeleton(log, &top, &id2, &chain)?;
-                        mkdir(log, &dir.join("diff"), 0o755)?;
+                        let dir = overlay2_skeleton(c, &top, &id2, &chain)?;
+                        c.mkdir(&dir.join("diff"), 0o755)?;
                         if !chain.is_empty() {
-                            mkdir(log, &dir.join("merged"), 0o700)?;
+                            c.mkdir(&dir.join("merged"), 0o700)?;
                         }
                     }
                     _ => {
                         let dir = top.join(&id2);
-                        mkdir(log, &dir, 0o700)?;
+                        c.mkdir(&dir, 0o700)?;
                         match chain.last() {
                             Some(image) => {
-                                write_file(log, &dir.join("lower-id"), 0o644, image.as_bytes())?;
+                                c.write_file(&dir.join("lower-id"), 0o644, image.as_bytes())?;
                                 let rootmode = fs::symlink_metadata(top.join(image).join("root"))?
                                     .mode()
                                     & 0o7777;
-                                mkdir(log, &dir.join("upper"), rootmode)?;
-                                mkdir(log, &dir.join("work"), 0o700)?;
-                                mkdir(log, &dir.join("merged"), 0o700)?;
+                                c.mkdir(&dir.join("upper"), rootmode)?;
+                                c.mkdir(&dir.join("work"), 0o700)?;
+                                c.mkdir(&dir.join("merged"), 0o700)?;
                             }
-                            None => mkdir(log, &dir.join("root"), 0o755)?,
+                            None => c.mkdir(&dir.join("root"), 0o755)?,
                         }
                     }
                 }
                 Ok(())
             })();
-            r.map_err(|e| log.backend_err(&format!("creating container `{id2}`"), e))
+            r.map_err(|e| {
+                let err = c
+                    .log()
+                    .backend_err(&format!("creating container `{id2}`"), e);
+                remove_layer_dirs(c, kind, &top, &id2);
+                err
+            })
         })?;
         self.containers.push(rec.clone());
         if image.is_some() {
@@ -310,20 +336,22 @@ impl OverlayDriver {
         let counted = self.copied.entry(c.id.clone()).or_default().clone();
         let (out, copied) = self.sandbox.run(move |inside| {
             let root = inside.root.join(&root_rel);
-            let upper = inside.root.join(&upper_rel);
-            let enter = |inside: &mut crate::sandbox::Inside| {
-                if let Err(e) = inside.real_root.enter(&root) {
-                    panic!("cannot chroot into {}: {e}", root.display());
+            // The upper layer is looked at from the driver root (chrooted there too).
+            let upper = Path::new("/").join(&upper_rel);
+            let enter = |inside: &mut crate::sandbox::Inside, dir: &Path| {
+                if let Err(e) = inside.real_root.enter(dir) {
+                    panic!("cannot chroot into {}: {e}", dir.display());
                 }
             };
-            enter(inside);
+            enter(inside, &root);
             let watch = if mounted { copy_up::before(&op) } else { None };
-            inside.real_root.leave().expect("leave chroot");
+            let backing = inside.root.clone();
+            enter(inside, &backing);
             let pre = watch.as_ref().map(|w| copy_up::in_upper(&upper, &w.before));
-            enter(inside);
+            enter(inside, &root);
             let out = ops::run(&op);
             let after = watch.as_ref().and_then(|w| w.after_path(&op));
-            inside.real_root.leave().expect("leave chroot");
+            enter(inside, &backing);
             let copied = match (watch, pre, after) {
                 (Some(w), Some(pre), Some(after)) => {
                     copy_up::measure(&upper, &w, pre, &after, &counted)
@@ -371,6 +399,7 @@ impl OverlayDriver {
     }
 
     fn commit(&mut self, c: &ContainerRec, layer: &str) -> Result<(), DriverError> {
+        layerspec_model::check_id(layer).map_err(StepError::BadId)?;
         if self.layers.contains_key(layer) {
             return Err(StepError::LayerExists(layer.to_string()).into());
         }
@@ -383,7 +412,9 @@ impl OverlayDriver {
         let merged_rel = self.merged_rel(c);
         let (id, parent) = (layer.to_string(), c.image.clone());
         let entries = self.sandbox.run(move |inside| -> io::Result<Vec<Entry>> {
-            let top = inside.root.join(kind.name());
+            let root = inside.root.clone();
+            let _confined = inside.confine(&root)?;
+            let top = Path::new("/").join(kind.name());
             changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))
         });
         let entries = entries
@@ -428,27 +459,43 @@ impl OverlayDriver {
 
 /// `overlay2/<id>` with `link`, `l/<short>`, `lower` and `work` (when it has a parent), and
 /// `committed` in the parent (moby overlay2 `create`).
-fn overlay2_skeleton(log: &mut Log, top: &Path, id: &str, lower: &[String]) -> io::Result<PathBuf> {
+fn overlay2_skeleton(
+    c: &mut Confined,
+    top: &Path,
+    id: &str,
+    lower: &[String],
+) -> io::Result<PathBuf> {
     let dir = top.join(id);
-    mkdir(log, &dir, 0o710)?;
+    c.mkdir(&dir, 0o710)?;
     let short = short_name(id);
-    log.note(format!("ln -s ../{id}/diff l/{short}"));
-    symlink(format!("../{id}/diff"), top.join("l").join(&short))?;
-    write_file(log, &dir.join("link"), 0o644, short.as_bytes())?;
+    c.symlink(
+        Path::new(&format!("../{id}/diff")),
+        &top.join("l").join(&short),
+    )?;
+    c.write_file(&dir.join("link"), 0o644, short.as_bytes())?;
     if let Some(parent) = lower.last() {
         let l: Vec<String> = lower
             .iter()
             .rev()
             .map(|p| format!("l/{}", short_name(p)))
             .collect();
-        write_file(log, &dir.join("lower"), 0o644, l.join(":").as_bytes())?;
-        mkdir(log, &dir.join("work"), 0o700)?;
+        c.write_file(&dir.join("lower"), 0o644, l.join(":").as_bytes())?;
+        c.mkdir(&dir.join("work"), 0o700)?;
         let committed = top.join(parent).join("committed");
         if fs::symlink_metadata(&committed).is_err() {
-            write_file(log, &committed, 0o600, b"")?;
+            c.write_file(&committed, 0o600, b"")?;
         }
     }
     Ok(dir)
+}
+
+/// Removes a layer's or container's directories (and overlay2's `l/` link), whatever state
+/// they are in: after a failed build, and on removal.
+fn remove_layer_dirs(c: &mut Confined, kind: DriverKind, top: &Path, id: &str) {
+    let _ = c.remove(&top.join(id));
+    if kind == DriverKind::Overlay2 {
+        let _ = c.remove(&top.join("l").join(short_name(id)));
+    }
 }
 
 /// fuse-overlayfs takes lowerdir/upperdir/workdir only; the kernel's feature options are not
@@ -520,6 +567,7 @@ impl Driver for OverlayDriver {
     }
 
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
+        layerspec_model::check_op_ids(op)?;
         match op {
             Op::File { container, op } => {
                 let c = self.container(container.as_deref())?;
@@ -536,11 +584,12 @@ impl Driver for OverlayDriver {
                 let id2 = id.clone();
                 self.sandbox
                     .run(move |inside| -> io::Result<()> {
-                        let top = inside.root.join(kind.name());
-                        inside.log.note(format!("rm -r {id2}"));
-                        fs::remove_dir_all(top.join(&id2))?;
+                        let root = inside.root.clone();
+                        let mut c = inside.confine(&root)?;
+                        let top = Path::new("/").join(kind.name());
+                        c.remove(&top.join(&id2))?;
                         if kind == DriverKind::Overlay2 {
-                            fs::remove_file(top.join("l").join(short_name(&id2)))?;
+                            c.remove(&top.join("l").join(short_name(&id2)))?;
                         }
                         Ok(())
                     })

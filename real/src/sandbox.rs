@@ -4,13 +4,15 @@
 //! the namespace dies with it, and the host directory is removed; after a SIGKILL the
 //! namespace dies with the process and [`sweep`] removes what is left at the next start.
 
+use crate::confined::Confined;
 use crate::sys::{self, Log, RootFd};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 use std::thread::JoinHandle;
 
 /// Name prefix of everything a sandbox creates on the host.
@@ -19,8 +21,11 @@ pub const PREFIX: &str = "layerspec-";
 /// The filesystem under the driver root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackingFs {
-    /// tmpfs.
-    Tmpfs,
+    /// tmpfs of at most `size` bytes (its pages are memory: a driver root never holds more).
+    Tmpfs {
+        /// Size, e.g. `"1G"` ([`BackingFs::TMPFS_SIZE`] by default).
+        size: String,
+    },
     /// ext4 on a loop device over a sparse file, with an optional inode count (`-N`).
     Ext4 {
         /// Size, e.g. `"256M"`.
@@ -35,6 +40,18 @@ pub enum BackingFs {
     },
 }
 
+impl BackingFs {
+    /// The size of a tmpfs backing when none is asked for.
+    pub const TMPFS_SIZE: &'static str = "1G";
+
+    /// tmpfs of [`BackingFs::TMPFS_SIZE`].
+    pub fn tmpfs() -> BackingFs {
+        BackingFs::Tmpfs {
+            size: Self::TMPFS_SIZE.to_string(),
+        }
+    }
+}
+
 /// What a job sees on the sandbox thread.
 pub struct Inside {
     /// The mounted backing filesystem's root (inside the namespace).
@@ -43,6 +60,21 @@ pub struct Inside {
     pub log: Log,
     /// The real root, to leave chroots.
     pub real_root: RootFd,
+}
+
+impl Inside {
+    /// Chroots the sandbox thread into `dir`, a directory of the backing filesystem (as a
+    /// path outside any chroot: [`Inside::root`] or below), for writes through the
+    /// [`Confined`] wrappers; dropping the token leaves the chroot.
+    pub fn confine(&mut self, dir: &Path) -> io::Result<Confined<'_>> {
+        if !dir.starts_with(&self.root) {
+            return Err(io::Error::other(format!(
+                "{} is not on the sandbox's backing filesystem",
+                dir.display()
+            )));
+        }
+        Confined::enter(&mut self.log, &self.real_root, dir)
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut Inside) + Send>;
@@ -126,23 +158,98 @@ impl Drop for Sandbox {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.host_dir);
+        let _ = remove_temp_dir(&self.host_dir);
     }
 }
 
+/// The marker every directory [`temp_dir`] makes holds; the sweeper removes a directory
+/// only when this file is in it, is a regular file starting with [`MARKER_TEXT`], and its
+/// lock is free (the process that made it has gone: a lock dies with its holder).
+pub const MARKER: &str = ".layerspec-owner";
+/// The first bytes of [`MARKER`].
+pub const MARKER_TEXT: &str = "layerspec temporary directory\n";
+
+/// The locks of this process's temporary directories, held until the directory is removed.
+static LOCKS: Mutex<BTreeMap<PathBuf, std::fs::File>> = Mutex::new(BTreeMap::new());
+
 /// A fresh directory `layerspec-<pid>-<n>` in the temporary directory (after the first
-/// sweep of what killed runs left), for the caller to remove.
+/// sweep of what killed runs left), for the caller to remove with [`remove_temp_dir`].
 pub(crate) fn temp_dir() -> io::Result<PathBuf> {
+    owned_temp_dir("")
+}
+
+/// A fresh directory `layerspec-<pid>-<tag><n>` in the temporary directory, marked as this
+/// process's ([`MARKER`], locked while it lives) so that [`sweep`] can tell it from anyone
+/// else's after a kill. Remove it with [`remove_temp_dir`].
+pub fn owned_temp_dir(tag: &str) -> io::Result<PathBuf> {
     SWEEP.call_once(|| {
         let _ = sweep();
     });
     let dir = std::env::temp_dir().join(format!(
-        "{PREFIX}{}-{}",
+        "{PREFIX}{}-{tag}{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir(&dir)?;
-    Ok(dir)
+    let marked = (|| -> io::Result<std::fs::File> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join(MARKER))?;
+        if !sys::try_lock(&f)? {
+            return Err(io::Error::other("the marker of a new directory is locked"));
+        }
+        write!(f, "{MARKER_TEXT}pid {}\n", std::process::id())?;
+        Ok(f)
+    })();
+    match marked {
+        Ok(f) => {
+            LOCKS.lock().expect("locks").insert(dir.clone(), f);
+            Ok(dir)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a directory made by [`owned_temp_dir`] and lets its lock go.
+pub fn remove_temp_dir(dir: &Path) -> io::Result<()> {
+    let r = match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    LOCKS.lock().expect("locks").remove(dir);
+    r
+}
+
+/// Whether `dir` is a layerspec temporary directory whose owner is gone: a real directory
+/// (not a symlink) holding [`MARKER`] whose lock this call could take. The lock is
+/// returned, to hold while the directory is removed.
+fn orphaned(dir: &Path) -> Option<std::fs::File> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = std::fs::symlink_metadata(dir).ok()?;
+    if !m.is_dir() {
+        return None;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(MARKER))
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = vec![0u8; MARKER_TEXT.len()];
+    f.read_exact(&mut head).ok()?;
+    if head != MARKER_TEXT.as_bytes() {
+        return None;
+    }
+    sys::try_lock(&f).ok()?.then_some(f)
 }
 
 fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
@@ -154,7 +261,17 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
     let root = dir.join("mnt");
     std::fs::create_dir(&root)?;
     match backing {
-        BackingFs::Tmpfs => sys::mount(&mut log, "tmpfs", &root, "tmpfs", "mode=0755")?,
+        BackingFs::Tmpfs { size } => {
+            let bytes =
+                parse_size(size).ok_or_else(|| io::Error::other(format!("bad size `{size}`")))?;
+            sys::mount(
+                &mut log,
+                "tmpfs",
+                &root,
+                "tmpfs",
+                &format!("mode=0755,size={bytes}"),
+            )?
+        }
         BackingFs::Ext4 { size, inodes } => {
             let img = dir.join("backing.img");
             make_image(&img, size)?;
@@ -197,16 +314,21 @@ fn make_image(img: &Path, size: &str) -> io::Result<()> {
     std::fs::File::create(img)?.set_len(bytes)
 }
 
-/// `"256M"` -> bytes.
+/// `"256M"` -> bytes: a decimal number with an optional `K`, `M`, `G` or `T` suffix
+/// (powers of 1024); `None` for anything else, and for a size past `u64`.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
+    let (num, shift) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 10),
+        'M' | 'm' => (&s[..s.len() - 1], 20),
+        'G' | 'g' => (&s[..s.len() - 1], 30),
+        'T' | 't' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
     };
-    num.parse::<u64>().ok().map(|n| n * mult)
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// Runs a helper program from the sandbox thread (so it shares the namespace).
@@ -271,24 +393,30 @@ pub fn leftovers() -> Vec<String> {
     left
 }
 
-/// Removes what killed runs left: sandbox directories of processes that no longer exist,
-/// and loop devices backed by files in them. Returns what it removed.
+/// Removes what killed runs left: the temporary directories of layerspec processes that
+/// are gone — only those holding a layerspec marker whose lock is free ([`orphaned`]; a
+/// directory that merely has the name is left alone) — and the loop devices backed by
+/// files in them. Returns what it removed.
 pub fn sweep() -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
     let mut log = Log::default();
     let tmp = std::env::temp_dir();
-    let dead = |name: &str| -> bool {
-        name.strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| !sys::pid_alive(pid))
-    };
     // Device-mapper devices first: they hold the loop devices open.
     removed.extend(
         crate::dm::sweep()
             .into_iter()
             .map(|n| format!("dm device {n}")),
     );
+    let mut orphans: BTreeMap<String, std::fs::File> = BTreeMap::new();
+    for e in std::fs::read_dir(&tmp)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(PREFIX) {
+            continue;
+        }
+        if let Some(lock) = orphaned(&e.path()) {
+            orphans.insert(name, lock);
+        }
+    }
     // Then loop devices: their backing files live in the directories.
     if let Ok(entries) = std::fs::read_dir("/sys/block") {
         for e in entries.flatten() {
@@ -300,20 +428,20 @@ pub fn sweep() -> io::Result<Vec<String>> {
                 continue;
             };
             let backing = backing.trim();
-            let in_dead = Path::new(backing)
+            let in_orphan = Path::new(backing)
                 .strip_prefix(&tmp)
                 .ok()
                 .and_then(|r| r.components().next())
-                .is_some_and(|c| dead(&c.as_os_str().to_string_lossy()));
-            if in_dead && sys::loop_detach(&mut log, &Path::new("/dev").join(&name)).is_ok() {
+                .is_some_and(|c| orphans.contains_key(&*c.as_os_str().to_string_lossy()));
+            if in_orphan && sys::loop_detach(&mut log, &Path::new("/dev").join(&name)).is_ok() {
                 removed.push(format!("/dev/{name} ({backing})"));
             }
         }
     }
-    for e in std::fs::read_dir(&tmp)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if dead(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
-            removed.push(e.path().display().to_string());
+    for name in orphans.keys() {
+        let p = tmp.join(name);
+        if std::fs::remove_dir_all(&p).is_ok() {
+            removed.push(p.display().to_string());
         }
     }
     removed.sort();
@@ -337,7 +465,7 @@ mod tests {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("skipped: no loop device here ({e})");
-                std::fs::remove_dir_all(&dir).unwrap();
+                remove_temp_dir(&dir).unwrap();
                 return;
             }
         };
@@ -350,7 +478,7 @@ mod tests {
         // Autoclear: closing the last handle detaches it.
         drop(handle);
         let left = leftovers();
-        std::fs::remove_dir_all(&dir).unwrap();
+        remove_temp_dir(&dir).unwrap();
         assert!(left.is_empty(), "{left:?}");
     }
 }

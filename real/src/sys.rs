@@ -215,6 +215,22 @@ pub fn llistxattr(path: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// `flock(file, LOCK_EX | LOCK_NB)`: `Ok(true)` when this open file now holds the lock,
+/// `Ok(false)` when another open file holds it (a live owner).
+pub fn try_lock(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// A file descriptor of the real root, kept to leave a chroot.
 pub struct RootFd(libc::c_int);
 

@@ -133,7 +133,7 @@ impl DmThinPool {
                 commit_failed: None,
             }),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = crate::sandbox::remove_temp_dir(&dir);
                 Err(io::Error::other(format!(
                     "{e} (after: {})",
                     log.tail(4).join("; ")
@@ -820,7 +820,7 @@ impl Drop for DmThinPool {
         }
         let _ = self.ctl.remove(&mut self.log, &self.pool);
         // The loop devices were attached with autoclear: they go when `self.loops` closes.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = crate::sandbox::remove_temp_dir(&self.dir);
     }
 }
 

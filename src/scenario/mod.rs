@@ -1,5 +1,6 @@
 //! Scenario files (`SCENARIOS.md`): what they hold once parsed, and the parser.
 
+pub mod limits;
 mod parse;
 
 pub use parse::{parse_file, parse_str, ParseError};

@@ -4,6 +4,10 @@
 mod kernel;
 mod thin;
 
+use super::limits::{
+    backing_size, DEFAULT_LOOP, DEFAULT_TMPFS, MAX_BACKING, MAX_CONTAINERS, MAX_DEPTH, MAX_ENTRIES,
+    MAX_FILE_BYTES, MAX_LAYERS, MAX_OFFSET, MAX_STEPS, MAX_TMPFS,
+};
 use super::{Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step};
 use layerspec_model::{
     seed_for_path, validate_scenario_path, BlockRange, Check, Content, DriverKind, Entry,
@@ -45,14 +49,55 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Reads and parses one scenario file.
+/// Only a regular file is read (a FIFO would block, a device never end), and only up to
+/// [`MAX_FILE_BYTES`].
 pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ParseError {
+    let fail = |message: String| ParseError {
         file: path.to_path_buf(),
         line: 1,
         column: 1,
-        message: format!("cannot read: {e}"),
-    })?;
+        message,
+    };
+    let text = read_bounded(path).map_err(fail)?;
     parse_str(path, &text)
+}
+
+/// The text of `path`, which must be a regular file of at most [`MAX_FILE_BYTES`]. The file
+/// is opened without blocking (`O_NONBLOCK`: opening a FIFO would wait for a writer) and
+/// checked on the open descriptor, so what is read is what was checked.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_nonblock())
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file: a scenario is a regular `.toml` file".into());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "the file is {} bytes, more than the limit of {MAX_FILE_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "the file grew past the limit of {MAX_FILE_BYTES} bytes"
+        ));
+    }
+    String::from_utf8(buf).map_err(|e| format!("not UTF-8 text: {e}"))
+}
+
+/// `O_NONBLOCK` (Linux, every architecture Rust's std supports there).
+fn libc_nonblock() -> i32 {
+    0o4000
 }
 
 struct Ctx<'a> {
@@ -101,8 +146,8 @@ struct Doc {
 #[serde(deny_unknown_fields)]
 struct OptionsDoc {
     backing: Option<Spanned<String>>,
-    inodes: Option<u64>,
-    size: Option<String>,
+    inodes: Option<Spanned<u64>>,
+    size: Option<Spanned<String>>,
     overlay: Option<OverlayDoc>,
     discard: Option<bool>,
 }
@@ -327,6 +372,28 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
 
     let mut layer_ids = BTreeSet::new();
     let mut layers = Vec::new();
+    if let Some(l) = doc.layer.get(MAX_LAYERS) {
+        return Err(ctx.err(l.span(), format!("more than {MAX_LAYERS} layers")));
+    }
+    let entries: usize = doc.layer.iter().map(|l| l.get_ref().entries.len()).sum();
+    if entries > MAX_ENTRIES {
+        return Err(ctx.err(
+            doc.layer[0].span(),
+            format!("{entries} layer entries, more than the limit of {MAX_ENTRIES}"),
+        ));
+    }
+    let commits = doc.trace.as_ref().map_or(0, |t| {
+        t.steps
+            .iter()
+            .filter(|s| {
+                s.get_ref()
+                    .op
+                    .as_ref()
+                    .is_some_and(|o| o.get_ref() == "commit")
+            })
+            .count()
+    });
+    let mut depth: BTreeMap<String, usize> = BTreeMap::new();
     for l in &doc.layer {
         let ld = l.get_ref();
         let id = ld.id.get_ref();
@@ -342,6 +409,22 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
         if !layer_ids.insert(id.clone()) {
             return Err(ctx.err(ld.id.span(), format!("duplicate layer id `{id}`")));
         }
+        let d = 1 + ld.parent.as_ref().map_or(0, |p| depth[p.get_ref()]);
+        if d + commits > MAX_DEPTH {
+            return Err(ctx.err(
+                ld.id.span(),
+                format!(
+                    "layer `{id}` is {d} deep{}: a chain holds at most {MAX_DEPTH} layers \
+                     (Docker's overlay2 limit)",
+                    if commits > 0 {
+                        format!(" and {commits} commit steps may stack on it")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+        depth.insert(id.clone(), d);
         let mut entries = Vec::new();
         let mut seen = BTreeSet::new();
         for e in &ld.entries {
@@ -364,15 +447,42 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
             }
             entries.push(entry);
         }
-        layers.push(LayerSpec {
+        let spec = LayerSpec {
             id: id.clone(),
             parent: ld.parent.as_ref().map(|p| p.get_ref().clone()),
             entries,
-        });
+        };
+        // The model's own check of the layer's shape, located at the entry it names: a
+        // layer the model cannot build is refused here, before any backend runs it.
+        if let Err(e) = layerspec_model::validate_layer(&spec) {
+            let span = match &e {
+                layerspec_model::StepError::BadEntry { entry, .. } => ld.entries[*entry].span(),
+                _ => ld.id.span(),
+            };
+            return Err(ctx.err(span, e.to_string()));
+        }
+        layers.push(spec);
     }
 
     let mut containers = Vec::new();
     let mut container_ids = BTreeSet::new();
+    let created = doc.trace.as_ref().map_or(0, |t| {
+        t.steps
+            .iter()
+            .filter(|s| {
+                s.get_ref()
+                    .op
+                    .as_ref()
+                    .is_some_and(|o| o.get_ref() == "create_container")
+            })
+            .count()
+    });
+    if doc.container.len() + created > MAX_CONTAINERS {
+        return Err(ctx.err(
+            0..0,
+            format!("more than {MAX_CONTAINERS} containers (tables and create_container steps)"),
+        ));
+    }
     for c in &doc.container {
         let cd = c.get_ref();
         check_id(&ctx, &cd.id, "container id")?;
@@ -395,6 +505,9 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
 
     let mut steps = Vec::new();
     if let Some(t) = doc.trace {
+        if let Some(s) = t.steps.get(MAX_STEPS) {
+            return Err(ctx.err(s.span(), format!("more than {MAX_STEPS} steps")));
+        }
         for (i, s) in t.steps.into_iter().enumerate() {
             let span = s.span();
             let step = parse_step(&ctx, i, s, options.pool.as_ref())?;
@@ -558,10 +671,44 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
             };
         }
     }
+    let max = match backing {
+        Backing::Tmpfs => MAX_TMPFS,
+        _ => MAX_BACKING,
+    };
+    let size_bytes = match &o.size {
+        Some(sz) => backing_size(sz.get_ref(), max).map_err(|e| ctx.err(sz.span(), e))?,
+        None => backing_size(
+            if backing == Backing::Tmpfs {
+                DEFAULT_TMPFS
+            } else {
+                DEFAULT_LOOP
+            },
+            max,
+        )
+        .expect("the defaults are within the limits"),
+    };
+    if let Some(n) = &o.inodes {
+        if backing != Backing::Ext4 {
+            return Err(ctx.err(
+                n.span(),
+                "`inodes` sets ext4's inode count: it needs `backing = \"ext4\"`",
+            ));
+        }
+        let most = size_bytes / 1024;
+        if !(16..=most).contains(n.get_ref()) {
+            return Err(ctx.err(
+                n.span(),
+                format!(
+                    "inodes = {}: ext4 of {size_bytes} bytes holds 16 to {most} inodes (one per KiB)",
+                    n.get_ref()
+                ),
+            ));
+        }
+    }
     Ok(Options {
         backing,
-        inodes: o.inodes,
-        size: o.size,
+        inodes: o.inodes.map(Spanned::into_inner),
+        size: o.size.map(Spanned::into_inner),
         overlay,
         overlay_given,
         discard: o.discard,
@@ -590,6 +737,12 @@ fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
     let kind = if let Some(data) = &d.data {
         EntryKind::File(Content::Bytes(data.as_bytes().to_vec()))
     } else if let Some(size) = d.size {
+        if size > MAX_OFFSET {
+            return Err(ctx.err(
+                e.span(),
+                format!("size {size} is larger than the largest file ({MAX_OFFSET} bytes)"),
+            ));
+        }
         EntryKind::File(Content::Random {
             len: size,
             seed: seed_for_path(&path),
@@ -733,6 +886,39 @@ fn parse_step(
         v.clone()
             .ok_or_else(|| at(format!("`{opname}` needs `{what}`")))
     };
+    let id_ok = |v: &str| -> Result<(), ParseError> {
+        layerspec_model::check_id(v).map_err(|e| at(e.to_string()))
+    };
+    if let Some(c) = &d.container {
+        layerspec_model::check_id(c.get_ref())
+            .map_err(|e| ctx.err(c.span(), format!("step {index}: {e}")))?;
+    }
+    for v in [&d.id, &d.image, &d.layer].into_iter().flatten() {
+        id_ok(v)?;
+    }
+    let off = |v: Option<u64>, what: &str| -> Result<(), ParseError> {
+        match v {
+            Some(n) if n > MAX_OFFSET => Err(at(format!(
+                "`{what} = {n}` is past the largest file offset ({MAX_OFFSET})"
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if d.dev.is_none() {
+        // File steps: offsets and sizes are `off_t`s (thin-pool steps check their own).
+        off(d.offset, "offset")?;
+        off(d.size, "size")?;
+        off(d.len, "len")?;
+        let written = d.size.or(d.data.as_ref().map(|s| s.len() as u64));
+        if let (Some(o), Some(n)) = (d.offset, written) {
+            if o.checked_add(n).is_none_or(|end| end > MAX_OFFSET) {
+                return Err(at(format!(
+                    "a write of {n} bytes at offset {o} ends past the largest file offset \
+                     ({MAX_OFFSET})"
+                )));
+            }
+        }
+    }
     let container = d.container.as_ref().map(|c| c.get_ref().clone());
     let file = |op: FileOp| {
         Action::Op(Op::File {

@@ -35,7 +35,7 @@ pub mod qemu;
 use initramfs::{shared_libs, Archive};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What a guest command sent back.
@@ -129,16 +129,7 @@ struct RunDir(PathBuf);
 
 impl RunDir {
     fn new() -> std::io::Result<RunDir> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let _ = layerspec_real::sweep();
-        let p = std::env::temp_dir().join(format!(
-            "{}{}-vm-{}",
-            layerspec_real::PREFIX,
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir(&p)?;
-        Ok(RunDir(p))
+        layerspec_real::owned_temp_dir("vm-").map(RunDir)
     }
 }
 
@@ -148,7 +139,7 @@ impl Drop for RunDir {
             eprintln!("vm: kept {} (LAYERSPEC_VM_KEEP)", self.0.display());
             return;
         }
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = layerspec_real::remove_temp_dir(&self.0);
     }
 }
 

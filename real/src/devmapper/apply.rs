@@ -8,13 +8,11 @@
 //! `user.*` xattrs to stage them on, and staging on the device itself would write blocks
 //! Docker's applier does not write.
 
-use crate::layer::{mkdir, write_file};
-use crate::sys::{self, Log};
+use crate::confined::Confined;
 use layerspec_model::{EntryKind, LayerSpec};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 type Xattrs = BTreeMap<String, Vec<u8>>;
@@ -154,31 +152,24 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
     Ok(root)
 }
 
-fn set_xattrs(log: &mut Log, p: &Path, xattrs: &Xattrs) -> io::Result<()> {
+fn set_xattrs(c: &mut Confined, p: &Path, xattrs: &Xattrs) -> io::Result<()> {
     for (k, v) in xattrs {
         if k.starts_with("user.") {
-            sys::lsetxattr(log, p, k, v)?;
+            c.set_xattr(p, k, v)?;
         }
     }
     Ok(())
 }
 
-fn remove_any(log: &mut Log, p: &Path) -> io::Result<()> {
+fn remove_any(c: &mut Confined, p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
         Err(_) => Ok(()),
-        Ok(m) if m.is_dir() => {
-            log.note(format!("rm -r {}", p.display()));
-            fs::remove_dir_all(p)
-        }
-        Ok(_) => {
-            log.note(format!("rm {}", p.display()));
-            fs::remove_file(p)
-        }
+        Ok(_) => c.remove(p),
     }
 }
 
 fn apply_dir(
-    log: &mut Log,
+    log: &mut Confined,
     children: &BTreeMap<String, Node>,
     root: &Path,
     seen: &mut BTreeMap<usize, PathBuf>,
@@ -195,18 +186,17 @@ fn apply_dir(
             } => {
                 let keep = !opaque && fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir());
                 if keep {
-                    fs::set_permissions(&dst, fs::Permissions::from_mode(*mode))?;
+                    log.set_mode(&dst, *mode)?;
                 } else {
                     remove_any(log, &dst)?;
-                    mkdir(log, &dst, *mode)?;
+                    log.mkdir(&dst, *mode)?;
                 }
                 set_xattrs(log, &dst, xattrs)?;
                 apply_dir(log, children, &dst, seen)?;
             }
             Node::Symlink(t) => {
                 remove_any(log, &dst)?;
-                log.note(format!("ln -s {t} {}", dst.display()));
-                symlink(t, &dst)?;
+                log.symlink(Path::new(t), &dst)?;
             }
             Node::File {
                 mode,
@@ -216,12 +206,9 @@ fn apply_dir(
             } => {
                 remove_any(log, &dst)?;
                 match seen.get(inode) {
-                    Some(first) => {
-                        log.note(format!("ln {} {}", first.display(), dst.display()));
-                        fs::hard_link(first, &dst)?;
-                    }
+                    Some(first) => log.hard_link(first, &dst)?,
                     None => {
-                        write_file(log, &dst, *mode, data)?;
+                        log.write_file(&dst, *mode, data)?;
                         set_xattrs(log, &dst, xattrs)?;
                         seen.insert(*inode, dst.clone());
                     }
@@ -233,7 +220,9 @@ fn apply_dir(
 }
 
 /// Applies `spec` onto `root` (the layer's `rootfs/`, holding its parent's files).
-pub(crate) fn apply_layer(log: &mut Log, spec: &LayerSpec, root: &Path) -> io::Result<()> {
+pub(crate) fn apply_layer(c: &mut Confined, spec: &LayerSpec, root: &Path) -> io::Result<()> {
+    layerspec_model::validate_layer(spec)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let Node::Dir {
         mode,
         xattrs,
@@ -243,9 +232,9 @@ pub(crate) fn apply_layer(log: &mut Log, spec: &LayerSpec, root: &Path) -> io::R
     else {
         unreachable!("the staged root is a directory");
     };
-    fs::set_permissions(root, fs::Permissions::from_mode(mode))?;
-    set_xattrs(log, root, &xattrs)?;
-    apply_dir(log, &children, root, &mut BTreeMap::new())
+    c.set_mode(root, mode)?;
+    set_xattrs(c, root, &xattrs)?;
+    apply_dir(c, &children, root, &mut BTreeMap::new())
 }
 
 #[cfg(test)]

@@ -260,6 +260,6 @@ mod tests {
         );
         // Without an image everything is added.
         assert!(changes(None, &new).unwrap().iter().all(|c| c.kind == A));
-        fs::remove_dir_all(&dir).unwrap();
+        crate::sandbox::remove_temp_dir(&dir).unwrap();
     }
 }

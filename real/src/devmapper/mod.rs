@@ -57,7 +57,7 @@ mod pool;
 
 pub use pool::remove_template;
 
-use crate::layer::{mkdir, write_file};
+use crate::confined::metadata::{mkdir, write_file};
 use crate::observe;
 use crate::ops;
 use crate::sandbox::{BackingFs, Inside, Sandbox};
@@ -314,19 +314,23 @@ impl DeviceSet {
         self.close_transaction(log, tx)
     }
 
-    /// A layer: a snapshot of `origin`, mounted, `spec`'s entries applied, unmounted.
+    /// A layer: a snapshot of `origin`, mounted, `spec`'s entries applied (chrooted in the
+    /// device's `rootfs/`, through [`crate::confined`]), unmounted.
     fn add_layer(
         &mut self,
-        log: &mut Log,
-        root: &Path,
+        inside: &mut crate::sandbox::Inside,
         hash: &str,
         origin: &str,
         spec: &LayerSpec,
     ) -> io::Result<()> {
-        self.add_device(log, root, hash, origin)?;
-        let rootfs = self.get(log, root, hash)?;
-        apply::apply_layer(log, spec, &rootfs)?;
-        self.put(log, root, hash)
+        let root = inside.root.clone();
+        self.add_device(&mut inside.log, &root, hash, origin)?;
+        let rootfs = self.get(&mut inside.log, &root, hash)?;
+        let applied = inside
+            .confine(&rootfs)
+            .and_then(|mut c| apply::apply_layer(&mut c, spec, Path::new("/")));
+        applied?;
+        self.put(&mut inside.log, &root, hash)
     }
 
     /// Mounts the device of `hash` read-only on `at` (see the module docs), or `None` for
@@ -550,6 +554,7 @@ impl DmDriver {
     }
 
     fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
+        layerspec_model::validate_layer(&spec)?;
         if self.layers.contains_key(&spec.id) || self.has_device(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()).into());
         }
@@ -562,13 +567,17 @@ impl DmDriver {
         let hash = device_hash(&spec.id);
         let origin = spec.parent.as_deref().map(device_hash).unwrap_or_default();
         self.with(format!("building layer `{id}`"), move |ds, inside| {
-            ds.add_layer(&mut inside.log, &inside.root, &hash, &origin, &spec)
+            ds.add_layer(inside, &hash, &origin, &spec)
         })?;
         self.layers.insert(id, parent);
         Ok(())
     }
 
     fn create_container(&mut self, id: &str, image: Option<&str>) -> Result<(), DriverError> {
+        layerspec_model::check_op_ids(&Op::CreateContainer {
+            id: id.to_string(),
+            image: image.map(String::from),
+        })?;
         if self.containers.iter().any(|c| c.0 == id) {
             return Err(StepError::ContainerExists(id.to_string()).into());
         }
@@ -621,6 +630,7 @@ impl Driver for DmDriver {
     }
 
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
+        layerspec_model::check_op_ids(op)?;
         match op {
             Op::File { container, op } => {
                 let (id, _) = self.container(container.as_deref())?;

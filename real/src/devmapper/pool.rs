@@ -325,7 +325,7 @@ pub(crate) fn template() -> Result<&'static Template, String> {
 /// the guest after its scenarios.
 pub fn remove_template() {
     if let Some(Ok(t)) = TEMPLATE.get() {
-        let _ = std::fs::remove_dir_all(&t.dir);
+        let _ = crate::sandbox::remove_temp_dir(&t.dir);
     }
 }
 
@@ -333,7 +333,7 @@ fn make_template(log: &mut Log) -> io::Result<Template> {
     let dir = crate::sandbox::temp_dir()?;
     let r = build_template(log, &dir);
     if r.is_err() {
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = crate::sandbox::remove_temp_dir(&dir);
     }
     r
 }
@@ -484,7 +484,7 @@ mod tests {
             "{} sectors",
             m.blocks()
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+        crate::sandbox::remove_temp_dir(&dir).unwrap();
     }
 
     #[test]
