@@ -229,3 +229,180 @@ fn kernel_ranges_are_checked_and_located() {
         check("title = \"t\"\nkernel = { default = \">= 6.6\", devicemapper = \">= 4.0\" }\n");
     assert_eq!(code, 0, "{err}");
 }
+
+// Issue 9: scenario files are untrusted input to a root process. Every class of hostile
+// input below is refused by `check` with one located line, before anything runs.
+
+fn steps_file(steps: &str) -> String {
+    format!(
+        "{HEAD}entries = [{{ path = \"/a\", data = \"x\" }}]\n[[container]]\nid = \"c\"\nimage = \"base\"\n[trace]\nsteps = [\n{steps}]\n"
+    )
+}
+
+#[test]
+fn ids_that_are_paths_are_refused_in_steps() {
+    for (step, needle) in [
+        ("{ op = \"create_container\", id = \"/abs/dir\" }", "/abs/dir"),
+        ("{ op = \"create_container\", id = \"../../x\" }", "../../x"),
+        ("{ op = \"create_container\", id = \"ca/merged/x\" }", "ca/merged/x"),
+        ("{ op = \"create_container\", id = \"..\" }", "`..`"),
+        ("{ op = \"create_container\", id = \".\" }", "`.`"),
+        ("{ op = \"create_container\", id = \"\" }", "id ``"),
+        ("{ op = \"commit\", container = \"c\", layer = \"../l\" }", "../l"),
+        ("{ op = \"remove_container\", id = \"/tmp\" }", "/tmp"),
+        ("{ op = \"create_container\", id = \"x\", image = \"a/b\" }", "a/b"),
+    ] {
+        assert_located(&steps_file(&format!("  {step},\n")), 10, needle);
+    }
+    // `container =` on any step is located at its value.
+    let (code, err) = check(&steps_file(
+        "  { op = \"stat\", path = \"/a\", container = \"../c\" },\n",
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("FILE:10:43:"), "{err}");
+    let long = "a".repeat(65);
+    assert_located(
+        &steps_file(&format!("  {{ op = \"create_container\", id = \"{long}\" }},\n")),
+        10,
+        "1-64 characters",
+    );
+}
+
+#[test]
+fn dot_components_in_paths_are_refused_like_dotdot() {
+    assert_located(
+        &steps_file("  { op = \"stat\", path = \"/a/./b\" },\n"),
+        10,
+        "`.` components",
+    );
+    assert_located(
+        &steps_file("  { op = \"stat\", path = \"/.\" },\n"),
+        10,
+        "`.` components",
+    );
+    assert_located(
+        &format!("{HEAD}entries = [{{ path = \"/a/.\", dir = true, mode = 0o777 }}]\n"),
+        4,
+        "`.` components",
+    );
+}
+
+#[test]
+fn entries_below_a_symlink_entry_are_refused_with_the_models_error() {
+    for kind in [
+        "data = \"PWNED\"",
+        "dir = true, mode = 0o777",
+        "dir = true, opaque = true",
+        "whiteout = true",
+        "xattrs = { \"user.k\" = \"v\" }",
+    ] {
+        let t = format!(
+            "{HEAD}entries = [\n  {{ path = \"/a\", symlink = \"/tmp\" }},\n  {{ path = \"/a/x\", {kind} }},\n]\n"
+        );
+        assert_located(&t, 6, "a parent of `/a/x` is not a directory");
+    }
+    // Below a file, and deeper below a symlink.
+    let t = format!(
+        "{HEAD}entries = [\n  {{ path = \"/f\", data = \"x\" }},\n  {{ path = \"/f/y/z\", data = \"x\" }},\n]\n"
+    );
+    assert_located(&t, 6, "a parent of `/f/y/z` is not a directory");
+    // A hard link to a directory entry.
+    let t = format!(
+        "{HEAD}entries = [\n  {{ path = \"/d\", dir = true }},\n  {{ path = \"/l\", link = \"/d\" }},\n]\n"
+    );
+    assert_located(&t, 6, "cannot hard-link `/d`");
+}
+
+#[test]
+fn offsets_and_sizes_past_off_t_are_refused() {
+    assert_located(
+        &steps_file("  { op = \"write\", path = \"/a\", offset = 9223372036854775808, data = \"x\" },\n"),
+        10,
+        "largest file offset",
+    );
+    assert_located(
+        &steps_file("  { op = \"write\", path = \"/a\", offset = 9223372036854775807, data = \"xy\" },\n"),
+        10,
+        "ends past the largest file offset",
+    );
+    assert_located(
+        &steps_file("  { op = \"truncate\", path = \"/a\", size = 18446744073709551615 },\n"),
+        10,
+        "largest file offset",
+    );
+    assert_located(
+        &format!("{HEAD}entries = [{{ path = \"/big\", size = 9223372036854775808 }}]\n"),
+        4,
+        "larger than the largest file",
+    );
+    // At the limit itself: accepted (the model keeps such files sparse).
+    let (code, err) = check(&steps_file(
+        "  { op = \"write\", path = \"/a\", offset = 4611686018427387904, data = \"x\" },\n",
+    ));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn backing_sizes_and_inode_counts_are_checked() {
+    let opts = |o: &str| format!("title = \"t\"\n[options]\n{o}\n");
+    assert_located(&opts("backing = \"ext4\"\nsize = \"abc\""), 4, "expected a number");
+    assert_located(
+        &opts("backing = \"ext4\"\nsize = \"99999999999G\""),
+        4,
+        "larger than the limit",
+    );
+    assert_located(&opts("size = \"64G\""), 3, "larger than the limit of 8G");
+    assert_located(
+        &opts("backing = \"ext4\"\ninodes = 4000000000"),
+        4,
+        "holds 16 to 262144 inodes",
+    );
+    assert_located(&opts("inodes = 100"), 3, "needs `backing = \"ext4\"`");
+    let (code, err) = check(&opts("backing = \"ext4\"\nsize = \"64M\"\ninodes = 1000"));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn layer_chains_deeper_than_dockers_limit_are_refused() {
+    let mut t = String::from("title = \"t\"\n");
+    for i in 0..129 {
+        t.push_str(&format!("[[layer]]\nid = \"l{i}\"\n"));
+        if i > 0 {
+            t.push_str(&format!("parent = \"l{}\"\n", i - 1));
+        }
+    }
+    let (code, err) = check(&t);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`l128` is 129 deep"), "{err}");
+}
+
+#[test]
+fn check_reads_only_regular_files() {
+    let dir = std::env::temp_dir().join(format!("layerspec-bad-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("f.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let run = |p: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_layerspec"))
+            .arg("check")
+            .arg(p)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // A FIFO with no writer: an error at once, not a hang.
+    let (code, err) = run(&fifo);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    let (code, err) = run(std::path::Path::new("/dev/zero"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    // Too large.
+    let big = dir.join("big.toml");
+    std::fs::write(&big, " ".repeat((4 << 20) + 1)).unwrap();
+    let (code, err) = run(&big);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("more than the limit"), "{err}");
+}

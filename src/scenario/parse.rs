@@ -546,22 +546,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
 }
 
 fn check_id(ctx: &Ctx, id: &Spanned<String>, what: &str) -> Result<(), ParseError> {
-    let s = id.get_ref();
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !s.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ctx.err(
-            id.span(),
-            format!(
-                "{what} `{s}` must be 1-64 characters of A-Z a-z 0-9 - _ . (it names a directory)"
-            ),
-        ))
-    }
+    layerspec_model::check_id(id.get_ref()).map_err(|e| ctx.err(id.span(), format!("{what}: {e}")))
 }
 
 /// `pool_data_blocks = N`, or `{ min = a, max = b, since = k }` (at least one bound; with
