@@ -303,3 +303,61 @@ fn sigkill_mid_trace_leaves_nothing() {
     }
     assert!(left.is_empty(), "left after SIGKILL and a sweep: {left:?}");
 }
+
+/// The sweeper removes only what a layerspec process provably made: a directory that merely
+/// has the name (`$TMPDIR/layerspec-99999-mine`, pid 99999 not running) survives, and so do
+/// one whose marker is a symlink, one whose marker says something else, and a symlink with
+/// the name; a marked directory whose lock nobody holds goes.
+#[test]
+fn the_sweeper_takes_only_marked_unlocked_directories() {
+    let tmp = std::env::temp_dir();
+    let mine = tmp.join("layerspec-99999-mine");
+    let fake_marker = tmp.join(format!("layerspec-99998-{}-fake", std::process::id()));
+    let linked_marker = tmp.join(format!("layerspec-99997-{}-link", std::process::id()));
+    let link = tmp.join(format!("layerspec-99996-{}-symlink", std::process::id()));
+    let orphan = tmp.join(format!("layerspec-99995-{}-orphan", std::process::id()));
+    struct Cleanup(Vec<std::path::PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    let _c = Cleanup(vec![
+        mine.clone(),
+        fake_marker.clone(),
+        linked_marker.clone(),
+        link.clone(),
+        orphan.clone(),
+    ]);
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "a user's own file\n").unwrap();
+    std::fs::create_dir_all(&fake_marker).unwrap();
+    std::fs::write(fake_marker.join(layerspec_real::MARKER), "not ours\n").unwrap();
+    std::fs::create_dir_all(&linked_marker).unwrap();
+    let real_marker = tmp.join(format!("marker-target-{}", std::process::id()));
+    std::fs::write(&real_marker, "layerspec temporary directory\n").unwrap();
+    std::os::unix::fs::symlink(&real_marker, linked_marker.join(layerspec_real::MARKER)).unwrap();
+    std::os::unix::fs::symlink(&mine, &link).unwrap();
+    // What a killed run leaves: the marker, its lock gone with the process.
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(
+        orphan.join(layerspec_real::MARKER),
+        "layerspec temporary directory\npid 99995\n",
+    )
+    .unwrap();
+    let removed = sweep().unwrap();
+    let _ = std::fs::remove_file(&real_marker);
+    assert!(mine.join("notes.txt").exists(), "removed: {removed:?}");
+    assert!(fake_marker.exists(), "removed: {removed:?}");
+    assert!(linked_marker.exists(), "removed: {removed:?}");
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "removed: {removed:?}");
+    assert!(!orphan.exists(), "an unlocked marked directory stays: {removed:?}");
+    // A live run's directory (marker locked by this process) is never taken.
+    let live = layerspec_real::owned_temp_dir("live-").unwrap();
+    sweep().unwrap();
+    assert!(live.join(layerspec_real::MARKER).exists());
+    layerspec_real::remove_temp_dir(&live).unwrap();
+}
