@@ -242,15 +242,27 @@ fn steps_file(steps: &str) -> String {
 #[test]
 fn ids_that_are_paths_are_refused_in_steps() {
     for (step, needle) in [
-        ("{ op = \"create_container\", id = \"/abs/dir\" }", "/abs/dir"),
+        (
+            "{ op = \"create_container\", id = \"/abs/dir\" }",
+            "/abs/dir",
+        ),
         ("{ op = \"create_container\", id = \"../../x\" }", "../../x"),
-        ("{ op = \"create_container\", id = \"ca/merged/x\" }", "ca/merged/x"),
+        (
+            "{ op = \"create_container\", id = \"ca/merged/x\" }",
+            "ca/merged/x",
+        ),
         ("{ op = \"create_container\", id = \"..\" }", "`..`"),
         ("{ op = \"create_container\", id = \".\" }", "`.`"),
         ("{ op = \"create_container\", id = \"\" }", "id ``"),
-        ("{ op = \"commit\", container = \"c\", layer = \"../l\" }", "../l"),
+        (
+            "{ op = \"commit\", container = \"c\", layer = \"../l\" }",
+            "../l",
+        ),
         ("{ op = \"remove_container\", id = \"/tmp\" }", "/tmp"),
-        ("{ op = \"create_container\", id = \"x\", image = \"a/b\" }", "a/b"),
+        (
+            "{ op = \"create_container\", id = \"x\", image = \"a/b\" }",
+            "a/b",
+        ),
     ] {
         assert_located(&steps_file(&format!("  {step},\n")), 10, needle);
     }
@@ -262,7 +274,9 @@ fn ids_that_are_paths_are_refused_in_steps() {
     assert!(err.starts_with("FILE:10:43:"), "{err}");
     let long = "a".repeat(65);
     assert_located(
-        &steps_file(&format!("  {{ op = \"create_container\", id = \"{long}\" }},\n")),
+        &steps_file(&format!(
+            "  {{ op = \"create_container\", id = \"{long}\" }},\n"
+        )),
         10,
         "1-64 characters",
     );
@@ -316,12 +330,16 @@ fn entries_below_a_symlink_entry_are_refused_with_the_models_error() {
 #[test]
 fn offsets_and_sizes_past_off_t_are_refused() {
     assert_located(
-        &steps_file("  { op = \"write\", path = \"/a\", offset = 9223372036854775808, data = \"x\" },\n"),
+        &steps_file(
+            "  { op = \"write\", path = \"/a\", offset = 9223372036854775808, data = \"x\" },\n",
+        ),
         10,
         "largest file offset",
     );
     assert_located(
-        &steps_file("  { op = \"write\", path = \"/a\", offset = 9223372036854775807, data = \"xy\" },\n"),
+        &steps_file(
+            "  { op = \"write\", path = \"/a\", offset = 9223372036854775807, data = \"xy\" },\n",
+        ),
         10,
         "ends past the largest file offset",
     );
@@ -345,7 +363,11 @@ fn offsets_and_sizes_past_off_t_are_refused() {
 #[test]
 fn backing_sizes_and_inode_counts_are_checked() {
     let opts = |o: &str| format!("title = \"t\"\n[options]\n{o}\n");
-    assert_located(&opts("backing = \"ext4\"\nsize = \"abc\""), 4, "expected a number");
+    assert_located(
+        &opts("backing = \"ext4\"\nsize = \"abc\""),
+        4,
+        "expected a number",
+    );
     assert_located(
         &opts("backing = \"ext4\"\nsize = \"99999999999G\""),
         4,
@@ -389,7 +411,10 @@ fn check_reads_only_regular_files() {
             .arg(p)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     // A FIFO with no writer: an error at once, not a hang.
     let (code, err) = run(&fifo);

@@ -353,8 +353,14 @@ fn the_sweeper_takes_only_marked_unlocked_directories() {
     assert!(mine.join("notes.txt").exists(), "removed: {removed:?}");
     assert!(fake_marker.exists(), "removed: {removed:?}");
     assert!(linked_marker.exists(), "removed: {removed:?}");
-    assert!(std::fs::symlink_metadata(&link).is_ok(), "removed: {removed:?}");
-    assert!(!orphan.exists(), "an unlocked marked directory stays: {removed:?}");
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "removed: {removed:?}"
+    );
+    assert!(
+        !orphan.exists(),
+        "an unlocked marked directory stays: {removed:?}"
+    );
     // A live run's directory (marker locked by this process) is never taken.
     let live = layerspec_real::owned_temp_dir("live-").unwrap();
     sweep().unwrap();

@@ -7,7 +7,7 @@
 //! | the file itself | a regular file of at most [`MAX_FILE_BYTES`] | a FIFO or a device would block or never end |
 //! | offsets and sizes (`offset`, `size`, `len`, `truncate`) and `offset + size` of a write | at most [`MAX_OFFSET`] | the largest `off_t` (`i64::MAX`), what `pwrite`/`truncate` take |
 //! | layers in the file | at most [`MAX_LAYERS`] | |
-//! | a layer's depth, plus the `commit` steps that may stack on it | at most [`MAX_DEPTH`] | Docker's overlay2 refuses deeper chains (moby 20.10, `daemon/graphdriver/overlay2/overlay.go`: `maxDepth = 128`), below the kernel's 500 lower layers (`OVL_MAX_STACK`) |
+//! | a layer's depth, plus the `commit` steps that may stack on it | at most [`MAX_DEPTH`] | Docker's overlay2 refuses a lower list longer than `maxDepth = 128` (moby 20.10 `daemon/graphdriver/overlay2/overlay.go`, `getLower`: "max depth exceeded"), so 128 image layers is the deepest a container runs on; the kernel's own limit (`OVL_MAX_STACK`, 500) lies beyond |
 //! | entries in all layers | at most [`MAX_ENTRIES`] | |
 //! | steps | at most [`MAX_STEPS`] | |
 //! | containers (tables and `create_container` steps) | at most [`MAX_CONTAINERS`] | |
@@ -38,7 +38,7 @@ pub const MAX_BACKING: u64 = 1 << 40;
 /// Largest tmpfs backing (its pages are memory).
 pub const MAX_TMPFS: u64 = 8 << 30;
 /// The tmpfs backing's size when the file names none.
-pub const DEFAULT_TMPFS: &str = "1G";
+pub const DEFAULT_TMPFS: &str = layerspec_real::BackingFs::TMPFS_SIZE;
 /// The ext4/xfs backing's size when the file names none.
 pub const DEFAULT_LOOP: &str = "256M";
 
