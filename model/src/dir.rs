@@ -41,12 +41,19 @@ impl Container {
 
     /// Resolves `path` for creating a new name: its parent's upper inode after copy-up.
     fn new_name_parent(&mut self, path: &str) -> Result<(Ino, String), Errno> {
+        self.new_name_parent_merged(path).map(|(p, n, _)| (p, n))
+    }
+
+    /// Like [`Container::new_name_parent`], also saying whether the parent is a merged
+    /// directory (overlayfs `ovl_type_merge`: it has a lower directory below it).
+    fn new_name_parent_merged(&mut self, path: &str) -> Result<(Ino, String, bool), Errno> {
         let mut r = self.resolve(path, false)?;
         let name = r.name.clone().ok_or(Errno::EEXIST)?;
         if r.target.is_some() {
             return Err(Errno::EEXIST);
         }
-        Ok((self.copy_up_dirs(&mut r.dirs), name))
+        let merged = r.parent().lower.is_some();
+        Ok((self.copy_up_dirs(&mut r.dirs), name, merged))
     }
 
     /// `open(O_CREAT|O_EXCL)`.
@@ -69,10 +76,13 @@ impl Container {
 
     /// `mkdir`.
     pub(crate) fn mkdir(&mut self, path: &str, mode: Option<u32>) -> Result<(), Errno> {
-        let (parent, name) = self.new_name_parent(path)?;
+        let (parent, name, merged) = self.new_name_parent_merged(path)?;
+        // overlayfs `ovl_create_upper`: a directory made in a merged directory is marked
+        // opaque unless the lower layers may change offline (`Policy::offline_changes`).
+        let opaque = merged && self.policy.driver.is_overlayfs() && !self.policy.offline_changes;
         let ino = self
             .upper
-            .alloc(new_inode(mode.unwrap_or(0o755) & 0o7777, empty_dir(false)));
+            .alloc(new_inode(mode.unwrap_or(0o755) & 0o7777, empty_dir(opaque)));
         self.add_name(parent, &name, ino);
         Ok(())
     }
@@ -274,18 +284,22 @@ impl Container {
             p.version = v + 1;
         }
         let same_parent = from_parent == to_parent;
+        let abs_redirect = (!same_parent).then(|| self.absolute_redirect(&dirs, &from_name, moved));
         if let Body::Dir {
             redirect, opaque, ..
         } = &mut self.upper.get_mut(moved).body
         {
             if src_merged && self.policy.dir_rename == DirRename::Redirect {
-                // redirect_dir=on: the moved directory points back at its lower origin.
-                if redirect.is_none() {
-                    *redirect = Some(if same_parent {
-                        from_name.clone()
-                    } else {
-                        pf.clone()
-                    });
+                // redirect_dir=on: the moved directory points back at its lower origin
+                // (`ovl_set_redirect`): a redirect it has is kept when it moves within its
+                // parent or is absolute; else a bare name within the parent, or an absolute
+                // path built by `ovl_get_redirect` from the lower names of the directory
+                // and its ancestors.
+                let keep = redirect
+                    .as_ref()
+                    .is_some_and(|r| same_parent || r.starts_with('/'));
+                if !keep {
+                    *redirect = Some(abs_redirect.unwrap_or_else(|| from_name.clone()));
                 }
             } else if self.policy.driver.is_overlayfs() {
                 // overlayfs marks a pure upper directory opaque when it moves into a merged
@@ -300,6 +314,41 @@ impl Container {
             }
         }
         Ok(())
+    }
+}
+
+impl Container {
+    /// `ovl_get_redirect(dentry, abs_redirect = true)` for a directory about to move to
+    /// another parent: from the directory up, each component is the directory's own
+    /// redirect if it has one (a relative one is the name it had in its lower parent), else
+    /// its name; an absolute redirect ends the walk. So the path names the directory's lower
+    /// origin, not the merged path it is seen at (`/a/dir104/pop`, not
+    /// `/a/empty104/dir104/pop`, after `dir104` moved into `empty104`).
+    fn absolute_redirect(&self, dirs: &[(String, Dentry)], name: &str, moved: Ino) -> String {
+        let own = |ino: Option<Ino>| match ino.map(|i| &self.upper.get(i).body) {
+            Some(Body::Dir {
+                redirect: Some(r), ..
+            }) => Some(r.clone()),
+            _ => None,
+        };
+        let mut parts: Vec<String> = vec![own(Some(moved)).unwrap_or_else(|| name.to_string())];
+        if !parts[0].starts_with('/') {
+            for (n, d) in dirs.iter().skip(1).rev() {
+                let c = own(d.upper).unwrap_or_else(|| n.clone());
+                let abs = c.starts_with('/');
+                parts.push(c);
+                if abs {
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        let joined = parts.join("/");
+        if joined.starts_with('/') {
+            joined
+        } else {
+            format!("/{joined}")
+        }
     }
 }
 

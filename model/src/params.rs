@@ -250,6 +250,14 @@ pub struct Policy {
     /// Image layers are hard-link farms (overlay, DOCK1): a lower file has one more link
     /// for every layer root above the one that made it.
     pub farm_links: bool,
+    /// overlayfs `ovl_allow_offline_changes()`: none of `index`, `metacopy`,
+    /// `redirect_dir` or `xino=on` is in use, so the lower layers may change offline.
+    /// Without it, a directory made in a merged directory is marked opaque at once
+    /// (`ovl_create_upper`: "setting opaque here is just an optimization"; kernel commit
+    /// "ovl: do not set overlay.opaque for new directories", 5.7, made the mark depend on
+    /// this; measured here on 6.18: `mkdir` in a merged dir gives `trusted.overlay.opaque=y`
+    /// with `redirect_dir=on` and no xattr with it off).
+    pub offline_changes: bool,
     /// The backing filesystem.
     pub backing: Backing,
     /// The kernel whose rules apply.
@@ -275,6 +283,10 @@ impl Policy {
             flat: driver == DriverKind::Devicemapper,
             whiteout_names_reserved: driver == DriverKind::Aufs,
             farm_links: driver == DriverKind::Overlay,
+            offline_changes: !(overlay.index
+                || overlay.metacopy
+                || overlay.redirect_dir
+                || overlay.xino),
             backing: Backing::Tmpfs,
             kernel: KernelVersion::DEFAULT,
         }
