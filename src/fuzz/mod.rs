@@ -65,9 +65,59 @@ pub struct FuzzArgs {
     /// Most replays spent shrinking one divergence.
     #[arg(long, default_value_t = 400)]
     pub shrink_budget: usize,
+    /// overlayfs options both sides mount with, comma-separated: `redirect_dir=on`,
+    /// `index=on`, `metacopy=on`, `xino=on` (default: the kernel's defaults, all off).
+    #[arg(long, value_delimiter = ',', value_parser = parse_overlay_option)]
+    pub overlay: Vec<(String, bool)>,
     /// Options of `--driver thinpool`.
     #[command(flatten)]
     pub thin: thin::ThinArgs,
+}
+
+/// One `--overlay` option: `name=on|off` for redirect_dir, index, metacopy, xino.
+fn parse_overlay_option(s: &str) -> Result<(String, bool), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected name=on or name=off"))?;
+    if !["redirect_dir", "index", "metacopy", "xino"].contains(&k) {
+        return Err(format!(
+            "`{k}`: expected redirect_dir, index, metacopy or xino"
+        ));
+    }
+    let on = match v {
+        "on" => true,
+        "off" => false,
+        _ => return Err(format!("`{s}`: the value is on or off")),
+    };
+    Ok((k.to_string(), on))
+}
+
+impl FuzzArgs {
+    /// The overlayfs options `--overlay` names.
+    pub fn overlay_options(&self) -> OverlayOptions {
+        let mut o = OverlayOptions::default();
+        for (k, on) in &self.overlay {
+            match k.as_str() {
+                "redirect_dir" => o.redirect_dir = *on,
+                "index" => o.index = *on,
+                "metacopy" => o.metacopy = *on,
+                "xino" => o.xino = *on,
+                _ => unreachable!("parse_overlay_option accepts these only"),
+            }
+        }
+        o
+    }
+
+    /// `--overlay` as it is written on a command line (for the VM tier's guest).
+    pub fn overlay_arg(&self) -> Option<String> {
+        (!self.overlay.is_empty()).then(|| {
+            self.overlay
+                .iter()
+                .map(|(k, on)| format!("{k}={}", if *on { "on" } else { "off" }))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
 }
 
 /// The indices of the traces a run replays: all `traces` of them, or only `only`.
@@ -306,7 +356,7 @@ pub fn main(args: &FuzzArgs) -> u8 {
         return thin::main(args);
     }
     let start = Instant::now();
-    let summary = match run(args, OverlayOptions::default(), true) {
+    let summary = match run(args, args.overlay_options(), true) {
         Ok(s) => s,
         Err(why) => {
             println!(

@@ -16,7 +16,7 @@ use super::protocol::Writer;
 use crate::fuzz::{self, FuzzArgs, TraceResult};
 use crate::runner::Status;
 use crate::suite;
-use layerspec_model::{DriverKind, OverlayOptions};
+use layerspec_model::DriverKind;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -186,7 +186,7 @@ fn fuzz(w: &mut W, args: &FuzzArgs) -> std::io::Result<u8> {
         return Ok(code);
     }
     let start = Instant::now();
-    let mut summary = match fuzz::run(args, OverlayOptions::default(), false) {
+    let mut summary = match fuzz::run(args, args.overlay_options(), false) {
         Ok(s) => s,
         Err(why) => {
             w.line(&json!({

@@ -194,6 +194,9 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if let Some(i) = args.trace {
         guest_args.extend(["--trace".into(), i.to_string()]);
     }
+    if let Some(o) = args.overlay_arg() {
+        guest_args.extend(["--overlay".into(), o]);
+    }
     let out = match run_guest(&guest_args, &[], fuzz_timeout(args)) {
         Ok(o) => o,
         Err(e) => {
