@@ -341,7 +341,7 @@ fn offsets_and_sizes_past_off_t_are_refused() {
             "  { op = \"write\", path = \"/a\", offset = 9223372036854775807, data = \"xy\" },\n",
         ),
         10,
-        "ends past the largest file offset",
+        "end past the largest file offset",
     );
     assert_located(
         &steps_file("  { op = \"truncate\", path = \"/a\", size = 18446744073709551615 },\n"),

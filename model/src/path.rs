@@ -63,6 +63,8 @@ pub enum BadPath {
     DotDot,
     /// Has a `.` component (`/a/./b`, `/.`): scenario paths are canonical.
     Dot,
+    /// Has an empty component (`/a//b`): scenario paths are canonical.
+    Empty,
     /// Has a NUL byte.
     Nul,
 }
@@ -73,6 +75,7 @@ impl std::fmt::Display for BadPath {
             BadPath::NotAbsolute => "path must be absolute (start with `/`)",
             BadPath::DotDot => "path must not contain `..` (only symlink targets may)",
             BadPath::Dot => "path must not contain `.` components (write it canonically)",
+            BadPath::Empty => "path must not contain empty components (`//`: write it canonically)",
             BadPath::Nul => "path must not contain a NUL byte",
         })
     }
@@ -91,6 +94,10 @@ pub fn validate_scenario_path(path: &str) -> Result<(), BadPath> {
     }
     if components(path).any(|c| c == ".") {
         return Err(BadPath::Dot);
+    }
+    // A trailing `/` is meaningful (the last name must be a directory); `//` is not.
+    if path.trim_end_matches('/').contains("//") {
+        return Err(BadPath::Empty);
     }
     Ok(())
 }

@@ -98,6 +98,9 @@ impl Sandbox {
         let dir = host_dir.clone();
         let thread = std::thread::Builder::new()
             .name("layerspec-sandbox".into())
+            // Walks of the driver root recurse once per directory level: PATH_MAX bounds
+            // a tree at 2,048 levels, a few KiB each.
+            .stack_size(64 << 20)
             .spawn(move || {
                 let mut inside = match setup(&dir, &backing) {
                     Ok(i) => {

@@ -894,12 +894,11 @@ fn parse_step(
         off(d.offset, "offset")?;
         off(d.size, "size")?;
         off(d.len, "len")?;
-        let written = d.size.or(d.data.as_ref().map(|s| s.len() as u64));
+        let written = d.size.or(d.data.as_ref().map(|s| s.len() as u64)).or(d.len);
         if let (Some(o), Some(n)) = (d.offset, written) {
             if o.checked_add(n).is_none_or(|end| end > MAX_OFFSET) {
                 return Err(at(format!(
-                    "a write of {n} bytes at offset {o} ends past the largest file offset \
-                     ({MAX_OFFSET})"
+                    "{n} bytes at offset {o} end past the largest file offset ({MAX_OFFSET})"
                 )));
             }
         }
