@@ -225,6 +225,23 @@ impl Container {
         }
         if let Some(t) = rt.target {
             if self.kind(t) == Kind::Dir && !self.is_empty_dir(t) {
+                let redirect_first = t.lower.is_none()
+                    && src_is_dir
+                    && src.lower.is_some()
+                    && self.policy.dir_rename == DirRename::Redirect;
+                if redirect_first {
+                    // ovl_rename copies the source up and writes its redirect
+                    // (ovl_set_redirect) before the upper filesystem's rename finds the
+                    // pure upper target not empty: the failed rename leaves the redirect
+                    // (found by `fuzz --overlay redirect_dir=on`, seed 2).
+                    let mut dirs = rf.dirs.clone();
+                    let (from_parent, moved) =
+                        self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
+                    let to_parent = rt.parent().upper.expect("a pure upper target's parent");
+                    let moved = moved.upper.expect("copied up");
+                    self.set_rename_redirect(&dirs, &from_name, moved, from_parent == to_parent);
+                    return Err(Errno::ENOTEMPTY);
+                }
                 if t.lower.is_none() && src_is_dir && src.lower.is_none() && src.in_upper {
                     // overlayfs leaves the emptiness of a pure upper target to the upper
                     // filesystem, after it has already marked the moved directory opaque
@@ -284,24 +301,10 @@ impl Container {
             p.version = v + 1;
         }
         let same_parent = from_parent == to_parent;
-        let abs_redirect = (!same_parent).then(|| self.absolute_redirect(&dirs, &from_name, moved));
-        if let Body::Dir {
-            redirect, opaque, ..
-        } = &mut self.upper.get_mut(moved).body
-        {
-            if src_merged && self.policy.dir_rename == DirRename::Redirect {
-                // redirect_dir=on: the moved directory points back at its lower origin
-                // (`ovl_set_redirect`): a redirect it has is kept when it moves within its
-                // parent or is absolute; else a bare name within the parent, or an absolute
-                // path built by `ovl_get_redirect` from the lower names of the directory
-                // and its ancestors.
-                let keep = redirect
-                    .as_ref()
-                    .is_some_and(|r| same_parent || r.starts_with('/'));
-                if !keep {
-                    *redirect = Some(abs_redirect.unwrap_or_else(|| from_name.clone()));
-                }
-            } else if self.policy.driver.is_overlayfs() {
+        if src_merged && self.policy.dir_rename == DirRename::Redirect {
+            self.set_rename_redirect(&dirs, &from_name, moved, same_parent);
+        } else if let Body::Dir { opaque, .. } = &mut self.upper.get_mut(moved).body {
+            if self.policy.driver.is_overlayfs() {
                 // overlayfs marks a pure upper directory opaque when it moves into a merged
                 // directory (ovl_rename), so nothing of the image shows through it later.
                 if to_parent_merged && !src_merged {
@@ -318,6 +321,33 @@ impl Container {
 }
 
 impl Container {
+    /// redirect_dir=on: the moved directory points back at its lower origin
+    /// (`ovl_set_redirect`): a redirect it has is kept when it moves within its parent or is
+    /// absolute; else a bare name within the parent, or an absolute path built by
+    /// `ovl_get_redirect` from the lower names of the directory and its ancestors. `dirs`
+    /// are the source's ancestors, `moved` its upper inode.
+    fn set_rename_redirect(
+        &mut self,
+        dirs: &[(String, Dentry)],
+        from_name: &str,
+        moved: Ino,
+        same_parent: bool,
+    ) {
+        let abs = (!same_parent).then(|| self.absolute_redirect(dirs, from_name, moved));
+        // An xattr changes ctime, not mtime: Docker's walker sees the same directory.
+        let version = self.upper.get(moved).version;
+        let inode = self.upper.get_mut(moved);
+        inode.version = version;
+        if let Body::Dir { redirect, .. } = &mut inode.body {
+            let keep = redirect
+                .as_ref()
+                .is_some_and(|r| same_parent || r.starts_with('/'));
+            if !keep {
+                *redirect = Some(abs.unwrap_or_else(|| from_name.to_string()));
+            }
+        }
+    }
+
     /// `ovl_get_redirect(dentry, abs_redirect = true)` for a directory about to move to
     /// another parent: from the directory up, each component is the directory's own
     /// redirect if it has one (a relative one is the name it had in its lower parent), else
