@@ -86,6 +86,7 @@ fn main() {
     trials.push(Trial::test("special/check_2_gib_sparse_file", || {
         special("special/check_2_gib_sparse_file", "check", Special::Sparse)
     }));
+    trials.push(Trial::test("vm/every_runs_file_in_one_boot", vm_trial));
     let conclusion = libtest_mimic::run(&args, trials);
     let ran = RAN.lock().expect("ran");
     if !ran.is_empty() {
@@ -113,6 +114,84 @@ fn main() {
         );
     }
     conclusion.exit();
+}
+
+/// Every `# expect: runs` file in one boot of the VM tier (backend `vm`: the guest
+/// kernel's overlay drivers and the real devicemapper graphdriver on dm-thin), against one
+/// canary on the host: exit 0 or 1, no real row passing over a failed model row, the canary
+/// unchanged, nothing left in the child's TMPDIR. Where the VM tier cannot run here, the
+/// rows are skips and the test says so.
+fn vm_trial() -> Result<(), Failed> {
+    let case = Case::new();
+    let before = snapshot(&case.canary);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
+    let mut n = 0;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let template = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
+        if expectation(&template)? == Expect::Runs {
+            case.write_scenario(
+                &f.file_name().unwrap_or_default().to_string_lossy(),
+                &template,
+            );
+            n += 1;
+        }
+    }
+    let scenarios = case.work.join("case");
+    let run = hostile_kit::layerspec_limited(
+        &[
+            OsStr::new("run"),
+            OsStr::new("--json"),
+            OsStr::new("--backend"),
+            OsStr::new("vm"),
+            scenarios.as_os_str(),
+        ],
+        &case.child_tmp(),
+        Duration::from_secs(1200),
+        false,
+    );
+    let mut problems = Vec::new();
+    if !run.code.is_some_and(|c| c == 0 || c == 1) {
+        problems.push(format!(
+            "run --backend vm: expected exit 0 or 1, got {} after {:.0} s: {}",
+            run.describe(),
+            run.elapsed.as_secs_f64(),
+            run.stderr_tail()
+        ));
+    }
+    problems.extend(passes_over_failed_model(&run.stdout));
+    problems.extend(changed(&case, &before, "after the vm run"));
+    if !run.timed_out {
+        problems.extend(case.tmp_leftovers());
+    }
+    let (ran, _) = backends_ran(&run.stdout);
+    if ran.iter().any(|b| b == "vm") {
+        let rows = run.stdout.lines().filter(|l| l.contains("\"vm\"")).count();
+        eprintln!(
+            "vm/every_runs_file_in_one_boot: {n} files, {rows} vm rows, {} failed, in {:.0} s",
+            failed_rows(&run.stdout)
+                .iter()
+                .filter(|r| r.contains("vm"))
+                .count(),
+            run.elapsed.as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "vm/every_runs_file_in_one_boot: skipped, the VM tier did not run here: {}",
+            run.stderr_tail()
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
 }
 
 fn expectation(text: &str) -> Result<Expect, String> {

@@ -446,6 +446,19 @@ impl Ran {
 // The child is reaped by wait4(2) below, which `Child` does not know about.
 #[allow(clippy::zombie_processes)]
 pub fn layerspec(args: &[&std::ffi::OsStr], tmp: &Path, timeout: Duration) -> Ran {
+    layerspec_limited(args, tmp, timeout, true)
+}
+
+/// Like [`layerspec`]; `limit_as` false leaves the address space unlimited (the VM tier's
+/// qemu reserves more than the limit for its guest and code buffer).
+// The child is reaped by wait4(2) below, which `Child` does not know about.
+#[allow(clippy::zombie_processes)]
+pub fn layerspec_limited(
+    args: &[&std::ffi::OsStr],
+    tmp: &Path,
+    timeout: Duration,
+    limit_as: bool,
+) -> Ran {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerspec"));
     cmd.args(args)
         .env("TMPDIR", tmp)
@@ -456,7 +469,7 @@ pub fn layerspec(args: &[&std::ffi::OsStr], tmp: &Path, timeout: Duration) -> Ra
         .process_group(0);
     // SAFETY: setrlimit and signal are async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let lim = |r, v: u64| {
                 let l = libc::rlimit {
                     rlim_cur: v,
@@ -467,7 +480,9 @@ pub fn layerspec(args: &[&std::ffi::OsStr], tmp: &Path, timeout: Duration) -> Ra
                 }
                 Ok(())
             };
-            lim(libc::RLIMIT_AS, CHILD_AS_BYTES)?;
+            if limit_as {
+                lim(libc::RLIMIT_AS, CHILD_AS_BYTES)?;
+            }
             lim(libc::RLIMIT_FSIZE, CHILD_FSIZE_BYTES)?;
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
             Ok(())
