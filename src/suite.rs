@@ -193,7 +193,11 @@ pub fn run_real_as(
                 Ok(d) => d,
                 // A backend this machine lacks is a skip; one it has that fails to start
                 // (a backing filesystem that cannot be made) is a failure.
-                Err(why) if unavailable(driver, open) => return outcome(Status::Skip(why)),
+                Err(why)
+                    if layerspec_real::cannot_run(driver, open, s.options.overlay).is_some() =>
+                {
+                    return outcome(Status::Skip(why))
+                }
                 Err(why) => return outcome(Status::Fail(format!("cannot start: {why}"))),
             };
         if let Some(label) = label {
@@ -280,14 +284,6 @@ pub fn run_real_as(
         backend: backend.to_string(),
         result,
     }
-}
-
-/// Whether this machine lacks `backend` for `driver` (the probe's verdict).
-fn unavailable(driver: DriverKind, backend: &str) -> bool {
-    layerspec_real::backends_for(driver)
-        .into_iter()
-        .find(|b| b.name == backend)
-        .is_none_or(|b| b.unavailable.is_some())
 }
 
 /// What a real row is when the model's run of the same file, at the same kernel, did not

@@ -48,6 +48,24 @@ pub fn open_backend(
     open_backend_on(kind, backend, options, BackingFs::tmpfs())
 }
 
+/// Why `backend` cannot run `kind` with `options` on this machine, if it cannot: the
+/// backend is missing here, or it lacks an option. Such a run is a skip; an error from
+/// [`open_backend_on`] for a backend and options that pass here is a failure.
+pub fn cannot_run(kind: DriverKind, backend: &str, options: OverlayOptions) -> Option<String> {
+    match backends_for(kind).into_iter().find(|b| b.name == backend) {
+        None => return Some(format!("{kind} has no `{backend}` backend")),
+        Some(Backend {
+            unavailable: Some(why),
+            ..
+        }) => return Some(why),
+        Some(_) => {}
+    }
+    if backend == "fuse" && options != OverlayOptions::default() {
+        return Some("fuse-overlayfs has no redirect_dir/index/metacopy/xino options".into());
+    }
+    None
+}
+
 /// Like [`open_backend`], on the given backing filesystem.
 pub fn open_backend_on(
     kind: DriverKind,
@@ -55,13 +73,8 @@ pub fn open_backend_on(
     options: OverlayOptions,
     backing: BackingFs,
 ) -> Result<Box<dyn Driver + Send>, String> {
-    match backends_for(kind).into_iter().find(|b| b.name == backend) {
-        None => return Err(format!("{kind} has no `{backend}` backend")),
-        Some(Backend {
-            unavailable: Some(why),
-            ..
-        }) => return Err(why),
-        Some(_) => {}
+    if let Some(why) = cannot_run(kind, backend, options) {
+        return Err(why);
     }
     if backend == "vm" {
         return Err(
@@ -77,14 +90,7 @@ pub fn open_backend_on(
     }
     let imp = match backend {
         "kernel" => Implementation::Kernel,
-        "fuse" => {
-            if options != OverlayOptions::default() {
-                return Err(
-                    "fuse-overlayfs has no redirect_dir/index/metacopy/xino options".into(),
-                );
-            }
-            Implementation::Fuse
-        }
+        "fuse" => Implementation::Fuse,
         _ => return Err(format!("backend `{backend}` is not built")),
     };
     OverlayDriver::new(kind, imp, options, backing)
