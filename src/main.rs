@@ -167,11 +167,12 @@ fn real_main() -> Result<ExitCode> {
                             Status::Skip(_) => Outcome {
                                 scenario: m.scenario.clone(),
                                 driver: m.driver,
-                                backend,
                                 result: RunResult {
                                     status,
                                     observation: None,
                                 },
+                                kernel: (backend != "vm").then(suite::running_kernel).flatten(),
+                                backend,
                             },
                             _ if backend == "vm" => {
                                 vm_jobs.push((s, m.driver));

@@ -6,7 +6,9 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// One JSON object per outcome: `{"scenario","driver","backend","status","detail"}`.
+/// One JSON object per outcome: `{"scenario","driver","backend","status","detail"}`, then
+/// `"kernel"` where the outcome knows it (the release a real backend ran on; for the model,
+/// the version whose rules it followed).
 pub fn json_line(o: &Outcome) -> String {
     let (status, detail) = split(&o.result.status);
     // Keys in the contract's order (serde_json's maps would sort them).
@@ -17,8 +19,11 @@ pub fn json_line(o: &Outcome) -> String {
         ("status", json!(status)),
         ("detail", json!(detail)),
     ];
+    // Keys added since the contract come after its keys.
+    let kernel = o.kernel.as_ref().map(|k| ("kernel", json!(k)));
     let body: Vec<String> = fields
         .iter()
+        .chain(kernel.iter())
         .map(|(k, v)| format!("{}:{v}", json!(k)))
         .collect();
     format!("{{{}}}", body.join(","))
