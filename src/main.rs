@@ -68,6 +68,27 @@ enum Cmd {
         #[arg(long)]
         catalogue: Option<PathBuf>,
     },
+    /// Render outputs of `layerspec run --json` as one self-contained HTML page (or
+    /// Markdown): claims and scenarios x (driver, backend, kernel), per-driver totals, every
+    /// failure, skip reasons, the kernel-version rules and the claims.
+    Report {
+        /// Outputs of `layerspec run --json` (`-`: standard input); a later row of the same
+        /// scenario x driver x backend x kernel replaces an earlier one.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the report to this file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `html` or `md`.
+        #[arg(long, value_enum, default_value_t = Format::Html)]
+        format: Format,
+        /// The scenario files the results came from, for the claims they cite.
+        #[arg(long, default_value = "scenarios")]
+        scenarios: PathBuf,
+        /// Another claims catalogue than the one built in (spec/claims.toml).
+        #[arg(long)]
+        catalogue: Option<PathBuf>,
+    },
     /// Replay generated traces on the model and a backend; write each divergence, shrunk,
     /// as a scenario file. Exit 0: none, 1: divergences, 2: the backend cannot run.
     Fuzz(layerspec::fuzz::FuzzArgs),
@@ -78,6 +99,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: layerspec::vm::guest::GuestCmd,
     },
+}
+
+/// The formats of `layerspec report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// One self-contained HTML page.
+    Html,
+    /// Markdown.
+    Md,
 }
 
 fn main() -> ExitCode {
@@ -164,6 +194,55 @@ fn real_main() -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Cmd::Report {
+            inputs,
+            out,
+            format,
+            scenarios,
+            catalogue,
+        } => {
+            let rows = layerspec::results::read(&inputs)?;
+            let cat = match Catalogue::load(catalogue.as_deref()) {
+                Ok(c) => c,
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            // The claims each scenario cites; without the files the report has no claims
+            // grid rows filled, and says nothing worse.
+            let cited_by = match suite::discover(std::slice::from_ref(&scenarios)) {
+                Ok(files) => {
+                    let (ok, errs) = suite::load(&files);
+                    for e in &errs {
+                        eprintln!("layerspec report: {e}");
+                    }
+                    layerspec::claims::cited_by(&ok)
+                }
+                Err(e) => {
+                    eprintln!("layerspec report: no claims per scenario: {e}");
+                    Default::default()
+                }
+            };
+            let input = report::grid::Input {
+                rows: &rows,
+                catalogue: &cat,
+                cited_by,
+                inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
+            };
+            let text = match format {
+                Format::Html => report::html::render(&input),
+                Format::Md => report::markdown::render(&input),
+            };
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Run {
             paths,

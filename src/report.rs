@@ -1,4 +1,10 @@
-//! Reports: a table for people, JSON lines for programs (DESIGN.md's contract).
+//! Reports: a table for people and JSON lines for programs (`layerspec run`), and the
+//! conformance report made from those lines (`layerspec report`): one self-contained HTML
+//! page ([`html`]) or Markdown ([`markdown`]), both from [`grid`].
+
+pub mod grid;
+pub mod html;
+pub mod markdown;
 
 use crate::runner::Status;
 use crate::suite::Outcome;
