@@ -158,6 +158,11 @@ fn failures(o: &mut String, r: &Report) {
     if r.failures.is_empty() {
         o.push_str("<p class=\"none\">No run failed.</p>\n");
     }
+    if !r.failures.is_empty() {
+        o.push_str(
+            "<table class=\"failures\">\n<tr><th>scenario</th><th>run</th><th>detail</th></tr>\n",
+        );
+    }
     for f in &r.failures {
         let col = Column {
             driver: f.driver.clone(),
@@ -166,11 +171,14 @@ fn failures(o: &mut String, r: &Report) {
         };
         let _ = writeln!(
             o,
-            "<div class=\"failure\"><h3>{} <small>{}</small></h3><pre>{}</pre></div>",
+            "<tr><td class=\"scenario\">{}</td><td class=\"run\">{}</td><td><pre>{}</pre></td></tr>",
             esc(&f.scenario),
             esc(&col.label()),
             esc(&f.detail)
         );
+    }
+    if !r.failures.is_empty() {
+        o.push_str("</table>\n");
     }
     o.push_str("</section>\n");
 }
@@ -395,9 +403,13 @@ table { border-collapse: collapse; background: #fff; }
 .n { white-space: nowrap; margin-right: 6px; font-weight: 600; }
 .n.pass { color: var(--pass); } .n.fail { color: var(--fail); } .n.skip { color: var(--skip); }
 .none { color: var(--pass); font-weight: 600; }
-.failure { background: #fff; border: 1px solid var(--fail-bg); border-left: 4px solid var(--fail);
-  padding: 8px 12px; margin: 8px 0; }
-.failure pre { margin: 0; white-space: pre-wrap; font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
+.failures { border-left: 4px solid var(--fail); font-size: 13px; max-width: 100%; }
+.failures th, .failures td { border: 1px solid var(--line); padding: 4px 10px; text-align: left;
+  vertical-align: top; }
+.failures th { background: #f1f3f6; }
+.failures td.scenario { font-weight: 600; white-space: nowrap; }
+.failures td.run { color: var(--muted); white-space: nowrap; }
+.failures pre { margin: 0; white-space: pre-wrap; font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .grid { font-size: 12px; }
 .grid th, .grid td { border: 1px solid var(--line); }
