@@ -119,7 +119,10 @@ fn counts_cell(c: &super::grid::Counts) -> String {
 }
 
 fn totals(o: &mut String, r: &Report) {
-    o.push_str("<section id=\"totals\">\n<h2>Per driver</h2>\n<table class=\"totals\">\n<tr><th>driver</th>");
+    o.push_str(
+        "<section id=\"totals\">\n<h2>Per driver</h2>\n<table class=\"totals\">\n\
+         <tr><th>driver</th>",
+    );
     for run in &r.runs {
         let col = Column {
             driver: String::new(),
@@ -171,7 +174,8 @@ fn failures(o: &mut String, r: &Report) {
         };
         let _ = writeln!(
             o,
-            "<tr><td class=\"scenario\">{}</td><td class=\"run\">{}</td><td><pre>{}</pre></td></tr>",
+            "<tr><td class=\"scenario\">{}</td><td class=\"run\">{}</td>\
+             <td><pre>{}</pre></td></tr>",
             esc(&f.scenario),
             esc(&col.label()),
             esc(&f.detail)
@@ -248,7 +252,8 @@ fn grid(
             let short = shorten(&row.note, 90);
             let _ = write!(
                 o,
-                "<tr><th class=\"name\" title=\"{}\"><a href=\"#claim-{1}\">{1}</a> <span class=\"gist\">{2}</span></th>",
+                "<tr><th class=\"name\" title=\"{}\"><a href=\"#claim-{1}\">{1}</a> \
+                 <span class=\"gist\">{2}</span></th>",
                 esc(&row.note),
                 esc(&row.name),
                 esc(&short)
@@ -330,15 +335,23 @@ fn kernel(o: &mut String, r: &Report) {
          such behaviour says so with its <code>kernel</code> key, and a backend running \
          another kernel skips it, saying why.</p>\n",
     );
-    o.push_str("<table class=\"list\">\n<tr><th>claim</th><th>kernel</th><th>statement</th><th>sources</th></tr>\n");
+    o.push_str(
+        "<table class=\"list\">\n<tr><th>claim</th><th>kernel</th><th>statement</th>\
+         <th>sources</th></tr>\n",
+    );
     for c in kernel_rules(r.input.catalogue) {
         let _ = writeln!(
             o,
-            "<tr><td><a href=\"#claim-{0}\">{0}</a></td><td class=\"range\">{1}</td><td>{2}</td><td class=\"src\">{3}</td></tr>",
+            "<tr><td><a href=\"#claim-{0}\">{0}</a></td><td class=\"range\">{1}</td>\
+             <td>{2}</td><td class=\"src\">{3}</td></tr>",
             esc(&c.id),
             esc(&c.kernel.as_ref().map(|k| k.to_string()).unwrap_or_default()),
             esc(&c.statement),
-            c.sources.iter().map(|s| esc(s)).collect::<Vec<_>>().join("<br>")
+            c.sources
+                .iter()
+                .map(|s| esc(s))
+                .collect::<Vec<_>>()
+                .join("<br>")
         );
     }
     o.push_str("</table>\n</section>\n");
@@ -356,13 +369,21 @@ fn catalogue(o: &mut String, r: &Report) {
         let who = citing.get(c.id.as_str()).cloned().unwrap_or_default();
         let _ = writeln!(
             o,
-            "<dt id=\"claim-{0}\">{0}{1}</dt><dd><p>{2}</p><p class=\"src\">{3}</p><p class=\"who\">{4} scenario(s): {5}</p></dd>",
+            "<dt id=\"claim-{0}\">{0}{1}</dt><dd><p>{2}</p><p class=\"src\">{3}</p>\
+             <p class=\"who\">{4} scenario(s): {5}</p></dd>",
             esc(&c.id),
-            c.kernel
-                .as_ref()
-                .map_or(String::new(), |k| format!(" <span class=\"range\">kernel {}</span>", esc(&k.to_string()))),
+            c.kernel.as_ref().map_or(String::new(), |k| {
+                format!(
+                    " <span class=\"range\">kernel {}</span>",
+                    esc(&k.to_string())
+                )
+            }),
             esc(&c.statement),
-            c.sources.iter().map(|s| esc(s)).collect::<Vec<_>>().join(" · "),
+            c.sources
+                .iter()
+                .map(|s| esc(s))
+                .collect::<Vec<_>>()
+                .join(" · "),
             who.len(),
             esc(&who.join(", "))
         );
@@ -377,7 +398,8 @@ const CSS: &str = r#"
 body { margin: 0; padding: 24px 32px 48px; font: 14px/1.45 system-ui, -apple-system,
   "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: var(--ink); background: #fafbfc; }
 h1 { font-size: 24px; margin: 0 0 4px; }
-h2 { font-size: 18px; margin: 32px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h2 { font-size: 18px; margin: 32px 0 8px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
 h3 { font-size: 14px; margin: 0 0 6px; }
 small { color: var(--muted); font-weight: normal; }
 a { color: #1f5fbf; text-decoration: none; }
@@ -409,7 +431,8 @@ table { border-collapse: collapse; background: #fff; }
 .failures th { background: #f1f3f6; }
 .failures td.scenario { font-weight: 600; white-space: nowrap; }
 .failures td.run { color: var(--muted); white-space: nowrap; }
-.failures pre { margin: 0; white-space: pre-wrap; font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
+.failures pre { margin: 0; white-space: pre-wrap;
+  font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .grid { font-size: 12px; }
 .grid th, .grid td { border: 1px solid var(--line); }
