@@ -29,10 +29,12 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod catalogue;
 pub mod claims;
 pub mod compare;
 pub mod fuzz;
 pub mod report;
+pub mod results;
 pub mod runner;
 pub mod scenario;
 pub mod suite;

@@ -1,7 +1,8 @@
-//! The `layerspec` command: run, check, claims.
+//! The `layerspec` command: run, check, claims, report, fuzz.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use layerspec::catalogue::Catalogue;
 use layerspec::report;
 use layerspec::runner::{RunResult, Status};
 use layerspec::suite::{self, Outcome};
@@ -44,16 +45,49 @@ enum Cmd {
         #[arg(long)]
         kernel: Option<layerspec_model::KernelVersion>,
     },
-    /// Validate scenario files without running them.
+    /// Validate scenario files without running them, and their claims against the claims
+    /// catalogue (spec/claims.toml). With no paths: all of scenarios/, and also every
+    /// catalogue entry must be cited by some scenario.
     Check {
-        /// Files or directories.
-        #[arg(required = true)]
+        /// Files or directories (default: scenarios/, checked both ways with the catalogue).
         paths: Vec<PathBuf>,
+        /// Another claims catalogue than the one built in (spec/claims.toml).
+        #[arg(long)]
+        catalogue: Option<PathBuf>,
     },
-    /// Print each claim id with the scenarios that cite it.
+    /// Print each claim: its statement, sources, kernel range, the scenarios citing it and,
+    /// with --results, how their runs went per backend (claims no passing run shows first).
     Claims {
         /// Files or directories (default: scenarios/).
         paths: Vec<PathBuf>,
+        /// Outputs of `layerspec run --json` (`-`: standard input); a later row of the same
+        /// scenario x driver x backend x kernel replaces an earlier one.
+        #[arg(long, num_args = 1..)]
+        results: Vec<PathBuf>,
+        /// Another claims catalogue than the one built in (spec/claims.toml).
+        #[arg(long)]
+        catalogue: Option<PathBuf>,
+    },
+    /// Render outputs of `layerspec run --json` as one self-contained HTML page (or
+    /// Markdown): claims and scenarios x (driver, backend, kernel), per-driver totals, every
+    /// failure, skip reasons, the kernel-version rules and the claims.
+    Report {
+        /// Outputs of `layerspec run --json` (`-`: standard input); a later row of the same
+        /// scenario x driver x backend x kernel replaces an earlier one.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the report to this file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `html` or `md`.
+        #[arg(long, value_enum, default_value_t = Format::Html)]
+        format: Format,
+        /// The scenario files the results came from, for the claims they cite.
+        #[arg(long, default_value = "scenarios")]
+        scenarios: PathBuf,
+        /// Another claims catalogue than the one built in (spec/claims.toml).
+        #[arg(long)]
+        catalogue: Option<PathBuf>,
     },
     /// Replay generated traces on the model and a backend; write each divergence, shrunk,
     /// as a scenario file. Exit 0: none, 1: divergences, 2: the backend cannot run.
@@ -65,6 +99,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: layerspec::vm::guest::GuestCmd,
     },
+}
+
+/// The formats of `layerspec report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// One self-contained HTML page.
+    Html,
+    /// Markdown.
+    Md,
 }
 
 fn main() -> ExitCode {
@@ -90,35 +133,116 @@ fn real_main() -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Fuzz(args) => Ok(ExitCode::from(layerspec::fuzz::main(&args))),
         Cmd::Guest { cmd } => Ok(ExitCode::from(layerspec::vm::guest::main(&cmd))),
-        Cmd::Check { paths } => {
-            let files = suite::discover(&paths).map_err(anyhow::Error::msg)?;
-            let (ok, errs) = suite::load(&files);
-            for e in &errs {
-                eprintln!("{e}");
-            }
-            println!("{} file(s) valid, {} invalid", ok.len(), errs.len());
-            Ok(if errs.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
-        Cmd::Claims { paths } => {
+        Cmd::Check { paths, catalogue } => {
+            // No paths: the whole suite, so the catalogue is checked both ways.
+            let complete = paths.is_empty();
             let files = suite::discover(&default_paths(paths)).map_err(anyhow::Error::msg)?;
             let (ok, errs) = suite::load(&files);
             for e in &errs {
                 eprintln!("{e}");
             }
-            let mut cov: Vec<_> = layerspec::claims::coverage(&ok).into_iter().collect();
-            cov.sort_by_key(|(id, _)| layerspec::claims::sort_key(id));
-            for (id, who) in cov {
-                println!("{id:<7} {:>3}  {}", who.len(), who.join(" "));
+            let problems = match Catalogue::load(catalogue.as_deref()) {
+                Ok(cat) => layerspec::claims::check(&cat, &ok, complete),
+                Err(p) => p,
+            };
+            for p in &problems {
+                eprintln!("{p}");
             }
-            Ok(if errs.is_empty() {
+            println!(
+                "{} file(s) valid, {} invalid; {} claim problem(s)",
+                ok.len(),
+                errs.len(),
+                problems.len()
+            );
+            Ok(if errs.is_empty() && problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
             })
+        }
+        Cmd::Claims {
+            paths,
+            results,
+            catalogue,
+        } => {
+            let files = suite::discover(&default_paths(paths)).map_err(anyhow::Error::msg)?;
+            let (ok, errs) = suite::load(&files);
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            let cat = match Catalogue::load(catalogue.as_deref()) {
+                Ok(c) => c,
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let problems = layerspec::claims::check(&cat, &ok, false);
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            let rows = if results.is_empty() {
+                None
+            } else {
+                Some(layerspec::results::read(&results)?)
+            };
+            print!("{}", layerspec::claims::listing(&cat, &ok, rows.as_deref()));
+            Ok(if errs.is_empty() && problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Report {
+            inputs,
+            out,
+            format,
+            scenarios,
+            catalogue,
+        } => {
+            let rows = layerspec::results::read(&inputs)?;
+            let cat = match Catalogue::load(catalogue.as_deref()) {
+                Ok(c) => c,
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            // The claims each scenario cites; without the files the report has no claims
+            // grid rows filled, and says nothing worse.
+            let cited_by = match suite::discover(std::slice::from_ref(&scenarios)) {
+                Ok(files) => {
+                    let (ok, errs) = suite::load(&files);
+                    for e in &errs {
+                        eprintln!("layerspec report: {e}");
+                    }
+                    layerspec::claims::cited_by(&ok)
+                }
+                Err(e) => {
+                    eprintln!("layerspec report: no claims per scenario: {e}");
+                    Default::default()
+                }
+            };
+            let input = report::grid::Input {
+                rows: &rows,
+                catalogue: &cat,
+                cited_by,
+                inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
+            };
+            let text = match format {
+                Format::Html => report::html::render(&input),
+                Format::Md => report::markdown::render(&input),
+            };
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Run {
             paths,
@@ -167,11 +291,12 @@ fn real_main() -> Result<ExitCode> {
                             Status::Skip(_) => Outcome {
                                 scenario: m.scenario.clone(),
                                 driver: m.driver,
-                                backend,
                                 result: RunResult {
                                     status,
                                     observation: None,
                                 },
+                                kernel: (backend != "vm").then(suite::running_kernel).flatten(),
+                                backend,
                             },
                             _ if backend == "vm" => {
                                 vm_jobs.push((s, m.driver));

@@ -1,4 +1,10 @@
-//! Reports: a table for people, JSON lines for programs (DESIGN.md's contract).
+//! Reports: a table for people and JSON lines for programs (`layerspec run`), and the
+//! conformance report made from those lines (`layerspec report`): one self-contained HTML
+//! page ([`html`]) or Markdown ([`markdown`]), both from [`grid`].
+
+pub mod grid;
+pub mod html;
+pub mod markdown;
 
 use crate::runner::Status;
 use crate::suite::Outcome;
@@ -6,7 +12,9 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// One JSON object per outcome: `{"scenario","driver","backend","status","detail"}`.
+/// One JSON object per outcome: `{"scenario","driver","backend","status","detail"}`, then
+/// `"kernel"` where the outcome knows it (the release a real backend ran on; for the model,
+/// the version whose rules it followed).
 pub fn json_line(o: &Outcome) -> String {
     let (status, detail) = split(&o.result.status);
     // Keys in the contract's order (serde_json's maps would sort them).
@@ -17,8 +25,11 @@ pub fn json_line(o: &Outcome) -> String {
         ("status", json!(status)),
         ("detail", json!(detail)),
     ];
+    // Keys added since the contract come after its keys.
+    let kernel = o.kernel.as_ref().map(|k| ("kernel", json!(k)));
     let body: Vec<String> = fields
         .iter()
+        .chain(kernel.iter())
         .map(|(k, v)| format!("{}:{v}", json!(k)))
         .collect();
     format!("{{{}}}", body.join(","))

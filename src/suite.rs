@@ -63,6 +63,23 @@ pub struct Outcome {
     pub backend: String,
     /// Result.
     pub result: RunResult,
+    /// The kernel the run followed, where known: for the model the version whose rules it
+    /// followed (`6.18`), for a real backend the release it ran on (`uname -r`).
+    pub kernel: Option<String>,
+}
+
+/// The release of the kernel this process runs on (`uname -r`; inside the VM tier, the
+/// guest's), read once.
+pub fn running_kernel() -> Option<String> {
+    static RELEASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    RELEASE
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+        })
+        .clone()
 }
 
 /// Runs one scenario on the model for every driver it applies to (or the `only` ones), at
@@ -86,6 +103,7 @@ pub fn run_model_at(
             driver: d,
             backend: "model".into(),
             result: model_result(s, d, kernel),
+            kernel: Some(kernel.to_string()),
         })
         .collect()
 }
@@ -160,6 +178,7 @@ pub fn run_real_as(
             status,
             observation: None,
         },
+        kernel: running_kernel(),
     };
     // The model run at the real side's kernel, when that is not the default.
     let mut paired: Option<RunResult> = None;
@@ -231,6 +250,7 @@ pub fn run_real_as(
             driver,
             backend: backend.to_string(),
             result,
+            kernel: running_kernel(),
         };
     };
     // Where the file states that this backend differs from the model on some step, the
@@ -256,6 +276,7 @@ pub fn run_real_as(
             driver,
             backend: backend.to_string(),
             result,
+            kernel: running_kernel(),
         };
     }
     let Some(m) = model.and_then(|m| m.observation.as_ref()) else {
@@ -283,6 +304,7 @@ pub fn run_real_as(
         driver,
         backend: backend.to_string(),
         result,
+        kernel: running_kernel(),
     }
 }
 

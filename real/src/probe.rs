@@ -72,7 +72,7 @@ pub struct Backend {
     pub unavailable: Option<String>,
 }
 
-/// The real backends DESIGN.md lists for `driver`, with this machine's verdict on each.
+/// The real backends for `driver` (README, "Status"), with this machine's verdict on each.
 pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
     let h = HostFacts::read();
     let need_root = (!h.root).then(|| "needs root (mount namespaces, mounts)".to_string());
@@ -109,7 +109,9 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             unavailable: Some(if h.aufs {
                 "aufs is in /proc/filesystems, but the aufs backend is not built".into()
             } else {
-                "/proc/filesystems has no aufs (never upstream; DESIGN.md: nowhere here)".into()
+                "/proc/filesystems has no aufs: it was never merged into Linux, and this kernel \
+                 was not built with its patches"
+                    .into()
             }),
         }],
         DriverKind::Devicemapper | DriverKind::Thinpool => {
@@ -161,7 +163,7 @@ fn devicemapper_missing(h: &HostFacts) -> Option<String> {
         })
 }
 
-/// What the VM tier (DESIGN.md, "The VM tier") needs from this machine, found: qemu, a
+/// What the VM tier (README, "The VM tier") needs from this machine, found: qemu, a
 /// Debian kernel image with its modules, a static busybox, and the kernel modules to load in
 /// the guest, in dependency order.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -204,7 +204,7 @@ pub fn owned_temp_dir(tag: &str) -> io::Result<PathBuf> {
         if !sys::try_lock(&f)? {
             return Err(io::Error::other("the marker of a new directory is locked"));
         }
-        write!(f, "{MARKER_TEXT}pid {}\n", std::process::id())?;
+        writeln!(f, "{MARKER_TEXT}pid {}", std::process::id())?;
         Ok(f)
     })();
     match marked {

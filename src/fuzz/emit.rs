@@ -1,6 +1,6 @@
-//! Writing a trace as a scenario file (`SCENARIOS.md`): its layers, its container, and every
-//! step with `expect`/`returns` as the model answers (the spec's answer), plus a comment on
-//! the diverging step saying what the other driver did.
+//! Writing a trace as a scenario file (`docs/SCENARIOS.md`): its layers, its container,
+//! and every step with `expect`/`returns` as the model answers (the spec's answer), plus a
+//! comment on the diverging step saying what the other driver did.
 
 use super::generate::Trace;
 use super::replay::{describe, model_outcomes, Divergence, Phase, NOT_RUN};

@@ -1,4 +1,4 @@
-//! Scenario files (`SCENARIOS.md`): what they hold once parsed, and the parser.
+//! Scenario files (`docs/SCENARIOS.md`): what they hold once parsed, and the parser.
 
 pub mod limits;
 mod parse;

@@ -110,6 +110,7 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
                         status: Status::Fail(format!("layerspec panicked in the guest: {msg}")),
                         observation: None,
                     },
+                    kernel: suite::running_kernel(),
                 }
             });
             // Nothing a run makes may outlive it: a dm or loop device it left fails it

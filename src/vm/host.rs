@@ -106,6 +106,11 @@ pub fn run_scenarios(jobs: &[(&Scenario, DriverKind)]) -> Vec<Outcome> {
                 status,
                 observation: None,
             },
+            kernel: got
+                .as_ref()
+                .ok()
+                .map(|o| o.kernel.trim().to_string())
+                .filter(|k| !k.is_empty() && k != "?"),
         });
     }
     match &got {

@@ -1,4 +1,4 @@
-//! The VM tier (DESIGN.md, "The VM tier"): the real backends run inside Debian's kernel
+//! The VM tier (README, "The VM tier"): the real backends run inside Debian's kernel
 //! under qemu, as backend `vm`, where the host kernel lacks dm-thin, and as a second kernel
 //! version for overlayfs.
 //!

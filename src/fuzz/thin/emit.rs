@@ -1,4 +1,4 @@
-//! Writing a thin-pool trace as a scenario file (SCENARIOS.md, "Thin-pool steps"): the
+//! Writing a thin-pool trace as a scenario file (docs/SCENARIOS.md, "Thin-pool files"): the
 //! `[pool]` table, every step with `expect`/`returns` as the model answers, a comment on
 //! the diverging step saying what the other driver did, and a final `check` of the pool's
 //! data blocks and each device's mapped blocks as the model has them.

@@ -1,5 +1,5 @@
 //! The thin-pool parts of the scenario parser: the `[pool]` table, the thin-pool steps and
-//! their `check` keys, and what `read_blocks` returns (SCENARIOS.md, "Thin-pool steps").
+//! their `check` keys, and what `read_blocks` returns (docs/SCENARIOS.md, "Thin-pool files").
 
 use super::{Ctx, ParseError, PoolDoc, StepDoc};
 use crate::scenario::{Expected, PerDriver, ThinStep};
