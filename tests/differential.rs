@@ -31,6 +31,7 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
         out: std::env::temp_dir().join("layerspec-differential-not-written"),
         shrink_budget: 300,
         thin: Default::default(),
+        overlay: Vec::new(),
     };
     let summary = match fuzz::run(&args, OverlayOptions::default(), false) {
         Ok(s) => s,

@@ -339,6 +339,7 @@ fn a_model_run_finds_nothing_and_says_the_same_twice() {
         out: std::env::temp_dir().join("layerspec-fuzz-never-written"),
         shrink_budget: 10,
         thin: Default::default(),
+        overlay: Vec::new(),
     };
     let a = run(&args, OPTS, false).unwrap();
     let b = run(&args, OPTS, false).unwrap();
@@ -361,6 +362,7 @@ fn an_unknown_backend_cannot_run() {
         out: std::env::temp_dir(),
         shrink_budget: 10,
         thin: Default::default(),
+        overlay: Vec::new(),
     };
     let e = run(&args, OPTS, false).unwrap_err();
     assert!(e.contains("nonesuch"), "{e}");
