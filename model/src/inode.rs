@@ -7,7 +7,6 @@ use crate::errno::Errno;
 use crate::namei::Resolved;
 use crate::step::{Content, FileOp, Kind, Outcome, StatInfo, Value};
 use crate::tree::{Body, Ino};
-use std::sync::Arc;
 
 /// Longest xattr name (`XATTR_NAME_MAX`).
 const XATTR_NAME_MAX: usize = 255;
@@ -19,16 +18,12 @@ impl Container {
     pub fn apply(&mut self, op: &FileOp) -> Outcome {
         match op {
             FileOp::Create { path, mode } => self.create(path, *mode).map(unit),
-            FileOp::Write { path, offset, data } => {
-                let bytes = match data {
-                    Content::Bytes(b) => b.clone(),
-                    other => other.materialize(),
-                };
-                self.write(path, Some(*offset), &bytes).map(unit)
-            }
-            FileOp::Append { path, data } => self.write(path, None, data).map(unit),
+            FileOp::Write { path, offset, data } => self.write(path, Some(*offset), data).map(unit),
+            FileOp::Append { path, data } => self
+                .write(path, None, &Content::Bytes(data.clone()))
+                .map(unit),
             FileOp::Truncate { path, size } => self.truncate(path, *size).map(unit),
-            FileOp::Read { path, offset, len } => self.read(path, *offset, *len).map(Value::Bytes),
+            FileOp::Read { path, offset, len } => self.read(path, *offset, *len),
             FileOp::Unlink { path } => self.unlink(path).map(unit),
             FileOp::Mkdir { path, mode } => self.mkdir(path, *mode).map(unit),
             FileOp::Rmdir { path } => self.rmdir(path).map(unit),
@@ -117,16 +112,11 @@ impl Container {
     }
 
     /// `pwrite` at `offset`, or an append when `offset` is `None`.
-    fn write(&mut self, path: &str, offset: Option<u64>, bytes: &[u8]) -> Result<(), Errno> {
+    fn write(&mut self, path: &str, offset: Option<u64>, content: &Content) -> Result<(), Errno> {
         let ino = self.open_for_write(path)?;
         if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
-            let data = Arc::make_mut(data);
-            let at = offset.map_or(data.len(), |o| o as usize);
-            let end = at + bytes.len();
-            if data.len() < end {
-                data.resize(end, 0);
-            }
-            data[at..end].copy_from_slice(bytes);
+            let at = offset.unwrap_or(data.len());
+            data.write(at, content);
         }
         Ok(())
     }
@@ -135,18 +125,25 @@ impl Container {
     fn truncate(&mut self, path: &str, size: u64) -> Result<(), Errno> {
         let ino = self.open_for_write(path)?;
         if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
-            Arc::make_mut(data).resize(size as usize, 0);
+            data.truncate(size);
         }
         Ok(())
     }
 
-    fn read(&self, path: &str, offset: u64, len: Option<u64>) -> Result<Vec<u8>, Errno> {
+    /// `pread`: the bytes, or for more than [`crate::SPARSE_DIGEST_MIN`] of them their
+    /// digest text ([`Value::Digest`]).
+    fn read(&self, path: &str, offset: u64, len: Option<u64>) -> Result<Value, Errno> {
         let d = self.resolve(path, true)?.existing()?;
         match &self.inode(d).body {
             Body::File { data, .. } => {
-                let start = (offset as usize).min(data.len());
-                let end = len.map_or(data.len(), |l| (start + l as usize).min(data.len()));
-                Ok(data[start..end].to_vec())
+                let len = len.unwrap_or(u64::MAX);
+                let start = offset.min(data.len());
+                let n = len.min(data.len() - start);
+                if n > crate::digest::SPARSE_DIGEST_MIN {
+                    Ok(Value::Digest(data.hasher(start, n).text()))
+                } else {
+                    Ok(Value::Bytes(data.read(start, n)))
+                }
             }
             Body::Dir { .. } => Err(Errno::EISDIR),
             _ => Err(Errno::EINVAL),

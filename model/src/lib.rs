@@ -44,6 +44,7 @@ mod changes;
 mod check;
 mod container;
 mod copy_up;
+mod data;
 pub mod devmapper;
 mod digest;
 mod dir;
@@ -68,7 +69,11 @@ pub use check::{
     pool_data_blocks, upper_dir, BlockRange, Check,
 };
 pub use container::{Container, Dentry};
-pub use digest::{content_digest, pseudo_random, seed_for_path, short_name};
+pub use data::FileData;
+pub use digest::{
+    content_digest, pseudo_random, pseudo_random_at, seed_for_path, short_name, ContentHasher,
+    DIGEST_PAGE, SPARSE_DIGEST_MIN,
+};
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};

@@ -9,7 +9,8 @@
 //! block and inode bitmaps and the group descriptors when blocks or inodes are allocated or
 //! freed; those metadata blocks once more in the journal, with a descriptor and a commit
 //! block; the superblock at mount and unmount. Data blocks come from a bump allocator and
-//! are not reused; a directory has one block, a symlink longer than 59 bytes one block.
+//! are not reused; a directory has one block, a symlink longer than 59 bytes one block, a
+//! file one block for each 4 KiB page that holds data (a hole takes none, as in ext4).
 //!
 //! Not modelled: ext4 also writes its superblock through the journal at the first open of
 //! a file after each mount, to record the mount point (`ext4_sample_last_mounted`,
@@ -21,10 +22,10 @@
 //! (`tests/measure/dm_ext4_chunks.py`). What a rule decides is exact: a snapshot takes no
 //! block, a second read writes nothing, deleting a device frees exactly its own blocks.
 
+use crate::data::FileData;
 use crate::lower::LowerStack;
 use crate::tree::{Body, Ino, Inode, Tree, ROOT};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 /// Bytes in a filesystem block.
 pub(crate) const FS_BLOCK: u64 = 4096;
@@ -83,10 +84,10 @@ pub(crate) const MKFS_CHUNKS: [(u64, u64); 19] = [
 /// One inode of the stand-in filesystem.
 #[derive(Clone, Debug)]
 struct FsInode {
-    /// Its blocks: a file's data, a directory's one block, a slow symlink's target.
-    blocks: Vec<u64>,
+    /// Its blocks by page: a file's data, a directory's one block, a slow symlink's target.
+    blocks: BTreeMap<u64, u64>,
     /// A file's contents as last written, to find the blocks a write changed.
-    data: Option<Arc<Vec<u8>>>,
+    data: Option<FileData>,
     /// The model inode's change counter when last seen.
     version: u64,
     is_dir: bool,
@@ -193,9 +194,9 @@ impl FsImage {
         }
         let mut txn = Txn::default();
         txn.meta.insert(ROOT_DIR_BLOCK);
-        let rootfs = self.alloc_inode(&mut txn, true, 1, None, 0);
-        let id_blocks = usize::from(id_len > 0) as u64;
-        self.alloc_inode(&mut txn, false, id_blocks, None, 0);
+        let rootfs = self.alloc_inode(&mut txn, true, BTreeSet::from([0]), None, 0);
+        let id_pages = BTreeSet::from_iter((id_len > 0).then_some(0));
+        self.alloc_inode(&mut txn, false, id_pages, None, 0);
         self.rootfs = Some(rootfs);
         self.by_model.insert(ROOT, rootfs);
         self.commit(txn)
@@ -217,15 +218,19 @@ impl FsImage {
         &mut self,
         txn: &mut Txn,
         is_dir: bool,
-        blocks: u64,
-        data: Option<Arc<Vec<u8>>>,
+        pages: BTreeSet<u64>,
+        data: Option<FileData>,
         version: u64,
     ) -> u64 {
         let ino = self.next_ino;
         self.next_ino += 1;
         txn.inode_allocated(ino);
-        let blocks = self.alloc_blocks(txn, blocks);
-        for &b in &blocks {
+        let blocks: BTreeMap<u64, u64> = pages
+            .iter()
+            .copied()
+            .zip(self.alloc_blocks(txn, pages.len() as u64))
+            .collect();
+        for &b in blocks.values() {
             if is_dir {
                 txn.meta.insert(b);
             } else {
@@ -257,68 +262,76 @@ impl FsImage {
 
     /// A new inode for a model inode.
     fn create(&mut self, txn: &mut Txn, inode: &Inode) -> u64 {
-        let (is_dir, blocks, data) = match &inode.body {
-            Body::Dir { .. } => (true, 1, None),
-            Body::File { data, .. } => (false, blocks_for(data.len()), Some(Arc::clone(data))),
-            Body::Symlink(t) => (false, u64::from(t.len() > FAST_SYMLINK_MAX), None),
-            Body::Whiteout => (false, 0, None),
+        let (is_dir, pages, data) = match &inode.body {
+            Body::Dir { .. } => (true, BTreeSet::from([0]), None),
+            Body::File { data, .. } => (false, data_pages(data), Some(data.clone())),
+            Body::Symlink(t) => (
+                false,
+                BTreeSet::from_iter((t.len() > FAST_SYMLINK_MAX).then_some(0)),
+                None,
+            ),
+            Body::Whiteout => (false, BTreeSet::new(), None),
         };
-        self.alloc_inode(txn, is_dir, blocks, data, inode.version)
+        self.alloc_inode(txn, is_dir, pages, data, inode.version)
     }
 
     fn free(&mut self, txn: &mut Txn, f: u64) {
         if let Some(rec) = self.inodes.remove(&f) {
             txn.inode_allocated(f);
-            for b in rec.blocks {
+            for b in rec.blocks.into_values() {
                 txn.block_allocated(b);
             }
         }
     }
 
     /// A model inode changed: its inode is written, a directory's block, and a file's
-    /// blocks whose bytes differ (blocks past the old end are allocated, blocks past the new
-    /// end freed).
+    /// blocks whose bytes differ (pages that came to hold data are allocated, in page order,
+    /// pages that no longer do freed).
     fn change(&mut self, txn: &mut Txn, f: u64, inode: &Inode) {
         txn.inode(f);
-        let mut alloc = 0;
-        let mut freed = Vec::new();
+        let mut alloc = Vec::new();
         {
             let rec = self.inodes.get_mut(&f).expect("known inode");
             rec.version = inode.version;
             rec.atime_fresh = false;
             if rec.is_dir {
-                txn.meta.extend(rec.blocks.iter().copied());
+                txn.meta.extend(rec.blocks.values().copied());
             }
             if let Body::File { data, .. } = &inode.body {
-                let old = rec.data.replace(Arc::clone(data));
-                let same = old.as_ref().is_some_and(|o| Arc::ptr_eq(o, data));
+                let old = rec.data.replace(data.clone());
+                let same = old.as_ref().is_some_and(|o| o.shares(data));
                 if !same {
-                    let new_n = blocks_for(data.len()) as usize;
-                    let old_n = rec.blocks.len();
-                    if new_n < old_n {
-                        freed = rec.blocks.split_off(new_n);
+                    let pages = data_pages(data);
+                    let freed: Vec<u64> = rec
+                        .blocks
+                        .keys()
+                        .filter(|p| !pages.contains(p))
+                        .copied()
+                        .collect();
+                    for p in &freed {
+                        let b = rec.blocks.remove(p).expect("listed");
+                        txn.block_allocated(b);
                     }
-                    alloc = new_n.saturating_sub(old_n);
-                    for i in 0..old_n.min(new_n) {
-                        let a = old.as_deref().map(|o| block_bytes(o, i));
-                        if a != Some(block_bytes(data, i)) {
-                            txn.data.insert(rec.blocks[i]);
+                    for p in pages {
+                        match rec.blocks.get(&p) {
+                            None => alloc.push(p),
+                            Some(&b) if !same_page(old.as_ref(), data, p) => {
+                                txn.data.insert(b);
+                            }
+                            Some(_) => {}
                         }
                     }
                 }
             }
         }
-        for b in freed {
-            txn.block_allocated(b);
-        }
-        if alloc > 0 {
-            let more = self.alloc_blocks(txn, alloc as u64);
+        if !alloc.is_empty() {
+            let more = self.alloc_blocks(txn, alloc.len() as u64);
             txn.data.extend(more.iter().copied());
             self.inodes
                 .get_mut(&f)
                 .expect("known inode")
                 .blocks
-                .extend(more);
+                .extend(alloc.into_iter().zip(more));
         }
     }
 
@@ -466,14 +479,24 @@ impl FsImage {
     }
 }
 
-fn blocks_for(len: usize) -> u64 {
-    (len as u64).div_ceil(FS_BLOCK)
+/// The pages of a file that hold data: those its data extents touch.
+fn data_pages(data: &FileData) -> BTreeSet<u64> {
+    let mut pages = BTreeSet::new();
+    for (s, e) in data.data_ranges() {
+        pages.extend(s / FS_BLOCK..e.div_ceil(FS_BLOCK));
+    }
+    pages
 }
 
-fn block_bytes(data: &[u8], i: usize) -> &[u8] {
-    let b = FS_BLOCK as usize;
-    let start = (i * b).min(data.len());
-    &data[start..((i + 1) * b).min(data.len())]
+/// Page `p` as the file's block holds it: its bytes up to the end of the file.
+fn page_bytes(data: &FileData, p: u64) -> Vec<u8> {
+    let start = p * FS_BLOCK;
+    data.read(start, FS_BLOCK)
+}
+
+/// Whether page `p` holds the same bytes (and the same length) in `old` as in `new`.
+fn same_page(old: Option<&FileData>, new: &FileData, p: u64) -> bool {
+    old.is_some_and(|o| page_bytes(o, p) == page_bytes(new, p))
 }
 
 /// Runs of consecutive blocks: (first, count).
