@@ -3,7 +3,7 @@
 //! (OVL1, OVL2); and overlay's hard-link farms (DOCK1).
 
 use crate::sys::{self, Log};
-use layerspec_model::{EntryKind, LayerSpec};
+use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -29,6 +29,24 @@ pub fn write_file(log: &mut Log, path: &Path, mode: u32, data: &[u8]) -> io::Res
         .mode(mode)
         .open(path)?;
     f.write_all(data)?;
+    // An explicit chmod: setuid/setgid/sticky bits are not kept by open's mode on all
+    // filesystems.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// Writes a regular file with `mode` holding an entry's contents, streamed.
+pub fn write_content_file(log: &mut Log, path: &Path, mode: u32, data: &Content) -> io::Result<()> {
+    log.note(format!(
+        "write {} ({} bytes, mode {mode:o})",
+        path.display(),
+        data.len()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    crate::content::write_content(&mut f, data)?;
     // An explicit chmod: setuid/setgid/sticky bits are not kept by open's mode on all
     // filesystems.
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -63,7 +81,7 @@ pub fn write_entries(log: &mut Log, dir: &Path, spec: &LayerSpec) -> io::Result<
         ensure_parents(log, dir, rel)?;
         let p = dir.join(rel);
         match &e.kind {
-            EntryKind::File(c) => write_file(log, &p, e.mode.unwrap_or(0o644), &c.materialize())?,
+            EntryKind::File(c) => write_content_file(log, &p, e.mode.unwrap_or(0o644), c)?,
             EntryKind::Dir { opaque } => {
                 let mode = e.mode.unwrap_or(0o755);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod changes;
+mod content;
 mod copy_up;
 mod devmapper;
 mod dm;

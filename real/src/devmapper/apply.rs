@@ -8,9 +8,9 @@
 //! `user.*` xattrs to stage them on, and staging on the device itself would write blocks
 //! Docker's applier does not write.
 
-use crate::layer::{mkdir, write_file};
+use crate::layer::{mkdir, write_content_file};
 use crate::sys::{self, Log};
-use layerspec_model::{EntryKind, LayerSpec};
+use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -32,7 +32,7 @@ enum Node {
     File {
         mode: u32,
         xattrs: Xattrs,
-        data: Vec<u8>,
+        data: Content,
         inode: usize,
     },
     Symlink(String),
@@ -101,7 +101,7 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                 Node::File {
                     mode: e.mode.unwrap_or(0o644),
                     xattrs: e.xattrs.clone(),
-                    data: c.materialize(),
+                    data: c.clone(),
                     inode: inodes,
                 }
             }
@@ -221,7 +221,7 @@ fn apply_dir(
                         fs::hard_link(first, &dst)?;
                     }
                     None => {
-                        write_file(log, &dst, *mode, data)?;
+                        write_content_file(log, &dst, *mode, data)?;
                         set_xattrs(log, &dst, xattrs)?;
                         seen.insert(*inode, dst.clone());
                     }
