@@ -76,12 +76,14 @@ pub use digest::{
 };
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
+pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
 pub use params::{
     Backing, BadKernelVersion, DirRename, DriverKind, KernelVersion, OverlayOptions, Policy,
+    EXT4_MAX_FILE_SIZE, MAX_LFS_FILESIZE,
 };
 pub use path::{validate_scenario_path, BadPath, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 pub use step::{
