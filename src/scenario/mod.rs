@@ -208,6 +208,25 @@ impl Step {
 }
 
 impl Scenario {
+    /// The largest file length the scenario can make: entries' sizes, and the end of every
+    /// `write` and `truncate` (appends add little and are left out).
+    pub fn largest_file(&self) -> u64 {
+        use layerspec_model::{EntryKind, FileOp};
+        let entries = self.layers.iter().flat_map(|l| &l.entries).map(|e| match &e.kind {
+            EntryKind::File(c) => c.len(),
+            _ => 0,
+        });
+        let steps = self.steps.iter().map(|s| match &s.action {
+            Action::Op(Op::File { op, .. }) => match op {
+                FileOp::Write { offset, data, .. } => offset.saturating_add(data.len()),
+                FileOp::Truncate { size, .. } => *size,
+                _ => 0,
+            },
+            _ => 0,
+        });
+        entries.chain(steps).max().unwrap_or(0).min(i64::MAX as u64)
+    }
+
     /// The drivers this scenario runs on: those it names, else every file-level driver
     /// whose capabilities cover its steps.
     pub fn drivers(&self) -> Vec<DriverKind> {
