@@ -79,6 +79,24 @@ fn bad_errno_name() {
 }
 
 #[test]
+fn data_past_64_gib() {
+    assert_located(
+        &format!("{HEAD}entries = [{{ path = \"/a\", size = 9223372036854775807 }}]\n"),
+        4,
+        "at most 68719476736 bytes",
+    );
+    let t = format!(
+        "{HEAD}[trace]\nsteps = [\n  {{ op = \"write\", path = \"/a\", size = 68719476737 }},\n]\n"
+    );
+    assert_located(&t, 6, "at most 68719476736 bytes");
+    // Holes have no such limit.
+    let t = format!(
+        "{HEAD}entries = [{{ path = \"/a\", size = 68719476736 }}]\n[[container]]\nid = \"c\"\nimage = \"base\"\n[trace]\nsteps = [\n  {{ op = \"truncate\", path = \"/a\", size = 9223372036854775807 }},\n  {{ op = \"write\", path = \"/a\", offset = 9223372036854775806, data = \"x\" }},\n]\n"
+    );
+    assert_eq!(check(&t).0, 0);
+}
+
+#[test]
 fn duplicate_layer_id() {
     assert_located(
         &format!("{HEAD}[[layer]]\nid = \"base\"\n"),

@@ -569,6 +569,18 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
     })
 }
 
+/// The most bytes an entry's or a `write`'s `size` may ask for: 64 GiB. Both sides make
+/// them and digest them (about 1.5 s a GiB on the model), where a hole costs nothing: a
+/// truncate's `size` and an `offset` may reach 2^63 - 1.
+pub const MAX_DATA: u64 = 64 << 30;
+
+fn too_much_data(n: u64) -> String {
+    format!(
+        "`size = {n}`: an entry or a write holds at most {MAX_DATA} bytes (64 GiB) of data; \
+         a hole made with `truncate` or a far `offset` has no such limit"
+    )
+}
+
 fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
     let d = e.get_ref();
     let path = check_path(ctx, &d.path)?;
@@ -590,6 +602,9 @@ fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
     let kind = if let Some(data) = &d.data {
         EntryKind::File(Content::Bytes(data.as_bytes().to_vec()))
     } else if let Some(size) = d.size {
+        if size > MAX_DATA {
+            return Err(ctx.err(e.span(), too_much_data(size)));
+        }
         EntryKind::File(Content::Random {
             len: size,
             seed: seed_for_path(&path),
@@ -753,6 +768,7 @@ fn parse_step(
             let path = need_path(&d.path, "path")?;
             let data = match (&d.data, d.size) {
                 (Some(s), None) => Content::Bytes(s.as_bytes().to_vec()),
+                (None, Some(n)) if n > MAX_DATA => return Err(at(too_much_data(n))),
                 (None, Some(n)) => Content::Random {
                     len: n,
                     seed: seed_for_path(&path) ^ index as u64,
