@@ -261,6 +261,32 @@ impl FileData {
         h
     }
 
+    /// Byte ranges where `self` and `other` may differ: every extent of either that the
+    /// other does not hold identically (same place, length and source). Outside them both
+    /// hold the same data or the same hole (up to the shorter length).
+    pub fn maybe_differ(&self, other: &FileData) -> Vec<(u64, u64)> {
+        if Arc::ptr_eq(&self.extents, &other.extents) {
+            return Vec::new();
+        }
+        let unmatched = |a: &FileData, b: &FileData| -> Vec<(u64, u64)> {
+            a.extents
+                .map
+                .iter()
+                .filter(|(s, e)| {
+                    !b.extents
+                        .map
+                        .get(s)
+                        .is_some_and(|o| o.len == e.len && same_source(&o.src, &e.src))
+                })
+                .map(|(&s, e)| (s, s + e.len))
+                .collect()
+        };
+        let mut out = unmatched(self, other);
+        out.extend(unmatched(other, self));
+        out.sort_unstable();
+        out
+    }
+
     fn digests(&self) -> &(String, String) {
         self.extents.digests.get_or_init(|| {
             let h = self.hasher(0, self.len);
@@ -276,6 +302,18 @@ impl FileData {
     /// The storage listing's text ([`ContentHasher::text`]); computed once per contents.
     pub fn text(&self) -> String {
         self.digests().1.clone()
+    }
+}
+
+fn same_source(a: &Source, b: &Source) -> bool {
+    match (a, b) {
+        (Source::Bytes { buf: x, start: i }, Source::Bytes { buf: y, start: j }) => {
+            Arc::ptr_eq(x, y) && i == j
+        }
+        (Source::Random { seed: x, pos: i }, Source::Random { seed: y, pos: j }) => {
+            x == y && i == j
+        }
+        _ => false,
     }
 }
 
