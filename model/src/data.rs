@@ -370,13 +370,7 @@ mod tests {
         v.resize(20, 0);
         v.push(b'!');
         assert_eq!(dense(&d), v);
-        d.write(
-            2,
-            &Content::Random {
-                len: 10,
-                seed: 3,
-            },
-        );
+        d.write(2, &Content::Random { len: 10, seed: 3 });
         v[2..12].copy_from_slice(&pseudo_random(3, 10));
         assert_eq!(dense(&d), v);
         d.truncate(5);

@@ -5,7 +5,10 @@ const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 /// 64-bit FNV-1a of `bytes`, seeded.
 pub fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
-    fnv_update(0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(FNV_PRIME), bytes)
+    fnv_update(
+        0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(FNV_PRIME),
+        bytes,
+    )
 }
 
 fn fnv_update(mut h: u64, bytes: &[u8]) -> u64 {
@@ -80,8 +83,16 @@ impl ContentHasher {
             pos: 0,
             h: fnv64(0, b""),
             sparse,
-            head: if len <= 64 { vec![0; len as usize] } else { Vec::new() },
-            page: if sparse { vec![0; DIGEST_PAGE as usize] } else { Vec::new() },
+            head: if len <= 64 {
+                vec![0; len as usize]
+            } else {
+                Vec::new()
+            },
+            page: if sparse {
+                vec![0; DIGEST_PAGE as usize]
+            } else {
+                Vec::new()
+            },
             page_index: None,
             page_nonzero: false,
         }
@@ -306,7 +317,10 @@ mod tests {
         h.update(4000, &data[..100]);
         assert_eq!(h.text(), format!("fnv:{}", content_digest(&holey)));
         assert_eq!(ContentHasher::of(b"hi\n").text(), "text:hi\n");
-        assert_eq!(ContentHasher::new(3).text(), format!("fnv:{}", content_digest(&[0; 3])));
+        assert_eq!(
+            ContentHasher::new(3).text(),
+            format!("fnv:{}", content_digest(&[0; 3]))
+        );
     }
 
     #[test]

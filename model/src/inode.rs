@@ -336,16 +336,37 @@ mod tests {
     #[test]
     fn write_calls_as_measured() {
         // tmpfs, xfs: a write that would pass LLONG_MAX is refused whole.
-        assert_eq!(write_calls(Some(LFS), 1, 3, LFS), (LFS, 0, Err(Errno::EINVAL)));
+        assert_eq!(
+            write_calls(Some(LFS), 1, 3, LFS),
+            (LFS, 0, Err(Errno::EINVAL))
+        );
         assert_eq!(write_calls(Some(LFS - 1), 1, 3, LFS), (LFS - 1, 1, Ok(())));
-        assert_eq!(write_calls(Some(LFS - 7), 10, 3, LFS), (LFS - 7, 0, Err(Errno::EINVAL)));
+        assert_eq!(
+            write_calls(Some(LFS - 7), 10, 3, LFS),
+            (LFS - 7, 0, Err(Errno::EINVAL))
+        );
         // An append to a file one byte short of it lands one byte, then EINVAL.
-        assert_eq!(write_calls(None, 2, LFS - 1, LFS), (LFS - 1, 1, Err(Errno::EINVAL)));
+        assert_eq!(
+            write_calls(None, 2, LFS - 1, LFS),
+            (LFS - 1, 1, Err(Errno::EINVAL))
+        );
         // ext4: at the limit EFBIG; across it cut short, then EFBIG.
-        assert_eq!(write_calls(Some(EXT4), 1, 3, EXT4), (EXT4, 0, Err(Errno::EFBIG)));
-        assert_eq!(write_calls(Some(EXT4 - 2), 4, 3, EXT4), (EXT4 - 2, 2, Err(Errno::EFBIG)));
-        assert_eq!(write_calls(None, 3, EXT4 - 1, EXT4), (EXT4 - 1, 1, Err(Errno::EFBIG)));
-        assert_eq!(write_calls(None, 3, EXT4, EXT4), (EXT4, 0, Err(Errno::EFBIG)));
+        assert_eq!(
+            write_calls(Some(EXT4), 1, 3, EXT4),
+            (EXT4, 0, Err(Errno::EFBIG))
+        );
+        assert_eq!(
+            write_calls(Some(EXT4 - 2), 4, 3, EXT4),
+            (EXT4 - 2, 2, Err(Errno::EFBIG))
+        );
+        assert_eq!(
+            write_calls(None, 3, EXT4 - 1, EXT4),
+            (EXT4 - 1, 1, Err(Errno::EFBIG))
+        );
+        assert_eq!(
+            write_calls(None, 3, EXT4, EXT4),
+            (EXT4, 0, Err(Errno::EFBIG))
+        );
         // Pieces: the ones before the limit land whole.
         let start = EXT4 - 3 * WRITE_PIECE / 2;
         let w = write_calls(Some(start), 4 * WRITE_PIECE, 0, EXT4);
@@ -353,7 +374,10 @@ mod tests {
         let start = LFS - 3 * WRITE_PIECE / 2;
         let w = write_calls(Some(start), 4 * WRITE_PIECE, 0, LFS);
         assert_eq!(w, (start, WRITE_PIECE, Err(Errno::EINVAL)));
-        assert_eq!(write_calls(Some(u64::MAX), 0, 0, LFS), (u64::MAX, 0, Ok(())));
+        assert_eq!(
+            write_calls(Some(u64::MAX), 0, 0, LFS),
+            (u64::MAX, 0, Ok(()))
+        );
         assert_eq!(write_calls(Some(5), 10, 0, LFS), (5, 10, Ok(())));
     }
 }

@@ -85,7 +85,8 @@ mod tests {
     fn holes_read_as_the_model_digests_them() {
         let max = i64::MAX as u64;
         // tmpfs: files up to LLONG_MAX.
-        let dir = std::path::Path::new("/dev/shm").join(format!("layerspec-content-{}", std::process::id()));
+        let dir = std::path::Path::new("/dev/shm")
+            .join(format!("layerspec-content-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("big");
         let f = File::options()

@@ -19,9 +19,9 @@
 //!   that failed with ENOENT in `fuzz --backend fuse`. The kernel deletes nothing behind the
 //!   walk's back.
 
+use crate::content::hash_range;
 use crate::layer::is_whiteout;
 use crate::sys;
-use crate::content::hash_range;
 use layerspec_model::{Kind, MergedEntry, MergedView, StorageEntry};
 use std::collections::BTreeMap;
 use std::fs;

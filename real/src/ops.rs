@@ -2,8 +2,8 @@
 //! first, so every path (and every symlink in it, absolute targets and `..` included)
 //! resolves inside the container, exactly as for a process in it.
 
-use crate::sys;
 use crate::content::{hash_range, write_content};
+use crate::sys;
 use layerspec_model::{Content, Errno, FileOp, Outcome, StatInfo, Value, SPARSE_DIGEST_MIN};
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};

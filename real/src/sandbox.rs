@@ -161,7 +161,16 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
             let img = dir.join("backing.img");
             make_image(&img, size)?;
             let mut mkfs = Command::new("mkfs.ext4");
-            mkfs.args(["-q", "-F", "-b", "4096", "-E", "nodiscard", "-O", "^has_journal"]);
+            mkfs.args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-E",
+                "nodiscard",
+                "-O",
+                "^has_journal",
+            ]);
             if let Some(n) = inodes {
                 mkfs.args(["-N", &n.to_string()]);
             }

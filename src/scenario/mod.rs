@@ -212,10 +212,14 @@ impl Scenario {
     /// `write` and `truncate` (appends add little and are left out).
     pub fn largest_file(&self) -> u64 {
         use layerspec_model::{EntryKind, FileOp};
-        let entries = self.layers.iter().flat_map(|l| &l.entries).map(|e| match &e.kind {
-            EntryKind::File(c) => c.len(),
-            _ => 0,
-        });
+        let entries = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.entries)
+            .map(|e| match &e.kind {
+                EntryKind::File(c) => c.len(),
+                _ => 0,
+            });
         let steps = self.steps.iter().map(|s| match &s.action {
             Action::Op(Op::File { op, .. }) => match op {
                 FileOp::Write { offset, data, .. } => offset.saturating_add(data.len()),

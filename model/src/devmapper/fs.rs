@@ -397,12 +397,7 @@ impl FsImage {
     /// `stack`) on a snapshot of its parent (`old`): what the top layer lists is made anew,
     /// directories it lists are updated in place, what it whites out is freed; everything
     /// else keeps its inode and blocks.
-    pub(crate) fn apply_layer(
-        &mut self,
-        old: &Tree,
-        new: &Tree,
-        stack: &LowerStack,
-    ) -> RunSet {
+    pub(crate) fn apply_layer(&mut self, old: &Tree, new: &Tree, stack: &LowerStack) -> RunSet {
         let mut txn = Txn::default();
         let top = stack.layers().len().saturating_sub(1);
         let root = self.rootfs.expect("Docker's Get made rootfs/");
