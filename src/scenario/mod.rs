@@ -11,6 +11,18 @@ use layerspec_model::{
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The most bytes an entry's or a `write`'s `size` may ask for: 64 GiB. Both sides make
+/// them and digest them (about 1.5 s a GiB on the model), where a hole costs nothing: a
+/// truncate's `size` and an `offset` may reach 2^63 - 1.
+pub const MAX_DATA: u64 = 64 << 30;
+
+pub(crate) fn too_much_data(n: u64) -> String {
+    format!(
+        "`size = {n}`: an entry or a write holds at most {MAX_DATA} bytes (64 GiB) of data; \
+         a hole made with `truncate` or a far `offset` has no such limit"
+    )
+}
+
 /// A parsed scenario.
 #[derive(Clone, Debug)]
 pub struct Scenario {

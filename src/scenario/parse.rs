@@ -4,7 +4,9 @@
 mod kernel;
 mod thin;
 
-use super::{Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step};
+use super::{
+    too_much_data, Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step, MAX_DATA,
+};
 use layerspec_model::{
     seed_for_path, validate_scenario_path, BlockRange, Check, Content, DriverKind, Entry,
     EntryKind, Errno, FileOp, LayerSpec, Op, OverlayOptions,
@@ -567,18 +569,6 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
         discard: o.discard,
         pool: None,
     })
-}
-
-/// The most bytes an entry's or a `write`'s `size` may ask for: 64 GiB. Both sides make
-/// them and digest them (about 1.5 s a GiB on the model), where a hole costs nothing: a
-/// truncate's `size` and an `offset` may reach 2^63 - 1.
-pub const MAX_DATA: u64 = 64 << 30;
-
-fn too_much_data(n: u64) -> String {
-    format!(
-        "`size = {n}`: an entry or a write holds at most {MAX_DATA} bytes (64 GiB) of data; \
-         a hole made with `truncate` or a far `offset` has no such limit"
-    )
 }
 
 fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
