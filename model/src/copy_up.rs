@@ -3,7 +3,6 @@
 
 use crate::container::{Container, Dentry, IndexEntry};
 use crate::tree::{empty_dir, Body, Ino, Inode, Origin};
-use std::sync::Arc;
 
 /// How much of a file a copy-up must bring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +72,7 @@ impl Container {
             Body::File { data, .. } => {
                 let meta_only = how == CopyUp::Meta && self.policy.metacopy && keeps_origin;
                 if !meta_only {
-                    self.copied_up_bytes += data.len() as u64;
+                    self.copied_up_bytes += data.len();
                 }
                 Body::File {
                     data,
@@ -121,8 +120,8 @@ impl Container {
             data,
         } = &inode.body
         {
-            self.copied_up_bytes += data.len() as u64;
-            let data = Arc::clone(data);
+            self.copied_up_bytes += data.len();
+            let data = data.clone();
             let v = inode.version;
             let i = self.upper.get_mut(ino);
             i.body = Body::File {

@@ -68,7 +68,7 @@ impl Container {
         let (parent, name) = self.new_name_parent(path)?;
         let ino = self.upper.alloc(new_inode(
             mode.unwrap_or(0o644) & 0o7777,
-            file_body(Vec::new()),
+            file_body(crate::data::FileData::new()),
         ));
         self.add_name(parent, &name, ino);
         Ok(())

@@ -7,7 +7,6 @@ use crate::errno::Errno;
 use crate::namei::Resolved;
 use crate::step::{Content, FileOp, Kind, Outcome, StatInfo, Value};
 use crate::tree::{Body, Ino};
-use std::sync::Arc;
 
 /// Longest xattr name (`XATTR_NAME_MAX`).
 const XATTR_NAME_MAX: usize = 255;
@@ -19,16 +18,12 @@ impl Container {
     pub fn apply(&mut self, op: &FileOp) -> Outcome {
         match op {
             FileOp::Create { path, mode } => self.create(path, *mode).map(unit),
-            FileOp::Write { path, offset, data } => {
-                let bytes = match data {
-                    Content::Bytes(b) => b.clone(),
-                    other => other.materialize(),
-                };
-                self.write(path, Some(*offset), &bytes).map(unit)
-            }
-            FileOp::Append { path, data } => self.write(path, None, data).map(unit),
+            FileOp::Write { path, offset, data } => self.write(path, Some(*offset), data).map(unit),
+            FileOp::Append { path, data } => self
+                .write(path, None, &Content::Bytes(data.clone()))
+                .map(unit),
             FileOp::Truncate { path, size } => self.truncate(path, *size).map(unit),
-            FileOp::Read { path, offset, len } => self.read(path, *offset, *len).map(Value::Bytes),
+            FileOp::Read { path, offset, len } => self.read(path, *offset, *len),
             FileOp::Unlink { path } => self.unlink(path).map(unit),
             FileOp::Mkdir { path, mode } => self.mkdir(path, *mode).map(unit),
             FileOp::Rmdir { path } => self.rmdir(path).map(unit),
@@ -116,37 +111,63 @@ impl Container {
         }
     }
 
-    /// `pwrite` at `offset`, or an append when `offset` is `None`.
-    fn write(&mut self, path: &str, offset: Option<u64>, bytes: &[u8]) -> Result<(), Errno> {
+    /// `write`: `open(O_WRONLY)` (a copy-up), `lseek` to `offset` and the data in pieces
+    /// ([`write_calls`]); `append` when `offset` is `None`: `open(O_WRONLY|O_APPEND)` and the
+    /// pieces. What was written before an error stays: the outcome is the error.
+    fn write(&mut self, path: &str, offset: Option<u64>, content: &Content) -> Result<(), Errno> {
         let ino = self.open_for_write(path)?;
-        if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
-            let data = Arc::make_mut(data);
-            let at = offset.map_or(data.len(), |o| o as usize);
-            let end = at + bytes.len();
-            if data.len() < end {
-                data.resize(end, 0);
+        let max = self.policy.max_file_size();
+        if offset.is_some_and(|o| o > max) {
+            // lseek: `vfs_setpos` refuses a position past the real file's `s_maxbytes`.
+            return Err(Errno::EINVAL);
+        }
+        let Body::File { data, .. } = &self.upper.get(ino).body else {
+            return Ok(());
+        };
+        let (at, written, outcome) = write_calls(offset, content.len(), data.len(), max);
+        if written > 0 {
+            if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
+                data.write(at, &content.prefix(written));
             }
-            data[at..end].copy_from_slice(bytes);
         }
-        Ok(())
+        outcome
     }
 
-    /// `truncate(2)`: a full copy-up, then the new size.
+    /// `truncate(2)`: a negative length is EINVAL before anything (`do_sys_truncate`); else
+    /// a full copy-up (`ovl_setattr`: overlayfs's own `s_maxbytes` is `MAX_LFS_FILESIZE`,
+    /// so its `setattr_prepare` lets any length through), then the upper filesystem's
+    /// `setattr`, whose `inode_newsize_ok` gives EFBIG past its `s_maxbytes`: the file
+    /// stays copied up, unchanged (measured on ext4).
     fn truncate(&mut self, path: &str, size: u64) -> Result<(), Errno> {
+        if size > crate::params::MAX_LFS_FILESIZE {
+            return Err(Errno::EINVAL);
+        }
         let ino = self.open_for_write(path)?;
+        if size > self.policy.max_file_size() {
+            return Err(Errno::EFBIG);
+        }
         if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
-            Arc::make_mut(data).resize(size as usize, 0);
+            data.truncate(size);
         }
         Ok(())
     }
 
-    fn read(&self, path: &str, offset: u64, len: Option<u64>) -> Result<Vec<u8>, Errno> {
+    /// `pread`: the bytes, or for more than [`crate::SPARSE_DIGEST_MIN`] of them their
+    /// digest text ([`Value::Digest`]).
+    fn read(&self, path: &str, offset: u64, len: Option<u64>) -> Result<Value, Errno> {
         let d = self.resolve(path, true)?.existing()?;
         match &self.inode(d).body {
+            // lseek past `s_maxbytes`: EINVAL (see `write`).
+            Body::File { .. } if offset > self.policy.max_file_size() => Err(Errno::EINVAL),
             Body::File { data, .. } => {
-                let start = (offset as usize).min(data.len());
-                let end = len.map_or(data.len(), |l| (start + l as usize).min(data.len()));
-                Ok(data[start..end].to_vec())
+                let len = len.unwrap_or(u64::MAX);
+                let start = offset.min(data.len());
+                let n = len.min(data.len() - start);
+                if n > crate::digest::SPARSE_DIGEST_MIN {
+                    Ok(Value::Digest(data.hasher(start, n).text()))
+                } else {
+                    Ok(Value::Bytes(data.read(start, n)))
+                }
             }
             Body::Dir { .. } => Err(Errno::EISDIR),
             _ => Err(Errno::EINVAL),
@@ -252,4 +273,111 @@ impl Container {
 
 fn unit(_: ()) -> Value {
     Value::Unit
+}
+
+/// The largest piece a `write` or `append` step hands the kernel in one `write_all`: the
+/// real side streams the data (it may be gigabytes) in pieces of this size.
+pub const WRITE_PIECE: u64 = 1 << 20;
+
+/// What the system calls of a `write` step (`offset` given: after the `lseek`) or an
+/// `append` (`None`) do with `len` bytes on a file of `size` bytes whose filesystem's
+/// `s_maxbytes` is `max`: where the data goes, how many bytes land, and the outcome.
+///
+/// The data goes in pieces of [`WRITE_PIECE`] bytes, each with a write loop (a short write
+/// is followed by a write of the rest). Each `write(2)`:
+/// - `rw_verify_area` (fs/read_write.c): EINVAL when the file position plus the count
+///   passes `LLONG_MAX`; the position is the file's `f_pos`, which for `O_APPEND` is 0
+///   before the first write and the end of the file after each one;
+/// - `generic_write_checks` (mm/filemap.c): an append writes at the end of the file;
+///   `generic_write_check_limits`: EFBIG when that position is at or past `max`, else the
+///   count is cut to reach `max` at most.
+///
+/// So a write crossing `max` lands up to it, and the loop's next call fails: EFBIG, or
+/// EINVAL where the rest would pass `LLONG_MAX` (tmpfs and xfs, whose `max` is `LLONG_MAX`,
+/// give EINVAL for any write that would cross it). Computed in O(1): only the piece holding
+/// byte `max` can fail.
+pub fn write_calls(
+    offset: Option<u64>,
+    len: u64,
+    size: u64,
+    max: u64,
+) -> (u64, u64, Result<(), Errno>) {
+    let start = offset.unwrap_or(size);
+    let llong_max = u128::from(crate::params::MAX_LFS_FILESIZE);
+    if len == 0 || u128::from(start) + u128::from(len) <= u128::from(max) {
+        return (start, len, Ok(()));
+    }
+    // The piece holding byte `max` (the first: the data starts at or past `max`).
+    let k = max.saturating_sub(start) / WRITE_PIECE;
+    let p = start + k * WRITE_PIECE;
+    let count = (len - k * WRITE_PIECE).min(WRITE_PIECE);
+    let f_pos = if offset.is_none() && k == 0 { 0 } else { p };
+    if u128::from(f_pos) + u128::from(count) > llong_max {
+        return (start, p - start, Err(Errno::EINVAL));
+    }
+    if p >= max {
+        return (start, p - start, Err(Errno::EFBIG));
+    }
+    // Cut short at `max`; the loop writes the rest from there.
+    let rest = count - (max - p);
+    let e = if u128::from(max) + u128::from(rest) > llong_max {
+        Errno::EINVAL
+    } else {
+        Errno::EFBIG
+    };
+    (start, max - start, Err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{EXT4_MAX_FILE_SIZE as EXT4, MAX_LFS_FILESIZE as LFS};
+
+    #[test]
+    fn write_calls_as_measured() {
+        // tmpfs, xfs: a write that would pass LLONG_MAX is refused whole.
+        assert_eq!(
+            write_calls(Some(LFS), 1, 3, LFS),
+            (LFS, 0, Err(Errno::EINVAL))
+        );
+        assert_eq!(write_calls(Some(LFS - 1), 1, 3, LFS), (LFS - 1, 1, Ok(())));
+        assert_eq!(
+            write_calls(Some(LFS - 7), 10, 3, LFS),
+            (LFS - 7, 0, Err(Errno::EINVAL))
+        );
+        // An append to a file one byte short of it lands one byte, then EINVAL.
+        assert_eq!(
+            write_calls(None, 2, LFS - 1, LFS),
+            (LFS - 1, 1, Err(Errno::EINVAL))
+        );
+        // ext4: at the limit EFBIG; across it cut short, then EFBIG.
+        assert_eq!(
+            write_calls(Some(EXT4), 1, 3, EXT4),
+            (EXT4, 0, Err(Errno::EFBIG))
+        );
+        assert_eq!(
+            write_calls(Some(EXT4 - 2), 4, 3, EXT4),
+            (EXT4 - 2, 2, Err(Errno::EFBIG))
+        );
+        assert_eq!(
+            write_calls(None, 3, EXT4 - 1, EXT4),
+            (EXT4 - 1, 1, Err(Errno::EFBIG))
+        );
+        assert_eq!(
+            write_calls(None, 3, EXT4, EXT4),
+            (EXT4, 0, Err(Errno::EFBIG))
+        );
+        // Pieces: the ones before the limit land whole.
+        let start = EXT4 - 3 * WRITE_PIECE / 2;
+        let w = write_calls(Some(start), 4 * WRITE_PIECE, 0, EXT4);
+        assert_eq!(w, (start, 3 * WRITE_PIECE / 2, Err(Errno::EFBIG)));
+        let start = LFS - 3 * WRITE_PIECE / 2;
+        let w = write_calls(Some(start), 4 * WRITE_PIECE, 0, LFS);
+        assert_eq!(w, (start, WRITE_PIECE, Err(Errno::EINVAL)));
+        assert_eq!(
+            write_calls(Some(u64::MAX), 0, 0, LFS),
+            (u64::MAX, 0, Ok(()))
+        );
+        assert_eq!(write_calls(Some(5), 10, 0, LFS), (5, 10, Ok(())));
+    }
 }

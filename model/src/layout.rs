@@ -186,14 +186,14 @@ fn render_dir(
             }
             Body::File { data, metacopy } => {
                 let mut e = entry("file", inode.mode);
-                e.size = Some(data.len() as u64);
+                e.size = Some(data.len());
                 user_xattrs(&mut e, inode);
                 if *metacopy {
                     e.content = Some("<metacopy: no data>".into());
                     e.xattrs
                         .insert("trusted.overlay.metacopy".into(), String::new());
                 } else {
-                    e.content = Some(content_text(data));
+                    e.content = Some(data.text());
                 }
                 if enc == Encoding::Overlay && inode.origin.is_some() {
                     e.xattrs
@@ -413,8 +413,8 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
             }
             Body::File { data, .. } => {
                 let mut e = entry("file", inode.mode);
-                e.size = Some(data.len() as u64);
-                e.content = Some(content_text(data));
+                e.size = Some(data.len());
+                e.content = Some(data.text());
                 user_xattrs(&mut e, inode);
                 let layer_id = &stack.layers()[n.layer].id;
                 disk.add(path, Some(format!("{layer_id}:{}", n.ino)), e);

@@ -44,6 +44,7 @@ mod changes;
 mod check;
 mod container;
 mod copy_up;
+mod data;
 pub mod devmapper;
 mod digest;
 mod dir;
@@ -68,15 +69,21 @@ pub use check::{
     pool_data_blocks, upper_dir, BlockRange, Check,
 };
 pub use container::{Container, Dentry};
-pub use digest::{content_digest, pseudo_random, pseudo_random_at, seed_for_path, short_name};
+pub use data::FileData;
+pub use digest::{
+    content_digest, pseudo_random, pseudo_random_at, seed_for_path, short_name, ContentHasher,
+    DIGEST_PAGE, SPARSE_DIGEST_MIN,
+};
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
+pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
 pub use params::{
     Backing, BadKernelVersion, DirRename, DriverKind, KernelVersion, OverlayOptions, Policy,
+    EXT4_MAX_FILE_SIZE, MAX_LFS_FILESIZE,
 };
 pub use path::{
     check_id, validate_scenario_path, BadId, BadPath, ID_MAX, MAX_SYMLINKS, NAME_MAX, PATH_MAX,

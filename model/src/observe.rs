@@ -2,7 +2,7 @@
 //! real driver can produce and the harness can compare field by field.
 
 use crate::container::{Container, Dentry};
-use crate::digest::content_digest;
+use crate::digest::ContentHasher;
 use crate::step::Kind;
 use crate::tree::Body;
 use serde::Serialize;
@@ -100,12 +100,10 @@ pub struct Accounting {
 
 /// Text of a file's contents for observations: `text:` and the text itself when short and
 /// printable, else `fnv:` and the content digest.
+/// Contents longer than [`crate::SPARSE_DIGEST_MIN`] get the sparse form
+/// (`sparse:<len>:<hex>`, see [`ContentHasher`]).
 pub fn content_text(data: &[u8]) -> String {
-    if data.len() <= 64 && data.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\n') {
-        format!("text:{}", String::from_utf8_lossy(data))
-    } else {
-        format!("fnv:{}", content_digest(data))
-    }
+    ContentHasher::of(data).text()
 }
 
 /// Lossy text of an xattr value.
@@ -163,7 +161,7 @@ impl Container {
         let inode = self.inode(d);
         let st = self.stat(d);
         let (size, digest, target) = match &inode.body {
-            Body::File { data, .. } => (Some(st.size), Some(content_digest(data)), None),
+            Body::File { data, .. } => (Some(st.size), Some(data.digest()), None),
             Body::Symlink(t) => (Some(st.size), None, Some(t.clone())),
             _ => (None, None, None),
         };

@@ -229,6 +229,50 @@ pub enum Backing {
     Xfs,
 }
 
+/// `MAX_LFS_FILESIZE` on 64-bit kernels (include/linux/fs.h): `LLONG_MAX`, the largest
+/// `off_t`.
+pub const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
+
+/// The largest file on ext4 with 4 KiB blocks and extents: `ext4_max_size(12, 1)`
+/// (fs/ext4/super.c) is `(2^32 - 1) << 12`, 16 TiB - 4 KiB: a 32-bit logical block number,
+/// one block less so an extent's length can reach the end.
+pub const EXT4_MAX_FILE_SIZE: u64 = ((1 << 32) - 1) << 12;
+
+impl Backing {
+    /// The largest file size the filesystem allows, its superblock's `s_maxbytes`
+    /// (measured here, a 6.18 kernel, through overlayfs):
+    /// - tmpfs: `MAX_LFS_FILESIZE` (`shmem_fill_super`, mm/shmem.c);
+    /// - ext4: [`EXT4_MAX_FILE_SIZE`] (`ext4_fill_super` with `ext4_max_size`; the sandbox
+    ///   makes it with 4 KiB blocks: mke2fs picks 1 KiB below 512 MiB, a 4 TiB limit);
+    /// - xfs: `MAX_LFS_FILESIZE` (`xfs_fs_fill_super`, fs/xfs/xfs_super.c).
+    ///
+    /// What it decides (see `Container::write` and `truncate` in `inode.rs`): an `lseek`
+    /// past it is EINVAL (`vfs_setpos` from `generic_file_llseek_size`; overlayfs seeks the
+    /// real file, `ovl_llseek`); a write at or past it is EFBIG, and one crossing it is cut
+    /// short there (`generic_write_check_limits`, mm/filemap.c); a `truncate` past it is
+    /// EFBIG (`inode_newsize_ok` from the upper filesystem's `setattr`).
+    pub fn max_file_size(self) -> u64 {
+        match self {
+            Backing::Tmpfs | Backing::Xfs => MAX_LFS_FILESIZE,
+            Backing::Ext4 => EXT4_MAX_FILE_SIZE,
+        }
+    }
+}
+
+// Not modelled yet: a tmpfs with a `size=` cap running out (ENOSPC). Measured here (6.18,
+// `mount -t tmpfs -o size=64k`, 16 pages, statvfs's f_bfree after each call): shmem counts
+// pages, not bytes. A regular file's data page costs one page when first written (a hole
+// costs nothing, so `truncate` never runs out; one byte written in a hole costs a page);
+// rewriting a page it holds costs nothing, even when full. A symlink longer than 128 bytes
+// (`SHORT_SYMLINK_LEN`) costs a page, a shorter one, a directory and an xattr nothing. A
+// write that runs out is cut short at the last page it got (8 pages asked, 5 free: 20480
+// bytes written) and the write loop's next call is ENOSPC; a write with no page free is
+// ENOSPC at once; unlinking gives the pages back. Through overlayfs on such a tmpfs (lower,
+// upper and work on it): a copy-up that does not fit fails the step with ENOSPC (open for
+// write, truncate, chmod of a 10-page file with 4 pages free) and leaves nothing in the
+// upper or work directory, its pages given back; statfs through the overlay shows the
+// upper filesystem's free pages.
+
 /// The semantic choices in which file-level drivers differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -297,6 +341,17 @@ impl Policy {
     /// filesystem, and tmpfs has them only on newer kernels.
     pub fn user_xattrs(&self) -> bool {
         self.flat || self.backing != Backing::Tmpfs || self.kernel.tmpfs_user_xattrs()
+    }
+
+    /// The largest file size where the container's files live: devicemapper's filesystem is
+    /// ext4 with 4 KiB blocks (Docker's mkfs on a 10 GiB device), the others write to the
+    /// backing filesystem ([`Backing::max_file_size`]).
+    pub fn max_file_size(&self) -> u64 {
+        if self.flat {
+            Backing::Ext4.max_file_size()
+        } else {
+            self.backing.max_file_size()
+        }
     }
 }
 

@@ -57,11 +57,45 @@ pub enum Content {
 }
 
 impl Content {
-    /// The bytes themselves.
+    /// The bytes themselves, all in memory: for small contents only (a writer streams
+    /// with [`Content::fill`]).
     pub fn materialize(&self) -> Vec<u8> {
         match self {
             Content::Bytes(b) => b.clone(),
             Content::Random { len, seed } => crate::digest::pseudo_random(*seed, *len as usize),
+        }
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Random { len, .. } => *len,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first `n` bytes (all of them when there are fewer).
+    pub fn prefix(&self, n: u64) -> Content {
+        match self {
+            Content::Bytes(b) => Content::Bytes(b[..n.min(b.len() as u64) as usize].to_vec()),
+            Content::Random { len, seed } => Content::Random {
+                len: n.min(*len),
+                seed: *seed,
+            },
+        }
+    }
+
+    /// Fills `out` with bytes `pos..pos + out.len()`; the caller keeps them within
+    /// [`Content::len`].
+    pub fn fill(&self, pos: u64, out: &mut [u8]) {
+        match self {
+            Content::Bytes(b) => out.copy_from_slice(&b[pos as usize..pos as usize + out.len()]),
+            Content::Random { seed, .. } => crate::digest::pseudo_random_at(*seed, pos, out),
         }
     }
 }
@@ -244,6 +278,9 @@ pub enum Value {
     Unit,
     /// Bytes read or an xattr value.
     Bytes(Vec<u8>),
+    /// A `read` of more than [`crate::SPARSE_DIGEST_MIN`] bytes: their digest text,
+    /// `sparse:<len>:<hex>` ([`crate::ContentHasher::text`]), in place of the bytes.
+    Digest(String),
     /// A symlink target.
     Target(String),
     /// `lstat` result.
@@ -262,6 +299,7 @@ impl fmt::Display for Value {
         match self {
             Value::Unit => f.write_str("ok"),
             Value::Bytes(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
+            Value::Digest(d) => write!(f, "{d:?}"),
             Value::Target(t) => write!(f, "{t:?}"),
             Value::Stat(s) => write!(
                 f,

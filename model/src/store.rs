@@ -501,7 +501,7 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
         let ino: Ino = match &e.kind {
             EntryKind::File(c) => t.alloc(new_inode(
                 e.mode.unwrap_or(0o644),
-                file_body(c.materialize()),
+                file_body(crate::data::FileData::from_content(c)),
             )),
             EntryKind::Dir { opaque } => {
                 t.alloc(new_inode(e.mode.unwrap_or(0o755), empty_dir(*opaque)))

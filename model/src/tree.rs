@@ -3,9 +3,9 @@
 //! inode. Whiteouts and opaque directories are stored abstractly; each driver's encoding
 //! (`.wh.` files, char 0:0, xattrs) is applied only when its on-disk layout is rendered.
 
+use crate::data::FileData;
 use crate::step::Kind;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// An inode number inside one tree.
 pub type Ino = u64;
@@ -39,8 +39,8 @@ pub enum Body {
     },
     /// A regular file.
     File {
-        /// The bytes; shared until written.
-        data: Arc<Vec<u8>>,
+        /// The contents; shared until written.
+        data: FileData,
         /// overlayfs metacopy: only metadata was copied up; the data is still the origin's.
         metacopy: bool,
     },
@@ -112,7 +112,7 @@ impl Inode {
     /// The file size as `st_size` shows it (symlink: target length; dirs: 0 here).
     pub fn size(&self) -> u64 {
         match &self.body {
-            Body::File { data, .. } => data.len() as u64,
+            Body::File { data, .. } => data.len(),
             Body::Symlink(t) => t.len() as u64,
             _ => 0,
         }
@@ -293,9 +293,9 @@ pub fn empty_dir(opaque: bool) -> Body {
 }
 
 /// A regular-file body.
-pub fn file_body(data: Vec<u8>) -> Body {
+pub fn file_body(data: FileData) -> Body {
     Body::File {
-        data: Arc::new(data),
+        data,
         metacopy: false,
     }
 }

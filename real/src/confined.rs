@@ -63,29 +63,31 @@ impl<'a> Confined<'a> {
     /// Creates a regular file with `mode` and `data`: `O_CREAT|O_EXCL|O_NOFOLLOW`, so an
     /// existing name (a symlink included) is never opened.
     pub fn write_file(&mut self, path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
-        self.write_file_from(path, mode, data.len() as u64, &mut io::Cursor::new(data))
+        self.log.note(format!(
+            "write {} ({} bytes, mode {mode:o})",
+            path.display(),
+            data.len()
+        ));
+        let mut f = create_new(path, mode)?;
+        io::Write::write_all(&mut f, data)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
     }
 
-    /// Like [`Confined::write_file`], streaming `len` bytes from `src` (a file of any size
-    /// is written without being held in memory).
-    pub fn write_file_from(
+    /// Creates a regular file with `mode` holding `data`, streamed in pieces (a file of any
+    /// size is written without being held in memory); `O_CREAT|O_EXCL|O_NOFOLLOW`.
+    pub fn write_content(
         &mut self,
         path: &Path,
         mode: u32,
-        len: u64,
-        src: &mut dyn io::Read,
+        data: &layerspec_model::Content,
     ) -> io::Result<()> {
         self.log.note(format!(
-            "write {} ({len} bytes, mode {mode:o})",
-            path.display()
+            "write {} ({} bytes, mode {mode:o})",
+            path.display(),
+            data.len()
         ));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(mode)
-            .open(path)?;
-        io::copy(&mut io::Read::take(&mut *src, len), &mut f)?;
+        let mut f = create_new(path, mode)?;
+        crate::content::write_content(&mut f, data)?;
         // An explicit chmod of the open file: setuid/setgid/sticky bits are not kept by
         // open's mode on all filesystems.
         f.set_permissions(fs::Permissions::from_mode(mode))
@@ -138,6 +140,16 @@ impl<'a> Confined<'a> {
             fs::remove_file(path)
         }
     }
+}
+
+/// `open(path, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW, mode)`.
+fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)
 }
 
 /// Driver metadata outside a chroot: the devicemapper driver's own directories and files

@@ -5,7 +5,7 @@
 
 use crate::confined::Confined;
 use crate::sys;
-use layerspec_model::{Content, EntryKind, LayerSpec};
+use layerspec_model::{EntryKind, LayerSpec};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -24,55 +24,6 @@ fn ensure_parents(c: &mut Confined, root: &Path, rel: &str) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A file's contents as a reader, without holding them in memory.
-fn content_reader(content: &Content) -> (u64, Box<dyn io::Read>) {
-    match content {
-        Content::Bytes(b) => (b.len() as u64, Box::new(io::Cursor::new(b.clone()))),
-        Content::Random { len, seed } => (*len, Box::new(RandomReader::new(*seed, *len))),
-    }
-}
-
-/// [`layerspec_model::pseudo_random`]'s bytes, streamed in chunks.
-struct RandomReader {
-    seed: u64,
-    pos: u64,
-    len: u64,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl RandomReader {
-    const CHUNK: u64 = 1 << 20;
-
-    fn new(seed: u64, len: u64) -> Self {
-        RandomReader {
-            seed,
-            pos: 0,
-            len,
-            chunk: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl io::Read for RandomReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.chunk.len() {
-            if self.pos >= self.len {
-                return Ok(0);
-            }
-            let n = Self::CHUNK.min(self.len - self.pos);
-            self.chunk = layerspec_model::pseudo_random_at(self.seed, self.pos, n as usize);
-            self.pos += n;
-            self.at = 0;
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 /// Writes a layer's entries into `dir` (an overlay2 `diff`, or a staging directory) in the
@@ -97,10 +48,7 @@ pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Resu
         ensure_parents(c, dir, rel)?;
         let p = dir.join(rel);
         match &e.kind {
-            EntryKind::File(content) => {
-                let (len, mut r) = content_reader(content);
-                c.write_file_from(&p, e.mode.unwrap_or(0o644), len, &mut r)?
-            }
+            EntryKind::File(content) => c.write_content(&p, e.mode.unwrap_or(0o644), content)?,
             EntryKind::Dir { opaque } => {
                 let mode = e.mode.unwrap_or(0o755);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {

@@ -14,6 +14,7 @@
 
 mod changes;
 mod confined;
+mod content;
 mod copy_up;
 mod devmapper;
 mod dm;

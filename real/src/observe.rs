@@ -9,15 +9,20 @@
 //!   `#whiteout`; entries of `work/index` are named by file handle: shown as `#index`
 //!   plus their position;
 //! - a metacopy file's upper copy holds no data: its content is shown as such;
+//! - devicemapper's loop files (`LOOP_FILES`, by path) are shown as `<sparse loop file>`;
+//!   every other file's contents are read with `SEEK_DATA`/`SEEK_HOLE` into the model's
+//!   `ContentHasher` (`content.rs`), so a file past 64 MiB gets the same hole-aware
+//!   `sparse:` text as the model's whatever the filesystem's holes;
 //! - an entry of the driver root that vanishes while it is walked is left out:
 //!   fuse-overlayfs moves removed names into its work directory and deletes them there
 //!   when the kernel forgets the node, asynchronously: the likely cause of the observations
 //!   that failed with ENOENT in `fuzz --backend fuse`. The kernel deletes nothing behind the
 //!   walk's back.
 
+use crate::content::hash_range;
 use crate::layer::is_whiteout;
 use crate::sys;
-use layerspec_model::{content_digest, Kind, MergedEntry, MergedView, StorageEntry};
+use layerspec_model::{Kind, MergedEntry, MergedView, StorageEntry};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -96,7 +101,11 @@ fn walk_merged(
 fn merged_entry(p: &Path, m: &fs::Metadata) -> io::Result<MergedEntry> {
     let kind = kind_of(m);
     let (size, digest, target) = match kind {
-        Kind::File => (Some(m.size()), Some(content_digest(&fs::read(p)?)), None),
+        Kind::File => (
+            Some(m.size()),
+            Some(hash_range(&fs::File::open(p)?, 0, m.size())?.digest()),
+            None,
+        ),
         Kind::Symlink => (
             Some(m.size()),
             None,
@@ -129,7 +138,7 @@ fn merged_entry(p: &Path, m: &fs::Metadata) -> io::Result<MergedEntry> {
 pub fn storage(top: &Path, name: &str) -> io::Result<(BTreeMap<String, StorageEntry>, u64)> {
     let mut raw: BTreeMap<String, (u64, StorageEntry)> = BTreeMap::new();
     let m = fs::symlink_metadata(top)?;
-    raw.insert(name.to_string(), (m.ino(), storage_entry(top, &m)?));
+    raw.insert(name.to_string(), (m.ino(), storage_entry(top, name, &m)?));
     walk_storage(top, name, &mut raw)?;
     let mut numbers: BTreeMap<u64, u32> = BTreeMap::new();
     let mut out = BTreeMap::new();
@@ -167,7 +176,7 @@ fn walk_storage(
             name = format!("#index-{i}");
         }
         let r = format!("{rel}/{name}");
-        let entry = match storage_entry(&p, &m) {
+        let entry = match storage_entry(&p, &r, &m) {
             Ok(entry) => entry,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -180,7 +189,14 @@ fn walk_storage(
     Ok(())
 }
 
-fn storage_entry(p: &Path, m: &fs::Metadata) -> io::Result<StorageEntry> {
+/// devicemapper's loop files, by path from the data root: their contents are the pool's
+/// (compared through its status, not byte by byte), shown as `<sparse loop file>`.
+pub const LOOP_FILES: [&str; 2] = [
+    "devicemapper/devicemapper/data",
+    "devicemapper/devicemapper/metadata",
+];
+
+fn storage_entry(p: &Path, rel: &str, m: &fs::Metadata) -> io::Result<StorageEntry> {
     let kind = kind_of(m);
     let mut xattrs = BTreeMap::new();
     {
@@ -214,7 +230,7 @@ fn storage_entry(p: &Path, m: &fs::Metadata) -> io::Result<StorageEntry> {
             Some("<metacopy: no data>".to_string()),
             None,
         ),
-        Kind::File if m.size() > 1 << 30 => (
+        Kind::File if LOOP_FILES.contains(&rel) => (
             "file",
             Some(m.size()),
             Some("<sparse loop file>".to_string()),
@@ -223,7 +239,7 @@ fn storage_entry(p: &Path, m: &fs::Metadata) -> io::Result<StorageEntry> {
         Kind::File => (
             "file",
             Some(m.size()),
-            Some(layerspec_model::content_text(&fs::read(p)?)),
+            Some(hash_range(&fs::File::open(p)?, 0, m.size())?.text()),
             None,
         ),
         Kind::Char => ("char", None, None, None),

@@ -2,10 +2,11 @@
 //! first, so every path (and every symlink in it, absolute targets and `..` included)
 //! resolves inside the container, exactly as for a process in it.
 
+use crate::content::{hash_range, write_content};
 use crate::sys;
-use layerspec_model::{Errno, FileOp, Outcome, StatInfo, Value};
+use layerspec_model::{Content, Errno, FileOp, Outcome, StatInfo, Value, SPARSE_DIGEST_MIN};
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -33,12 +34,12 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
         FileOp::Write { path, offset, data } => {
             let mut f = fs::OpenOptions::new().write(true).open(p(path))?;
             f.seek(SeekFrom::Start(*offset))?;
-            f.write_all(&data.materialize())?;
+            write_content(&mut f, data)?;
             Value::Unit
         }
         FileOp::Append { path, data } => {
             let mut f = fs::OpenOptions::new().append(true).open(p(path))?;
-            f.write_all(data)?;
+            write_content(&mut f, &Content::Bytes(data.clone()))?;
             Value::Unit
         }
         FileOp::Truncate { path, size } => {
@@ -51,16 +52,16 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
         FileOp::Read { path, offset, len } => {
             let mut f = fs::File::open(p(path))?;
             f.seek(SeekFrom::Start(*offset))?;
-            let mut buf = Vec::new();
-            match len {
-                Some(n) => {
-                    f.take(*n).read_to_end(&mut buf)?;
-                }
-                None => {
-                    f.read_to_end(&mut buf)?;
-                }
+            // What the read returns: to the end of the file, at most `len`.
+            let size = f.metadata()?.len();
+            let n = len.unwrap_or(u64::MAX).min(size.saturating_sub(*offset));
+            if n > SPARSE_DIGEST_MIN {
+                Value::Digest(hash_range(&f, *offset, n)?.text())
+            } else {
+                let mut buf = Vec::new();
+                f.take(n).read_to_end(&mut buf)?;
+                Value::Bytes(buf)
             }
-            Value::Bytes(buf)
         }
         FileOp::Unlink { path } => {
             fs::remove_file(p(path))?;

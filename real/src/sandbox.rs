@@ -26,7 +26,9 @@ pub enum BackingFs {
         /// Size, e.g. `"1G"` ([`BackingFs::TMPFS_SIZE`] by default).
         size: String,
     },
-    /// ext4 on a loop device over a sparse file, with an optional inode count (`-N`).
+    /// ext4 on a loop device over a sparse file, with an optional inode count (`-N`), with
+    /// 4 KiB blocks whatever the size (mke2fs takes 1 KiB below 512 MiB, mke2fs.conf
+    /// `small`: its files could not grow past 4 TiB; the model's `Backing::Ext4` is 4 KiB).
     Ext4 {
         /// Size, e.g. `"256M"`.
         size: String,
@@ -279,7 +281,16 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
             let img = dir.join("backing.img");
             make_image(&img, size)?;
             let mut mkfs = Command::new("mkfs.ext4");
-            mkfs.args(["-q", "-F", "-E", "nodiscard", "-O", "^has_journal"]);
+            mkfs.args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-E",
+                "nodiscard",
+                "-O",
+                "^has_journal",
+            ]);
             if let Some(n) = inodes {
                 mkfs.args(["-N", &n.to_string()]);
             }

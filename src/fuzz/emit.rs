@@ -211,7 +211,7 @@ fn returns(v: &Value) -> Option<String> {
     Some(match v {
         Value::Unit => return None,
         Value::Bytes(b) => toml_str(std::str::from_utf8(b).ok()?),
-        Value::Target(t) => toml_str(t),
+        Value::Target(t) | Value::Digest(t) => toml_str(t),
         Value::Stat(st) => {
             let mut f = vec![format!("kind = {}", toml_str(st.kind.name()))];
             if st.kind != Kind::Dir {

@@ -12,6 +12,18 @@ use layerspec_model::{
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The most bytes an entry's or a `write`'s `size` may ask for: 64 GiB. Both sides make
+/// them and digest them (about 1.5 s a GiB on the model), where a hole costs nothing: a
+/// truncate's `size` and an `offset` may reach 2^63 - 1.
+pub const MAX_DATA: u64 = 64 << 30;
+
+pub(crate) fn too_much_data(n: u64) -> String {
+    format!(
+        "`size = {n}`: an entry or a write holds at most {MAX_DATA} bytes (64 GiB) of data; \
+         a hole made with `truncate` or a far `offset` has no such limit"
+    )
+}
+
 /// A parsed scenario.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -209,6 +221,29 @@ impl Step {
 }
 
 impl Scenario {
+    /// The largest file length the scenario can make: entries' sizes, and the end of every
+    /// `write` and `truncate` (appends add little and are left out).
+    pub fn largest_file(&self) -> u64 {
+        use layerspec_model::{EntryKind, FileOp};
+        let entries = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.entries)
+            .map(|e| match &e.kind {
+                EntryKind::File(c) => c.len(),
+                _ => 0,
+            });
+        let steps = self.steps.iter().map(|s| match &s.action {
+            Action::Op(Op::File { op, .. }) => match op {
+                FileOp::Write { offset, data, .. } => offset.saturating_add(data.len()),
+                FileOp::Truncate { size, .. } => *size,
+                _ => 0,
+            },
+            _ => 0,
+        });
+        entries.chain(steps).max().unwrap_or(0).min(i64::MAX as u64)
+    }
+
     /// The drivers this scenario runs on: those it names, else every file-level driver
     /// whose capabilities cover its steps.
     pub fn drivers(&self) -> Vec<DriverKind> {

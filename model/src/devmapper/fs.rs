@@ -9,7 +9,8 @@
 //! block and inode bitmaps and the group descriptors when blocks or inodes are allocated or
 //! freed; those metadata blocks once more in the journal, with a descriptor and a commit
 //! block; the superblock at mount and unmount. Data blocks come from a bump allocator and
-//! are not reused; a directory has one block, a symlink longer than 59 bytes one block.
+//! are not reused; a directory has one block, a symlink longer than 59 bytes one block, a
+//! file one block for each 4 KiB page that holds data (a hole takes none, as in ext4).
 //!
 //! Not modelled: ext4 also writes its superblock through the journal at the first open of
 //! a file after each mount, to record the mount point (`ext4_sample_last_mounted`,
@@ -21,10 +22,11 @@
 //! (`tests/measure/dm_ext4_chunks.py`). What a rule decides is exact: a snapshot takes no
 //! block, a second read writes nothing, deleting a device frees exactly its own blocks.
 
+use super::runs::RunSet;
+use crate::data::FileData;
 use crate::lower::LowerStack;
 use crate::tree::{Body, Ino, Inode, Tree, ROOT};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 /// Bytes in a filesystem block.
 pub(crate) const FS_BLOCK: u64 = 4096;
@@ -83,10 +85,11 @@ pub(crate) const MKFS_CHUNKS: [(u64, u64); 19] = [
 /// One inode of the stand-in filesystem.
 #[derive(Clone, Debug)]
 struct FsInode {
-    /// Its blocks: a file's data, a directory's one block, a slow symlink's target.
-    blocks: Vec<u64>,
+    /// Its blocks, as runs of pages `first page -> (first block, count)`: a file's data, a
+    /// directory's one block, a slow symlink's target.
+    blocks: BTreeMap<u64, (u64, u64)>,
     /// A file's contents as last written, to find the blocks a write changed.
-    data: Option<Arc<Vec<u8>>>,
+    data: Option<FileData>,
     /// The model inode's change counter when last seen.
     version: u64,
     is_dir: bool,
@@ -112,7 +115,7 @@ pub(crate) struct FsImage {
 /// What one filesystem transaction dirtied.
 #[derive(Default)]
 struct Txn {
-    data: BTreeSet<u64>,
+    data: RunSet,
     meta: BTreeSet<u64>,
     block_groups: BTreeSet<u64>,
     inode_groups: BTreeSet<u64>,
@@ -154,8 +157,12 @@ impl Txn {
         self.inode_groups.insert((ino - 1) / INODES_PER_GROUP);
     }
 
-    fn block_allocated(&mut self, b: u64) {
-        self.block_groups.insert(b / BLOCKS_PER_GROUP);
+    /// Blocks `first..first + n` were allocated or freed.
+    fn blocks_allocated(&mut self, first: u64, n: u64) {
+        if n > 0 {
+            let (a, b) = (first / BLOCKS_PER_GROUP, (first + n - 1) / BLOCKS_PER_GROUP);
+            self.block_groups.extend(a..=b);
+        }
     }
 }
 
@@ -174,28 +181,32 @@ impl FsImage {
 
     /// Mounting: the superblock is written (mount count, state) and the journal starts
     /// again after its superblock.
-    pub(crate) fn mount(&mut self) -> BTreeSet<u64> {
+    pub(crate) fn mount(&mut self) -> RunSet {
         self.journal_head = JOURNAL + 1;
-        BTreeSet::from([SUPERBLOCK])
+        RunSet::from([SUPERBLOCK])
     }
 
     /// Unmounting: the superblock and the journal's superblock are written.
-    pub(crate) fn unmount(&mut self) -> BTreeSet<u64> {
-        BTreeSet::from([SUPERBLOCK, JOURNAL])
+    pub(crate) fn unmount(&mut self) -> RunSet {
+        RunSet::from([SUPERBLOCK, JOURNAL])
     }
 
     /// Docker's Get after the mount: `rootfs/` and the `id` file (holding `id_len` bytes)
     /// are made the first time; the model's tree root is `rootfs/`.
-    pub(crate) fn docker_get(&mut self, id_len: usize) -> BTreeSet<u64> {
+    pub(crate) fn docker_get(&mut self, id_len: usize) -> RunSet {
         if let Some(r) = self.rootfs {
             self.by_model.insert(ROOT, r);
-            return BTreeSet::new();
+            return RunSet::new();
         }
         let mut txn = Txn::default();
         txn.meta.insert(ROOT_DIR_BLOCK);
-        let rootfs = self.alloc_inode(&mut txn, true, 1, None, 0);
-        let id_blocks = usize::from(id_len > 0) as u64;
-        self.alloc_inode(&mut txn, false, id_blocks, None, 0);
+        let rootfs = self.alloc_inode(&mut txn, true, RunSet::from([0]), None, 0);
+        let id_pages = if id_len > 0 {
+            RunSet::from([0])
+        } else {
+            RunSet::new()
+        };
+        self.alloc_inode(&mut txn, false, id_pages, None, 0);
         self.rootfs = Some(rootfs);
         self.by_model.insert(ROOT, rootfs);
         self.commit(txn)
@@ -217,21 +228,15 @@ impl FsImage {
         &mut self,
         txn: &mut Txn,
         is_dir: bool,
-        blocks: u64,
-        data: Option<Arc<Vec<u8>>>,
+        pages: RunSet,
+        data: Option<FileData>,
         version: u64,
     ) -> u64 {
         let ino = self.next_ino;
         self.next_ino += 1;
         txn.inode_allocated(ino);
-        let blocks = self.alloc_blocks(txn, blocks);
-        for &b in &blocks {
-            if is_dir {
-                txn.meta.insert(b);
-            } else {
-                txn.data.insert(b);
-            }
-        }
+        let mut blocks = BTreeMap::new();
+        self.map_pages(txn, &mut blocks, &pages, is_dir);
         self.inodes.insert(
             ino,
             FsInode {
@@ -245,86 +250,95 @@ impl FsImage {
         ino
     }
 
-    fn alloc_blocks(&mut self, txn: &mut Txn, n: u64) -> Vec<u64> {
+    /// Gives `pages` blocks, one bump allocation in page order, and writes them (a
+    /// directory's as metadata).
+    fn map_pages(
+        &mut self,
+        txn: &mut Txn,
+        blocks: &mut BTreeMap<u64, (u64, u64)>,
+        pages: &RunSet,
+        is_dir: bool,
+    ) {
+        let mut next = self.alloc_blocks(txn, pages.count());
+        for (p, n) in pages.runs() {
+            blocks.insert(p, (next, n));
+            if is_dir {
+                txn.meta.extend(next..next + n);
+            } else {
+                txn.data.insert_run(next, n);
+            }
+            next += n;
+        }
+    }
+
+    /// `n` new blocks, consecutive: the first.
+    fn alloc_blocks(&mut self, txn: &mut Txn, n: u64) -> u64 {
         let start = self.next_block;
         self.next_block += n;
-        let blocks: Vec<u64> = (start..start + n).collect();
-        for &b in &blocks {
-            txn.block_allocated(b);
-        }
-        blocks
+        txn.blocks_allocated(start, n);
+        start
     }
 
     /// A new inode for a model inode.
     fn create(&mut self, txn: &mut Txn, inode: &Inode) -> u64 {
-        let (is_dir, blocks, data) = match &inode.body {
-            Body::Dir { .. } => (true, 1, None),
-            Body::File { data, .. } => (false, blocks_for(data.len()), Some(Arc::clone(data))),
-            Body::Symlink(t) => (false, u64::from(t.len() > FAST_SYMLINK_MAX), None),
-            Body::Whiteout => (false, 0, None),
+        let (is_dir, pages, data) = match &inode.body {
+            Body::Dir { .. } => (true, RunSet::from([0]), None),
+            Body::File { data, .. } => (false, data_pages(data), Some(data.clone())),
+            Body::Symlink(t) if t.len() > FAST_SYMLINK_MAX => (false, RunSet::from([0]), None),
+            Body::Symlink(_) | Body::Whiteout => (false, RunSet::new(), None),
         };
-        self.alloc_inode(txn, is_dir, blocks, data, inode.version)
+        self.alloc_inode(txn, is_dir, pages, data, inode.version)
     }
 
     fn free(&mut self, txn: &mut Txn, f: u64) {
         if let Some(rec) = self.inodes.remove(&f) {
             txn.inode_allocated(f);
-            for b in rec.blocks {
-                txn.block_allocated(b);
+            for (b, n) in rec.blocks.into_values() {
+                txn.blocks_allocated(b, n);
             }
         }
     }
 
     /// A model inode changed: its inode is written, a directory's block, and a file's
-    /// blocks whose bytes differ (blocks past the old end are allocated, blocks past the new
-    /// end freed).
+    /// blocks whose bytes differ (pages that came to hold data are allocated, in page order,
+    /// pages that no longer do freed).
     fn change(&mut self, txn: &mut Txn, f: u64, inode: &Inode) {
         txn.inode(f);
-        let mut alloc = 0;
-        let mut freed = Vec::new();
-        {
-            let rec = self.inodes.get_mut(&f).expect("known inode");
-            rec.version = inode.version;
-            rec.atime_fresh = false;
-            if rec.is_dir {
-                txn.meta.extend(rec.blocks.iter().copied());
+        let mut rec = self.inodes.remove(&f).expect("known inode");
+        rec.version = inode.version;
+        rec.atime_fresh = false;
+        if rec.is_dir {
+            for &(b, n) in rec.blocks.values() {
+                txn.meta.extend(b..b + n);
             }
-            if let Body::File { data, .. } = &inode.body {
-                let old = rec.data.replace(Arc::clone(data));
-                let same = old.as_ref().is_some_and(|o| Arc::ptr_eq(o, data));
-                if !same {
-                    let new_n = blocks_for(data.len()) as usize;
-                    let old_n = rec.blocks.len();
-                    if new_n < old_n {
-                        freed = rec.blocks.split_off(new_n);
+        }
+        if let Body::File { data, .. } = &inode.body {
+            let old = rec.data.replace(data.clone());
+            if !old.as_ref().is_some_and(|o| o.shares(data)) {
+                let had = mapped(&rec.blocks);
+                let pages = data_pages(data);
+                for (p, n) in had.minus(&pages).runs() {
+                    for (b, k) in unmap(&mut rec.blocks, p, n) {
+                        txn.blocks_allocated(b, k);
                     }
-                    alloc = new_n.saturating_sub(old_n);
-                    for i in 0..old_n.min(new_n) {
-                        let a = old.as_deref().map(|o| block_bytes(o, i));
-                        if a != Some(block_bytes(data, i)) {
-                            txn.data.insert(rec.blocks[i]);
+                }
+                let kept = had.intersect(&pages);
+                for p in candidate_pages(old.as_ref(), data).intersect(&kept).runs() {
+                    for page in p.0..p.0 + p.1 {
+                        if !same_page(old.as_ref(), data, page) {
+                            txn.data.insert(block_of(&rec.blocks, page));
                         }
                     }
                 }
+                self.map_pages(txn, &mut rec.blocks, &pages.minus(&had), false);
             }
         }
-        for b in freed {
-            txn.block_allocated(b);
-        }
-        if alloc > 0 {
-            let more = self.alloc_blocks(txn, alloc as u64);
-            txn.data.extend(more.iter().copied());
-            self.inodes
-                .get_mut(&f)
-                .expect("known inode")
-                .blocks
-                .extend(more);
-        }
+        self.inodes.insert(f, rec);
     }
 
     /// A container step: brings the filesystem in line with the container's tree, which
     /// the step changed; returns the blocks written.
-    pub(crate) fn sync_tree(&mut self, tree: &Tree) -> BTreeSet<u64> {
+    pub(crate) fn sync_tree(&mut self, tree: &Tree) -> RunSet {
         let mut txn = Txn::default();
         let mut live = BTreeSet::new();
         for (ino, inode) in tree.inodes() {
@@ -366,7 +380,7 @@ impl FsImage {
 
     /// A read of model inode `ino` (file data, a directory's entries, a symlink's target):
     /// relatime writes the access time on the first read after a change.
-    pub(crate) fn access(&mut self, ino: Ino) -> BTreeSet<u64> {
+    pub(crate) fn access(&mut self, ino: Ino) -> RunSet {
         let mut txn = Txn::default();
         if let Some(&f) = self.by_model.get(&ino) {
             if let Some(rec) = self.inodes.get_mut(&f) {
@@ -383,12 +397,7 @@ impl FsImage {
     /// `stack`) on a snapshot of its parent (`old`): what the top layer lists is made anew,
     /// directories it lists are updated in place, what it whites out is freed; everything
     /// else keeps its inode and blocks.
-    pub(crate) fn apply_layer(
-        &mut self,
-        old: &Tree,
-        new: &Tree,
-        stack: &LowerStack,
-    ) -> BTreeSet<u64> {
+    pub(crate) fn apply_layer(&mut self, old: &Tree, new: &Tree, stack: &LowerStack) -> RunSet {
         let mut txn = Txn::default();
         let top = stack.layers().len().saturating_sub(1);
         let root = self.rootfs.expect("Docker's Get made rootfs/");
@@ -440,7 +449,7 @@ impl FsImage {
 
     /// Ends a transaction: its metadata blocks go to the journal (with a descriptor and a
     /// commit block) and in place, its data blocks in place.
-    fn commit(&mut self, txn: Txn) -> BTreeSet<u64> {
+    fn commit(&mut self, txn: Txn) -> RunSet {
         let mut meta = txn.meta;
         for g in &txn.block_groups {
             meta.insert(block_bitmap(*g));
@@ -461,31 +470,91 @@ impl FsImage {
                 }
             }
         }
-        writes.extend(meta);
+        for b in meta {
+            writes.insert(b);
+        }
         writes
     }
 }
 
-fn blocks_for(len: usize) -> u64 {
-    (len as u64).div_ceil(FS_BLOCK)
+/// The pages of a file that hold data: those its data extents touch.
+fn data_pages(data: &FileData) -> RunSet {
+    let mut pages = RunSet::new();
+    for (s, e) in data.data_ranges() {
+        pages.insert_run(s / FS_BLOCK, e.div_ceil(FS_BLOCK) - s / FS_BLOCK);
+    }
+    pages
 }
 
-fn block_bytes(data: &[u8], i: usize) -> &[u8] {
-    let b = FS_BLOCK as usize;
-    let start = (i * b).min(data.len());
-    &data[start..((i + 1) * b).min(data.len())]
+/// The pages an inode's blocks map.
+fn mapped(blocks: &BTreeMap<u64, (u64, u64)>) -> RunSet {
+    let mut r = RunSet::new();
+    for (&p, &(_, n)) in blocks {
+        r.insert_run(p, n);
+    }
+    r
 }
 
-/// Runs of consecutive blocks: (first, count).
-pub(crate) fn runs(blocks: &BTreeSet<u64>) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &b in blocks {
-        match out.last_mut() {
-            Some((s, n)) if *s + *n == b => *n += 1,
-            _ => out.push((b, 1)),
+/// The block mapping `page` (mapped).
+fn block_of(blocks: &BTreeMap<u64, (u64, u64)>, page: u64) -> u64 {
+    let (&p, &(b, _)) = blocks.range(..=page).next_back().expect("a mapped page");
+    b + (page - p)
+}
+
+/// Unmaps pages `first..first + n` (all mapped): returns their block runs.
+fn unmap(blocks: &mut BTreeMap<u64, (u64, u64)>, first: u64, n: u64) -> Vec<(u64, u64)> {
+    let end = first + n;
+    let start = blocks
+        .range(..=first)
+        .next_back()
+        .map_or(first, |(&p, _)| p);
+    let hit: Vec<(u64, (u64, u64))> = blocks.range(start..end).map(|(&p, &v)| (p, v)).collect();
+    let mut freed = Vec::new();
+    for (p, (b, k)) in hit {
+        let (lo, hi) = (p.max(first), (p + k).min(end));
+        if lo >= hi {
+            continue;
+        }
+        blocks.remove(&p);
+        if p < lo {
+            blocks.insert(p, (b, lo - p));
+        }
+        if p + k > hi {
+            blocks.insert(hi, (b + (hi - p), p + k - hi));
+        }
+        freed.push((b + (lo - p), hi - lo));
+    }
+    freed
+}
+
+/// The pages whose bytes may differ between `old` and `new`: those the extents that are
+/// not shared touch, and the pages holding either end of the file.
+fn candidate_pages(old: Option<&FileData>, new: &FileData) -> RunSet {
+    let mut r = RunSet::new();
+    let Some(old) = old else {
+        return data_pages(new);
+    };
+    for (s, e) in old.maybe_differ(new) {
+        r.insert_run(s / FS_BLOCK, e.div_ceil(FS_BLOCK) - s / FS_BLOCK);
+    }
+    if old.len() != new.len() {
+        for len in [old.len(), new.len()] {
+            if len > 0 {
+                r.insert((len - 1) / FS_BLOCK);
+            }
         }
     }
-    out
+    r
+}
+
+/// Page `p` as the file's block holds it: its bytes up to the end of the file.
+fn page_bytes(data: &FileData, p: u64) -> Vec<u8> {
+    data.read(p * FS_BLOCK, FS_BLOCK)
+}
+
+/// Whether page `p` holds the same bytes (and the same length) in `old` as in `new`.
+fn same_page(old: Option<&FileData>, new: &FileData, p: u64) -> bool {
+    old.is_some_and(|o| page_bytes(o, p) == page_bytes(new, p))
 }
 
 #[cfg(test)]
@@ -512,9 +581,9 @@ mod tests {
         let w = fs.docker_get(4);
         // rootfs dir block and the id block, the root dir, inode table, bitmaps,
         // descriptors, and the journal.
-        assert!(w.contains(&9257) && w.contains(&9258) && w.contains(&ROOT_DIR_BLOCK));
-        assert!(w.contains(&1059) && w.contains(&1027) && w.contains(&1043));
-        assert!(w.contains(&(JOURNAL + 1)));
+        assert!(w.contains(9257) && w.contains(9258) && w.contains(ROOT_DIR_BLOCK));
+        assert!(w.contains(1059) && w.contains(1027) && w.contains(1043));
+        assert!(w.contains(JOURNAL + 1));
         assert!(fs.docker_get(4).is_empty(), "only the first Get writes");
     }
 }

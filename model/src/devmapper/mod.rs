@@ -38,6 +38,7 @@
 //! nodiscard,lazy_itable_init=0,lazy_journal_init=0`, `tune2fs -c -1 -i 0`.
 
 mod fs;
+mod runs;
 
 use crate::container::Container;
 use crate::lower::LowerStack;
@@ -198,8 +199,8 @@ impl DeviceSet {
     }
 
     /// Writes filesystem blocks `blocks` of device `id`.
-    fn write(&mut self, id: u32, blocks: &BTreeSet<u64>) {
-        for (first, n) in fs::runs(blocks) {
+    fn write(&mut self, id: u32, blocks: &runs::RunSet) {
+        for (first, n) in blocks.runs() {
             self.run(ThinOp::WriteBytes {
                 dev: u64::from(id),
                 offset: first * FS_BLOCK,
@@ -249,7 +250,7 @@ impl DeviceSet {
     }
 
     /// Runs `f` on device `hash`'s filesystem and writes what it wrote.
-    fn on_fs(&mut self, hash: &str, f: impl FnOnce(&mut DevInfo) -> BTreeSet<u64>) {
+    fn on_fs(&mut self, hash: &str, f: impl FnOnce(&mut DevInfo) -> runs::RunSet) {
         let Some(d) = self.devices.get_mut(hash) else {
             return;
         };
@@ -265,7 +266,7 @@ impl DeviceSet {
         self.on_fs(hash, |d| {
             d.mounted = true;
             let mut w = d.fs.mount();
-            w.extend(d.fs.docker_get(len));
+            w.extend(&d.fs.docker_get(len));
             w
         });
     }
@@ -349,7 +350,7 @@ impl DeviceSet {
         self.on_fs(&hash, |d| {
             let mut w = d.fs.sync_tree(&c.upper);
             if let Some(ino) = accessed {
-                w.extend(d.fs.access(ino));
+                w.extend(&d.fs.access(ino));
             }
             w
         });

@@ -9,7 +9,7 @@
 //! Docker's applier does not write.
 
 use crate::confined::Confined;
-use layerspec_model::{EntryKind, LayerSpec};
+use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -30,7 +30,7 @@ enum Node {
     File {
         mode: u32,
         xattrs: Xattrs,
-        data: Vec<u8>,
+        data: Content,
         inode: usize,
     },
     Symlink(String),
@@ -99,7 +99,7 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                 Node::File {
                     mode: e.mode.unwrap_or(0o644),
                     xattrs: e.xattrs.clone(),
-                    data: c.materialize(),
+                    data: c.clone(),
                     inode: inodes,
                 }
             }
@@ -208,7 +208,7 @@ fn apply_dir(
                 match seen.get(inode) {
                     Some(first) => log.hard_link(first, &dst)?,
                     None => {
-                        log.write_file(&dst, *mode, data)?;
+                        log.write_content(&dst, *mode, data)?;
                         set_xattrs(log, &dst, xattrs)?;
                         seen.insert(*inode, dst.clone());
                     }
