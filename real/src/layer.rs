@@ -225,10 +225,11 @@ pub fn apply_diff(c: &mut Confined, staged: &Path, root: &Path) -> io::Result<()
         if existing.is_some() {
             c.remove(&dst)?;
         }
-        if ft.is_symlink() {
+        if ft.is_symlink() && m.nlink() == 1 {
             c.symlink(&fs::read_link(&src)?, &dst)?;
         } else {
-            // Files of the diff are hard-linked in too: the staged diff is discarded.
+            // A symlink with two names in the diff came as a tar hard link: it stays one
+            // inode (DOCK6). Files of the diff are hard-linked in too: the staged diff is discarded.
             c.hard_link(&src, &dst)?;
         }
     }
