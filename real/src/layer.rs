@@ -27,7 +27,7 @@ fn ensure_parents(c: &mut Confined, root: &Path, rel: &str) -> io::Result<()> {
 }
 
 /// A file's contents as a reader, without holding them in memory.
-fn content_reader(content: &Content) -> (u64, Box<dyn io::Read>) {
+pub(crate) fn content_reader(content: &Content) -> (u64, Box<dyn io::Read>) {
     match content {
         Content::Bytes(b) => (b.len() as u64, Box::new(io::Cursor::new(b.clone()))),
         Content::Random { len, seed } => (*len, Box::new(RandomReader::new(*seed, *len))),
