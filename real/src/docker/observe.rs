@@ -15,7 +15,7 @@ use super::daemon::Daemon;
 use super::image::chain_ids;
 use crate::observe;
 use crate::sys;
-use layerspec_model::{short_name, Accounting, DriverKind, Observation};
+use layerspec_model::{content_text, short_name, Accounting, DriverKind, Observation};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -77,22 +77,41 @@ pub fn observe(
             fs::create_dir(&view)?;
         }
         sys::bind(&mut inside.log, &data, &view)?;
-        let listed = observe::storage(&view.join(name), name);
-        sys::umount(&mut inside.log, &view, false)?;
-        let (raw, inodes_used) = listed?;
-        let mut storage = BTreeMap::new();
-        for (path, mut e) in raw {
-            if let Some(c) = &e.content {
-                let r = replace(c);
-                if r != *c {
-                    e.size = Some(r.len() as u64);
-                    e.content = Some(r);
+        let listed = observe::storage(&view.join(name), name).and_then(|(raw, n)| {
+            // The driver's own files naming layers, read whole (`lower` may be too long
+            // for the listing to show as text).
+            let mut named = BTreeMap::new();
+            for path in raw.keys() {
+                let parts: Vec<&str> = path.split('/').collect();
+                if parts.len() == 3 && matches!(parts[2], "link" | "lower" | "lower-id") {
+                    let text = fs::read_to_string(view.join(path))?;
+                    named.insert(path.clone(), replace(&text));
                 }
             }
-            if let Some(t) = &e.target {
-                e.target = Some(replace(t));
+            Ok((raw, n, named))
+        });
+        sys::umount(&mut inside.log, &view, false)?;
+        let (raw, inodes_used, named) = listed?;
+        // Renamed, then inode groups numbered again in the new path order.
+        let mut renamed = BTreeMap::new();
+        for (path, mut e) in raw {
+            if let Some(text) = named.get(&path) {
+                e.size = Some(text.len() as u64);
+                e.content = Some(content_text(text.as_bytes()));
             }
-            storage.insert(replace(&path), e);
+            if let Some(t) = &e.target {
+                let t = replace(t);
+                e.size = Some(t.len() as u64);
+                e.target = Some(t);
+            }
+            renamed.insert(replace(&path), e);
+        }
+        let mut numbers: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut storage = BTreeMap::new();
+        for (path, mut e) in renamed {
+            let n = numbers.len() as u32 + 1;
+            e.inode = *numbers.entry(e.inode).or_insert(n);
+            storage.insert(path, e);
         }
         let mut merged = BTreeMap::new();
         let mut accounting = Accounting {
