@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 const IDLE: &str = "/dev/busybox";
 
 fn api(e: bollard::errors::Error) -> io::Error {
-    io::Error::other(e.to_string())
+    io::Error::other(format!("{e:?}"))
 }
 
 /// `docker load` of a `docker save` archive.

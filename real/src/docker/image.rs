@@ -6,9 +6,9 @@
 //! moby image/tarexport/load.go `loadLayer` is only reached for a chain id the layer store
 //! does not have.
 
-use layerspec_model::{EntryKind, LayerSpec};
+use layerspec_model::{Entry, EntryKind, LayerSpec};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 /// `sha256:<hex>` of `bytes`.
@@ -60,9 +60,55 @@ fn pax_xattrs(
     b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v)))
 }
 
-/// One layer's tar, as `docker save` writes it.
+/// A directory header (and its opaque marker right after it: the applier empties what
+/// lower layers have there when it meets the marker, moby pkg/archive/diff.go
+/// `UnpackLayer`, before this layer's own children).
+fn dir_header(b: &mut tar::Builder<Vec<u8>>, rel: &str, e: Option<&Entry>) -> io::Result<()> {
+    let empty: &[u8] = &[];
+    let (mode, opaque) = match e {
+        Some(e) => {
+            pax_xattrs(b, &e.xattrs)?;
+            (
+                e.mode.unwrap_or(0o755),
+                matches!(e.kind, EntryKind::Dir { opaque: true }),
+            )
+        }
+        None => (0o755, false),
+    };
+    let mut h = header(tar::EntryType::Directory, mode, 0);
+    b.append_data(&mut h, format!("{rel}/"), empty)?;
+    if opaque {
+        let mut h = header(tar::EntryType::Regular, 0o644, 0);
+        b.append_data(&mut h, format!("{rel}/.wh..wh..opq"), empty)?;
+    }
+    Ok(())
+}
+
+/// One layer's tar, as `docker save` writes it. Each path once (the applier refuses a
+/// tar with a path twice: "duplicates of file paths not supported"), parents first: a
+/// directory the layer lists after its children is written where its first child needs
+/// it. A hard link's header carries its target's mode, as a tar made from the disk does
+/// (the applier chmods the new name to the header's mode: moby pkg/archive/archive.go
+/// `createTarFile`).
 pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
+    let explicit: BTreeMap<String, &Entry> = spec
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Dir { .. }))
+        .map(|e| (e.path.trim_start_matches('/').to_string(), e))
+        .collect();
+    let modes: BTreeMap<String, u32> = spec
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::File(_)))
+        .map(|e| {
+            (
+                e.path.trim_start_matches('/').to_string(),
+                e.mode.unwrap_or(0o644),
+            )
+        })
+        .collect();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
     let empty: &[u8] = &[];
     for e in &spec.entries {
@@ -73,13 +119,11 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
             b.append_data(&mut h, "./", empty)?;
             continue;
         }
-        // Parents the layer implies (write_entries makes them 0755).
         let comps: Vec<&str> = rel.split('/').collect();
         for i in 1..comps.len() {
             let parent = comps[..i].join("/");
             if dirs.insert(parent.clone()) {
-                let mut h = header(tar::EntryType::Directory, 0o755, 0);
-                b.append_data(&mut h, format!("{parent}/"), empty)?;
+                dir_header(&mut b, &parent, explicit.get(&parent).copied())?;
             }
         }
         let (dir, base) = match rel.rsplit_once('/') {
@@ -93,17 +137,9 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
                 let mut h = header(tar::EntryType::Regular, e.mode.unwrap_or(0o644), len);
                 b.append_data(&mut h, &rel, r)?;
             }
-            EntryKind::Dir { opaque } => {
-                pax_xattrs(&mut b, &e.xattrs)?;
-                dirs.insert(rel.clone());
-                let mut h = header(tar::EntryType::Directory, e.mode.unwrap_or(0o755), 0);
-                b.append_data(&mut h, format!("{rel}/"), empty)?;
-                if *opaque {
-                    // Right after the directory: the applier empties what lower layers
-                    // have there when it meets the marker (moby pkg/archive/diff.go
-                    // `UnpackLayer`), before this layer's own children.
-                    let mut h = header(tar::EntryType::Regular, 0o644, 0);
-                    b.append_data(&mut h, format!("{rel}/.wh..wh..opq"), empty)?;
+            EntryKind::Dir { .. } => {
+                if dirs.insert(rel.clone()) {
+                    dir_header(&mut b, &rel, Some(e))?;
                 }
             }
             EntryKind::Symlink(t) => {
@@ -111,8 +147,10 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
                 b.append_link(&mut h, &rel, t)?;
             }
             EntryKind::HardLink(to) => {
-                let mut h = header(tar::EntryType::Link, 0o644, 0);
-                b.append_link(&mut h, &rel, to.trim_start_matches('/'))?;
+                let to = to.trim_start_matches('/');
+                let mode = modes.get(to).copied().unwrap_or(0o777);
+                let mut h = header(tar::EntryType::Link, mode, 0);
+                b.append_link(&mut h, &rel, to)?;
             }
             EntryKind::Whiteout => {
                 let mut h = header(tar::EntryType::Regular, 0o644, 0);
