@@ -2,6 +2,7 @@
 //! file steps in a container's merged root.
 
 use super::daemon::Daemon;
+use crate::copy_up;
 use bollard::container::{
     Config, CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
     StopContainerOptions,
@@ -10,6 +11,7 @@ use bollard::image::{CommitContainerOptions, ImportImageOptions};
 use bollard::models::{ChangeType, HostConfig};
 use futures_util::StreamExt;
 use layerspec_model::{Change, ChangeKind, FileOp, Outcome};
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -39,8 +41,9 @@ pub fn load(d: &Daemon, archive: Vec<u8>) -> io::Result<()> {
     })
 }
 
-/// The merged root of a running container (inspect's `GraphDriver.Data.MergedDir`).
-fn merged_dir(d: &Daemon, id: &str) -> io::Result<PathBuf> {
+/// The merged root and the writable layer of a running container (inspect's
+/// `GraphDriver.Data.MergedDir` and `UpperDir`).
+fn dirs(d: &Daemon, id: &str) -> io::Result<Dirs> {
     let c =
         d.rt.block_on(d.client.inspect_container(id, None))
             .map_err(api)?;
@@ -51,15 +54,30 @@ fn merged_dir(d: &Daemon, id: &str) -> io::Result<PathBuf> {
             c.state
         )));
     }
-    c.graph_driver
-        .and_then(|g| g.data.get("MergedDir").cloned())
-        .map(PathBuf::from)
-        .ok_or_else(|| io::Error::other("inspect gave no GraphDriver.Data.MergedDir"))
+    let data = c.graph_driver.map(|g| g.data).unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .map(PathBuf::from)
+            .ok_or_else(|| io::Error::other(format!("inspect gave no GraphDriver.Data.{k}")))
+    };
+    Ok(Dirs {
+        merged: get("MergedDir")?,
+        upper: get("UpperDir")?,
+    })
+}
+
+/// Where a running container's root is.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    /// The merged root, as the sandbox thread sees it.
+    pub merged: PathBuf,
+    /// The writable layer.
+    pub upper: PathBuf,
 }
 
 /// `docker create --network none -v <busybox>:/dev/busybox:ro <image> /dev/busybox sleep
-/// infinity` and `docker start`; returns the container's id and merged root.
-pub fn create_and_start(d: &Daemon, image: &str, busybox: &Path) -> io::Result<(String, PathBuf)> {
+/// infinity` and `docker start`; returns the container's id and directories.
+pub fn create_and_start(d: &Daemon, image: &str, busybox: &Path) -> io::Result<(String, Dirs)> {
     let config = Config {
         image: Some(image.to_string()),
         cmd: Some(vec![IDLE.into(), "sleep".into(), "infinity".into()]),
@@ -83,8 +101,8 @@ pub fn create_and_start(d: &Daemon, image: &str, busybox: &Path) -> io::Result<(
             .start_container(&id, None::<StartContainerOptions<String>>),
     )
     .map_err(api)?;
-    let merged = merged_dir(d, &id)?;
-    Ok((id, merged))
+    let dirs = dirs(d, &id)?;
+    Ok((id, dirs))
 }
 
 /// `docker commit` (not paused: the container's process does nothing) tagged `reference`;
@@ -132,8 +150,8 @@ pub fn changes(d: &Daemon, id: &str) -> io::Result<Vec<Change>> {
 }
 
 /// `docker stop -t 0` and `docker start`: Docker unmounts the container's root and mounts
-/// it again. Returns the merged root.
-pub fn restart(d: &Daemon, id: &str) -> io::Result<PathBuf> {
+/// it again. Returns the container's directories.
+pub fn restart(d: &Daemon, id: &str) -> io::Result<Dirs> {
     d.rt.block_on(
         d.client
             .stop_container(id, Some(StopContainerOptions { t: 0 })),
@@ -144,7 +162,7 @@ pub fn restart(d: &Daemon, id: &str) -> io::Result<PathBuf> {
             .start_container(id, None::<StartContainerOptions<String>>),
     )
     .map_err(api)?;
-    merged_dir(d, id)
+    dirs(d, id)
 }
 
 /// `docker rm -f`.
@@ -159,13 +177,46 @@ pub fn remove(d: &Daemon, id: &str) -> io::Result<()> {
     .map_err(api)
 }
 
-/// Runs a file step chrooted in `merged` on the sandbox thread (the daemon's namespace).
-pub fn file_op(d: &Daemon, merged: &Path, op: FileOp) -> Outcome {
-    let merged = merged.to_path_buf();
+/// Runs a file step chrooted in the merged root on the sandbox thread (the daemon's
+/// namespace), watching copy-up as the kernel backend does (`copy_up.rs`): the upper layer
+/// is looked at chrooted in the backing filesystem. Returns the outcome and, when the step
+/// brought a file's data up, its upper inode and the bytes copied.
+pub fn file_op(
+    d: &Daemon,
+    dirs: &Dirs,
+    op: FileOp,
+    counted: (BTreeSet<u64>, u64),
+) -> (Outcome, Option<(u64, u64)>) {
+    let dirs = dirs.clone();
     d.sandbox.run(move |inside| {
-        if let Err(e) = inside.real_root.enter(&merged) {
-            panic!("cannot chroot into {}: {e}", merged.display());
-        }
-        crate::ops::run(&op)
+        let backing = inside.root.clone();
+        let upper = match dirs.upper.strip_prefix(&backing) {
+            Ok(rel) => Path::new("/").join(rel),
+            Err(_) => panic!(
+                "{} is not under {}",
+                dirs.upper.display(),
+                backing.display()
+            ),
+        };
+        let enter = |inside: &mut crate::sandbox::Inside, dir: &Path| {
+            if let Err(e) = inside.real_root.enter(dir) {
+                panic!("cannot chroot into {}: {e}", dir.display());
+            }
+        };
+        enter(inside, &dirs.merged);
+        let watch = copy_up::before(&op);
+        enter(inside, &backing);
+        let pre = watch.as_ref().map(|w| copy_up::in_upper(&upper, &w.before));
+        enter(inside, &dirs.merged);
+        let out = crate::ops::run(&op);
+        let after = watch.as_ref().and_then(|w| w.after_path(&op));
+        enter(inside, &backing);
+        let copied = match (watch, pre, after) {
+            (Some(w), Some(pre), Some(after)) => {
+                copy_up::measure(&upper, &w, pre, &after, &counted)
+            }
+            _ => None,
+        };
+        (out, copied)
     })
 }

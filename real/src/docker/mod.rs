@@ -21,7 +21,7 @@ use layerspec_model::{
     Driver, DriverError, DriverKind, KernelVersion, LayerSpec, Observation, Op, Outcome, StepError,
     Value,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 /// An image layer as the daemon has it.
@@ -37,8 +37,8 @@ struct ContainerRec {
     id: String,
     /// Docker's container id.
     docker_id: String,
-    /// The merged root, as the sandbox thread sees it.
-    merged: PathBuf,
+    /// Its merged root and writable layer.
+    dirs: container::Dirs,
 }
 
 /// A real Docker daemon's overlay or overlay2 driver.
@@ -47,6 +47,8 @@ pub struct DockerDriver {
     daemon: Daemon,
     layers: BTreeMap<String, ImageRec>,
     containers: Vec<ContainerRec>,
+    /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
+    copied: BTreeMap<String, (BTreeSet<u64>, u64)>,
     busybox: PathBuf,
     kernel: KernelVersion,
 }
@@ -66,6 +68,7 @@ impl DockerDriver {
             daemon,
             layers: BTreeMap::new(),
             containers: Vec::new(),
+            copied: BTreeMap::new(),
             busybox,
             kernel,
         })
@@ -160,7 +163,14 @@ impl Driver for DockerDriver {
         match op {
             Op::File { container, op } => {
                 let c = self.container(container.as_deref())?;
-                Ok(container::file_op(&self.daemon, &c.merged, op.clone()))
+                let counted = self.copied.entry(c.id.clone()).or_default().clone();
+                let (out, copied) = container::file_op(&self.daemon, &c.dirs, op.clone(), counted);
+                if let Some((ino, bytes)) = copied {
+                    let set = self.copied.get_mut(&c.id).expect("entry made above");
+                    set.0.insert(ino);
+                    set.1 += bytes;
+                }
+                Ok(out)
             }
             Op::CreateContainer { id, image } => {
                 if self.containers.iter().any(|c| c.id == *id) || self.layers.contains_key(id) {
@@ -175,13 +185,13 @@ impl Driver for DockerDriver {
                     Some(l) => l.reference.clone(),
                     None => return Err(StepError::NoLayer(image.clone()).into()),
                 };
-                let (docker_id, merged) =
+                let (docker_id, dirs) =
                     container::create_and_start(&self.daemon, &reference, &self.busybox)
                         .map_err(|e| self.backend_err(&format!("creating `{id}`"), e))?;
                 self.containers.push(ContainerRec {
                     id: id.clone(),
                     docker_id,
-                    merged,
+                    dirs,
                 });
                 Ok(Ok(Value::Unit))
             }
@@ -190,6 +200,7 @@ impl Driver for DockerDriver {
                 container::remove(&self.daemon, &c.docker_id)
                     .map_err(|e| self.backend_err(&format!("docker rm -f `{id}`"), e))?;
                 self.containers.retain(|x| x.id != *id);
+                self.copied.remove(id);
                 Ok(Ok(Value::Unit))
             }
             Op::Commit { container, layer } => {
@@ -212,10 +223,10 @@ impl Driver for DockerDriver {
             }
             Op::Remount { container } => {
                 let c = self.container(container.as_deref())?;
-                let merged = container::restart(&self.daemon, &c.docker_id)
+                let dirs = container::restart(&self.daemon, &c.docker_id)
                     .map_err(|e| self.backend_err(&format!("restarting `{}`", c.id), e))?;
                 if let Some(x) = self.containers.iter_mut().find(|x| x.id == c.id) {
-                    x.merged = merged;
+                    x.dirs = dirs;
                 }
                 Ok(Ok(Value::Unit))
             }
@@ -234,10 +245,18 @@ impl Driver for DockerDriver {
             .iter()
             .map(|(id, l)| (id.clone(), l.diff_ids.clone()))
             .collect();
-        let containers: Vec<(String, String, PathBuf)> = self
+        let containers: Vec<(String, String, PathBuf, u64)> = self
             .containers
             .iter()
-            .map(|c| (c.id.clone(), c.docker_id.clone(), c.merged.clone()))
+            .map(|c| {
+                let copied = self.copied.get(&c.id).map_or(0, |(_, b)| *b);
+                (
+                    c.id.clone(),
+                    c.docker_id.clone(),
+                    c.dirs.merged.clone(),
+                    copied,
+                )
+            })
             .collect();
         observe::observe(&self.daemon, self.kind, &layers, &containers)
             .map_err(|e| self.backend_err("observing", e))

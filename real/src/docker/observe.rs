@@ -22,12 +22,12 @@ use std::io;
 use std::path::PathBuf;
 
 /// Observes the daemon's driver root: `layers` are (model id, diff ids), `containers`
-/// (model id, Docker id, merged root).
+/// (model id, Docker id, merged root, bytes copied up).
 pub fn observe(
     d: &Daemon,
     kind: DriverKind,
     layers: &[(String, Vec<String>)],
-    containers: &[(String, String, PathBuf)],
+    containers: &[(String, String, PathBuf, u64)],
 ) -> io::Result<Observation> {
     let data = d.data_root.clone();
     let layers = layers.to_vec();
@@ -48,7 +48,7 @@ pub fn observe(
             let cache = read(db.join("sha256").join(&top[7..]).join("cache-id"))?;
             ids.push((cache, id.clone()));
         }
-        for (id, docker_id, _) in &containers {
+        for (id, docker_id, _, _) in &containers {
             let m = db.join("mounts").join(docker_id);
             ids.push((read(m.join("mount-id"))?, id.clone()));
             ids.push((read(m.join("init-id"))?, format!("{id}-init")));
@@ -118,9 +118,9 @@ pub fn observe(
             inodes_used,
             ..Accounting::default()
         };
-        for (id, _, root) in &containers {
+        for (id, _, root, copied) in &containers {
             merged.insert(id.clone(), observe::merged_view(root)?);
-            accounting.copied_up_bytes.insert(id.clone(), 0);
+            accounting.copied_up_bytes.insert(id.clone(), *copied);
         }
         Ok(Observation {
             merged,
