@@ -202,3 +202,90 @@ pub fn save_archive(
     put(&mut b, &format!("{}/layer.tar", &diff[7..]), layer)?;
     Ok((b.into_inner()?, diff_ids))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layerspec_model::Content;
+
+    fn entry(path: &str, kind: EntryKind, mode: Option<u32>) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode,
+            xattrs: Default::default(),
+        }
+    }
+
+    fn names_and_modes(tar: &[u8]) -> Vec<(String, u32, Option<String>)> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().mode().unwrap(),
+                    link,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_directory_listed_after_its_children_comes_first_once_with_its_marker() {
+        let spec = LayerSpec {
+            id: "app".into(),
+            parent: None,
+            entries: vec![
+                entry(
+                    "/etc/hostname",
+                    EntryKind::File(Content::Bytes(b"new\n".to_vec())),
+                    None,
+                ),
+                entry("/etc", EntryKind::Dir { opaque: true }, Some(0o750)),
+                entry("/etc/gone", EntryKind::Whiteout, None),
+            ],
+        };
+        let got = names_and_modes(&layer_tar(&spec).unwrap());
+        let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["etc/", "etc/.wh..wh..opq", "etc/hostname", "etc/.wh.gone"]
+        );
+        assert_eq!(got[0].1, 0o750);
+    }
+
+    #[test]
+    fn a_hard_link_header_carries_its_targets_mode() {
+        let spec = LayerSpec {
+            id: "l".into(),
+            parent: None,
+            entries: vec![
+                entry(
+                    "/bin/busybox",
+                    EntryKind::File(Content::Bytes(b"ELF".to_vec())),
+                    Some(0o755),
+                ),
+                entry("/bin/ls", EntryKind::HardLink("/bin/busybox".into()), None),
+            ],
+        };
+        let got = names_and_modes(&layer_tar(&spec).unwrap());
+        assert_eq!(
+            got[2],
+            ("bin/ls".to_string(), 0o755, Some("bin/busybox".to_string()))
+        );
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_rule() {
+        let d = [sha256(b"a"), sha256(b"b")];
+        let c = chain_ids(&d);
+        assert_eq!(c[0], d[0]);
+        assert_eq!(c[1], sha256(format!("{} {}", d[0], d[1]).as_bytes()));
+    }
+}
