@@ -18,6 +18,14 @@
 //!   directories), none of which the kernel's layout (the model's) has. A directory's
 //!   `st_nlink` from `stat` is not compared on fuse either: it counts subdirectories where
 //!   the kernel reports 1 for merged directories.
+//! - backend `docker`: nothing host-dependent reaches the observation, so nothing is
+//!   normalised for it. The merged root Docker mounts holds the init layer's empty
+//!   `etc/hosts`, `etc/hostname` and `etc/resolv.conf` (moby daemon/initlayer `Setup`); the
+//!   files with the host's and the container's names are written under the data root's
+//!   `containers/<id>/` and bind-mounted only inside the container's own namespace, which
+//!   the observation (`<data root>/<driver>`, the merged root from the daemon's namespace)
+//!   does not see. Docker's random layer ids and `l/` names are mapped to the model's by
+//!   the real side (`layerspec_real`'s docker observe module), not here.
 //! - devicemapper (an observation whose storage has `devicemapper`): the model's ext4 is a
 //!   stand-in (`layerspec_model::devmapper`, its `fs` module): where ext4's allocator puts
 //!   blocks, and so how many data blocks the pool uses and what each device maps and

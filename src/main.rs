@@ -253,7 +253,7 @@ fn real_main() -> Result<ExitCode> {
             kernel,
         } => {
             let kernel = kernel.unwrap_or_default();
-            const BACKENDS: [&str; 4] = ["model", "kernel", "fuse", "vm"];
+            const BACKENDS: [&str; 5] = ["model", "kernel", "fuse", "vm", "docker"];
             if let Some(b) = backend.iter().find(|b| !BACKENDS.contains(&b.as_str())) {
                 anyhow::bail!("unknown backend `{b}` (known: {})", BACKENDS.join(", "));
             }

@@ -118,7 +118,7 @@ pub fn summary(outcomes: &[Outcome]) -> String {
 }
 
 fn backend_rank(b: &str) -> usize {
-    ["model", "kernel", "fuse", "vm"]
+    ["model", "kernel", "fuse", "vm", "docker"]
         .iter()
         .position(|x| *x == b)
         .unwrap_or(9)

@@ -419,6 +419,15 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
                 let layer_id = &stack.layers()[n.layer].id;
                 disk.add(path, Some(format!("{layer_id}:{}", n.ino)), e);
             }
+            // A symlink of the layer's own diff keeps its hard links (the applier links a
+            // tar hard link to a symlink, DOCK6); one from a parent is made anew (DOCK1).
+            Body::Symlink(t) if n.layer + 1 == stack.layers().len() => {
+                let mut e = entry("symlink", 0o777);
+                e.size = Some(t.len() as u64);
+                e.target = Some(t.to_string());
+                let layer_id = &stack.layers()[n.layer].id;
+                disk.add(path, Some(format!("{layer_id}:{}", n.ino)), e);
+            }
             Body::Symlink(t) => disk.symlink(path, t),
             Body::Whiteout => {}
         }

@@ -182,13 +182,19 @@ fn diff_walk(
             } else {
                 diff_walk(upper, merged, &path, out, links)?;
             }
+        } else if let Some(first) = links.get(&(m.dev(), m.ino())) {
+            // Any non-directory with a second name in the layer travels as a tar hard
+            // link, a symlink included (moby archive.go `addTarFile` links every
+            // non-directory whose inode it has seen, DOCK6).
+            out.push(plain(path, EntryKind::HardLink(first.clone())));
         } else if m.file_type().is_symlink() {
+            if m.nlink() > 1 {
+                links.insert((m.dev(), m.ino()), path.clone());
+            }
             out.push(plain(
                 path,
                 EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned()),
             ));
-        } else if let Some(first) = links.get(&(m.dev(), m.ino())) {
-            out.push(plain(path, EntryKind::HardLink(first.clone())));
         } else {
             links.insert((m.dev(), m.ino()), path.clone());
             let data = fs::read(merged.join(path.trim_start_matches('/')))?;

@@ -5,7 +5,7 @@
 
 use crate::confined::Confined;
 use crate::sys;
-use layerspec_model::{EntryKind, LayerSpec};
+use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -24,6 +24,56 @@ fn ensure_parents(c: &mut Confined, root: &Path, rel: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A file's contents as a reader, without holding them in memory.
+pub(crate) fn content_reader(content: &Content) -> (u64, Box<dyn io::Read>) {
+    match content {
+        Content::Bytes(b) => (b.len() as u64, Box::new(io::Cursor::new(b.clone()))),
+        Content::Random { len, seed } => (*len, Box::new(RandomReader::new(*seed, *len))),
+    }
+}
+
+/// [`layerspec_model::pseudo_random`]'s bytes, streamed in chunks.
+struct RandomReader {
+    seed: u64,
+    pos: u64,
+    len: u64,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl RandomReader {
+    const CHUNK: u64 = 1 << 20;
+
+    fn new(seed: u64, len: u64) -> Self {
+        RandomReader {
+            seed,
+            pos: 0,
+            len,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl io::Read for RandomReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.pos >= self.len {
+                return Ok(0);
+            }
+            let n = Self::CHUNK.min(self.len - self.pos);
+            self.chunk = vec![0; n as usize];
+            layerspec_model::pseudo_random_at(self.seed, self.pos, &mut self.chunk);
+            self.pos += n;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Writes a layer's entries into `dir` (an overlay2 `diff`, or a staging directory) in the
@@ -173,10 +223,11 @@ pub fn apply_diff(c: &mut Confined, staged: &Path, root: &Path) -> io::Result<()
         if existing.is_some() {
             c.remove(&dst)?;
         }
-        if ft.is_symlink() {
+        if ft.is_symlink() && m.nlink() == 1 {
             c.symlink(&fs::read_link(&src)?, &dst)?;
         } else {
-            // Files of the diff are hard-linked in too: the staged diff is discarded.
+            // A symlink with two names in the diff came as a tar hard link: it stays one
+            // inode (DOCK6). Files of the diff are hard-linked in too: the staged diff is discarded.
             c.hard_link(&src, &dst)?;
         }
     }

@@ -18,6 +18,7 @@ mod content;
 mod copy_up;
 mod devmapper;
 mod dm;
+mod docker;
 mod layer;
 mod observe;
 mod ops;
@@ -29,6 +30,7 @@ mod thin;
 
 pub use confined::Confined;
 pub use devmapper::{remove_template as remove_devmapper_base, DmDriver};
+pub use docker::DockerDriver;
 pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, kernel_version, vm_kit, Backend, HostFacts, VmKit};
 pub use sandbox::{
@@ -83,6 +85,15 @@ pub fn open_backend_on(
              `layerspec fuzz --backend vm`), not a driver in this process"
                 .into(),
         );
+    }
+    if backend == "docker" {
+        if options != OverlayOptions::default() {
+            return Err(
+                "dockerd mounts with its own overlay options (no redirect_dir/index/metacopy/xino)"
+                    .into(),
+            );
+        }
+        return DockerDriver::new(kind, backing).map(|d| Box::new(d) as Box<dyn Driver + Send>);
     }
     if kind == DriverKind::Devicemapper {
         return DmDriver::new(backing)

@@ -66,7 +66,7 @@ fn on_path(prog: &str) -> bool {
 /// A real backend for a driver, and why it cannot run here if it cannot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
-    /// `kernel`, `fuse` or `vm`.
+    /// `kernel`, `fuse`, `vm` or `docker`.
     pub name: &'static str,
     /// `None` when it can run; otherwise the reason.
     pub unavailable: Option<String>,
@@ -87,6 +87,7 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             }];
             if driver == DriverKind::Overlay2 {
                 let fuse = need_root
+                    .clone()
                     .or_else(|| {
                         (!h.fuse_overlayfs).then(|| "fuse-overlayfs is not installed".into())
                     })
@@ -101,6 +102,12 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             v.push(Backend {
                 name: "vm",
                 unavailable: vm_kit().err(),
+            });
+            v.push(Backend {
+                name: "docker",
+                unavailable: need_root
+                    .or_else(|| (!h.overlay).then(|| "/proc/filesystems has no overlay".into()))
+                    .or_else(|| docker_missing().err()),
             });
             v
         }
@@ -137,6 +144,31 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
             ]
         }
     }
+}
+
+/// `dockerd` (Debian: docker.io), if installed.
+pub(crate) fn dockerd() -> Option<PathBuf> {
+    find_program("dockerd")
+}
+
+/// The static busybox the docker backend's containers run (`sleep infinity`, bind-mounted
+/// under `/dev`, so the container's process writes nothing into its layers), or why the
+/// backend cannot run.
+pub(crate) fn docker_missing() -> Result<PathBuf, String> {
+    dockerd().ok_or("dockerd is not installed (Debian: docker.io)")?;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(find_program("busybox"))
+        .find(|p| p.is_file())
+        .ok_or("busybox is not installed (Debian: busybox-static)")?;
+    if has_interpreter(&busybox)? {
+        return Err(format!(
+            "{} is dynamically linked; the containers need a static one (Debian: busybox-static)",
+            busybox.display()
+        ));
+    }
+    Ok(busybox)
 }
 
 /// Why the real devicemapper driver cannot run on a kernel with device-mapper, if it

@@ -94,7 +94,13 @@ static SWEEP: Once = Once::new();
 impl Sandbox {
     /// Starts a sandbox with `backing` mounted at its root.
     pub fn new(backing: BackingFs) -> io::Result<Sandbox> {
-        let host_dir = temp_dir()?;
+        Self::new_tagged(backing, "")
+    }
+
+    /// Like [`Sandbox::new`], its host directory named `layerspec-<pid>-<tag><n>`
+    /// ([`owned_temp_dir`]).
+    pub fn new_tagged(backing: BackingFs, tag: &str) -> io::Result<Sandbox> {
+        let host_dir = owned_temp_dir(tag)?;
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = channel::<io::Result<()>>();
         let dir = host_dir.clone();
@@ -450,6 +456,23 @@ pub fn sweep() -> io::Result<Vec<String>> {
             if in_orphan && sys::loop_detach(&mut log, &Path::new("/dev").join(&name)).is_ok() {
                 removed.push(format!("/dev/{name} ({backing})"));
             }
+        }
+    }
+    // A docker backend's daemon a killed run left (its sandbox thread died with the
+    // process, but dockerd's managed containerd and shims may linger): its pid is in the
+    // directory, and it is killed only if that pid still runs dockerd.
+    for name in orphans.keys() {
+        let pidfile = tmp.join(name).join(crate::docker::PID_FILE);
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.file_name().is_some_and(|n| n == "dockerd") && sys::kill(pid, libc::SIGKILL).is_ok()
+        {
+            removed.push(format!("dockerd pid {pid} ({})", pidfile.display()));
         }
     }
     for name in orphans.keys() {

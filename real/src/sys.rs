@@ -288,6 +288,11 @@ pub fn pid_alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 || *libc::__errno_location() == libc::EPERM }
 }
 
+/// Sends `sig` to process `pid` (`kill(2)`).
+pub fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    check(unsafe { libc::kill(pid as libc::pid_t, sig) })
+}
+
 /// Detaches loop device `dev` (`LOOP_CLR_FD`).
 pub fn loop_detach(log: &mut Log, dev: &Path) -> io::Result<()> {
     const LOOP_CLR_FD: libc::c_ulong = 0x4C01;

@@ -1,0 +1,131 @@
+//! The observation of a Docker driver root: `<data root>/<driver>` listed as the kernel
+//! backend lists its own, with Docker's random names replaced by the model's:
+//! - image layers: the model layer on top of an image is the layer whose chain id the
+//!   image's diff ids give; its directory is the layer store's `cache-id` for that chain
+//!   (`image/<driver>/layerdb/sha256/<chain id>/cache-id`);
+//! - containers: `image/<driver>/layerdb/mounts/<container>/mount-id` is the container's
+//!   directory and `init-id` its init layer's, shown as `<model id>-init`;
+//! - overlay2's short names: each directory's `link` names it in `l/`; shown as the model's
+//!   `short_name` of the mapped id.
+//!
+//! The names are replaced wherever they occur: paths, `link`, `lower` and `lower-id`
+//! contents, `l/` symlink targets; a file's size follows its replaced text.
+
+use super::daemon::Daemon;
+use super::image::chain_ids;
+use crate::observe;
+use crate::sys;
+use layerspec_model::{content_text, short_name, Accounting, DriverKind, Observation};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+/// Observes the daemon's driver root: `layers` are (model id, diff ids), `containers`
+/// (model id, Docker id, merged root, bytes copied up).
+pub fn observe(
+    d: &Daemon,
+    kind: DriverKind,
+    layers: &[(String, Vec<String>)],
+    containers: &[(String, String, PathBuf, u64)],
+) -> io::Result<Observation> {
+    let data = d.data_root.clone();
+    let layers = layers.to_vec();
+    let containers = containers.to_vec();
+    d.sandbox.run(move |inside| -> io::Result<Observation> {
+        let name = kind.name();
+        let db = data.join("image").join(name).join("layerdb");
+        let read = |p: PathBuf| -> io::Result<String> {
+            fs::read_to_string(&p)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| io::Error::other(format!("{}: {e}", p.display())))
+        };
+        // Docker's directory name -> the model's id.
+        let mut ids: Vec<(String, String)> = Vec::new();
+        for (id, diff_ids) in &layers {
+            let chain = chain_ids(diff_ids);
+            let top = chain.last().expect("an image has a layer");
+            let cache = read(db.join("sha256").join(&top[7..]).join("cache-id"))?;
+            ids.push((cache, id.clone()));
+        }
+        for (id, docker_id, _, _) in &containers {
+            let m = db.join("mounts").join(docker_id);
+            ids.push((read(m.join("mount-id"))?, id.clone()));
+            ids.push((read(m.join("init-id"))?, format!("{id}-init")));
+        }
+        let top = data.join(name);
+        let mut names: Vec<(String, String)> = ids.clone();
+        if kind == DriverKind::Overlay2 {
+            for (docker, model) in &ids {
+                names.push((read(top.join(docker).join("link"))?, short_name(model)));
+            }
+        }
+        // Longest first: `<id>-init` before `<id>`.
+        names.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        let replace = |s: &str| {
+            let mut s = s.to_string();
+            for (from, to) in &names {
+                if s.contains(from.as_str()) {
+                    s = s.replace(from.as_str(), to);
+                }
+            }
+            s
+        };
+        // The directory as it is on disk, without the containers' mounts.
+        let view = inside.root.parent().expect("sandbox dir").join("view");
+        if fs::symlink_metadata(&view).is_err() {
+            fs::create_dir(&view)?;
+        }
+        sys::bind(&mut inside.log, &data, &view)?;
+        let listed = observe::storage(&view.join(name), name).and_then(|(raw, n)| {
+            // The driver's own files naming layers, read whole (`lower` may be too long
+            // for the listing to show as text).
+            let mut named = BTreeMap::new();
+            for path in raw.keys() {
+                let parts: Vec<&str> = path.split('/').collect();
+                if parts.len() == 3 && matches!(parts[2], "link" | "lower" | "lower-id") {
+                    let text = fs::read_to_string(view.join(path))?;
+                    named.insert(path.clone(), replace(&text));
+                }
+            }
+            Ok((raw, n, named))
+        });
+        sys::umount(&mut inside.log, &view, false)?;
+        let (raw, inodes_used, named) = listed?;
+        // Renamed, then inode groups numbered again in the new path order.
+        let mut renamed = BTreeMap::new();
+        for (path, mut e) in raw {
+            if let Some(text) = named.get(&path) {
+                e.size = Some(text.len() as u64);
+                e.content = Some(content_text(text.as_bytes()));
+            }
+            if let Some(t) = &e.target {
+                let t = replace(t);
+                e.size = Some(t.len() as u64);
+                e.target = Some(t);
+            }
+            renamed.insert(replace(&path), e);
+        }
+        let mut numbers: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut storage = BTreeMap::new();
+        for (path, mut e) in renamed {
+            let n = numbers.len() as u32 + 1;
+            e.inode = *numbers.entry(e.inode).or_insert(n);
+            storage.insert(path, e);
+        }
+        let mut merged = BTreeMap::new();
+        let mut accounting = Accounting {
+            inodes_used,
+            ..Accounting::default()
+        };
+        for (id, _, root, copied) in &containers {
+            merged.insert(id.clone(), observe::merged_view(root)?);
+            accounting.copied_up_bytes.insert(id.clone(), *copied);
+        }
+        Ok(Observation {
+            merged,
+            storage,
+            accounting,
+        })
+    })
+}

@@ -1,0 +1,189 @@
+//! The `docker` backend for real: a private dockerd runs a layer, a container, steps, a
+//! commit and `docker diff`, and nothing of it outlives the driver, a panic or a SIGKILL
+//! (then the sweeper kills the daemon the killed run left). Skipped, saying why, where the
+//! backend is unavailable (no root, no overlay, no dockerd or static busybox).
+
+use layerspec_model::*;
+use layerspec_real::{backends_for, open_backend, sweep, PREFIX};
+use std::process::Command;
+
+fn skip_reason() -> Option<String> {
+    backends_for(DriverKind::Overlay2)
+        .into_iter()
+        .find(|b| b.name == "docker")
+        .and_then(|b| b.unavailable)
+}
+
+fn file(p: &str, d: &str) -> Entry {
+    Entry {
+        path: p.into(),
+        kind: EntryKind::File(Content::Bytes(d.as_bytes().to_vec())),
+        mode: None,
+        xattrs: Default::default(),
+    }
+}
+
+fn fop(container: Option<&str>, op: FileOp) -> Op {
+    Op::File {
+        container: container.map(String::from),
+        op,
+    }
+}
+
+/// This process's (or `pid`'s) docker sandbox directories.
+fn docker_dirs(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{PREFIX}{pid}-docker-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn base(d: &mut (dyn Driver + Send)) {
+    d.add_layer(&LayerSpec {
+        id: "base".into(),
+        parent: None,
+        entries: vec![file("/etc/os-release", "layerspec\n")],
+    })
+    .unwrap();
+    d.apply(&Op::CreateContainer {
+        id: "c1".into(),
+        image: Some("base".into()),
+    })
+    .unwrap()
+    .unwrap();
+}
+
+#[test]
+fn a_container_on_docker_runs_steps_commits_and_leaves_nothing() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    {
+        let mut d = open_backend(DriverKind::Overlay2, "docker", OverlayOptions::default())
+            .expect("the probe said docker runs here");
+        base(d.as_mut());
+        d.apply(&fop(
+            None,
+            FileOp::Create {
+                path: "/new".into(),
+                mode: None,
+            },
+        ))
+        .unwrap()
+        .unwrap();
+        let changes = d.apply(&Op::Changes { container: None }).unwrap().unwrap();
+        assert_eq!(
+            changes,
+            Value::Changes(vec![Change {
+                path: "/new".into(),
+                kind: ChangeKind::A
+            }])
+        );
+        d.apply(&Op::Commit {
+            container: None,
+            layer: "snap".into(),
+        })
+        .unwrap()
+        .unwrap();
+        d.apply(&Op::CreateContainer {
+            id: "c2".into(),
+            image: Some("snap".into()),
+        })
+        .unwrap()
+        .unwrap();
+        let read = d
+            .apply(&fop(
+                Some("c2"),
+                FileOp::Read {
+                    path: "/etc/os-release".into(),
+                    offset: 0,
+                    len: None,
+                },
+            ))
+            .unwrap();
+        assert!(
+            matches!(read, Ok(Value::Bytes(ref b)) if b == b"layerspec\n"),
+            "{read:?}"
+        );
+        let obs = d.observe().unwrap();
+        // Docker's ids are shown as the model's; each container sits on its init layer.
+        for p in [
+            "overlay2/base/diff/etc/os-release",
+            "overlay2/snap/diff/new",
+            "overlay2/c1-init/diff/.dockerenv",
+            "overlay2/c2/lower",
+        ] {
+            assert!(
+                obs.storage.contains_key(p),
+                "{p} in {:?}",
+                obs.storage.keys()
+            );
+        }
+        assert!(obs.merged["c2"].entries.contains_key("/new"));
+        assert!(!docker_dirs(std::process::id()).is_empty());
+    }
+    assert!(docker_dirs(std::process::id()).is_empty());
+}
+
+#[test]
+fn child_holding_a_docker_driver() {
+    if std::env::var_os("LAYERSPEC_KILL_DOCKER_CHILD").is_none() {
+        return;
+    }
+    let mut d = open_backend(DriverKind::Overlay2, "docker", OverlayOptions::default()).unwrap();
+    base(d.as_mut());
+    println!("READY");
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_leaves_no_daemon_after_a_sweep() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_holding_a_docker_driver",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LAYERSPEC_KILL_DOCKER_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("READY") {}
+    assert!(line.contains("READY"), "the child started its daemon");
+    let dirs = docker_dirs(pid);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let daemon: u32 = std::fs::read_to_string(dirs[0].join("dockerd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = |p: u32| !std::path::Path::new(&format!("/proc/{p}")).exists();
+    for _ in 0..200 {
+        sweep().unwrap();
+        if gone(daemon) && docker_dirs(pid).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(gone(daemon), "dockerd {daemon} outlived its killed run");
+    assert!(docker_dirs(pid).is_empty(), "{:?}", docker_dirs(pid));
+}
