@@ -69,6 +69,25 @@ impl Container {
         lower.is_some_and(|n| n != entries(upper))
     }
 
+    /// Whether the entry Docker's walker compares an upper directory with — `path` in the
+    /// topmost lower layer that has it, a whiteout included — is a directory: a directory
+    /// renamed onto a whited-out name (redirect_dir=on) is compared with a character device
+    /// and shows as changed (found by `fuzz --overlay redirect_dir=on`, seed 9).
+    fn top_lower_is_dir(&self, path: &str) -> bool {
+        if self.policy.farm_links {
+            return self
+                .lower
+                .lookup(path)
+                .is_some_and(|n| self.lower.inode(n).is_dir());
+        }
+        self.lower
+            .layers()
+            .iter()
+            .rev()
+            .find_map(|l| l.tree.lookup(path).map(|i| l.tree.get(i).is_dir()))
+            .unwrap_or(false)
+    }
+
     fn union_changes(&self) -> Vec<Change> {
         let mut out = Vec::new();
         let mut changed_dirs = BTreeSet::new();
@@ -86,6 +105,7 @@ impl Container {
                 if inode.is_dir()
                     && inode.version == 0
                     && same_mode
+                    && self.top_lower_is_dir(&path)
                     && !self.dir_size_differs(&path, inode)
                 {
                     continue;
