@@ -13,7 +13,6 @@
 use crate::scenario::KernelRange;
 use layerspec_model::KernelVersion;
 use serde::Deserialize;
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -64,33 +63,8 @@ pub struct Catalogue {
     pub claims: Vec<Claim>,
 }
 
-/// A located problem in the catalogue, or in a scenario's claims (`file:line:col: message`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The file.
-    pub file: PathBuf,
-    /// Line, 1-based.
-    pub line: usize,
-    /// Column, 1-based.
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for Problem {}
+/// A located problem in a scenario or in the catalogue: the parser's own error type.
+pub use crate::scenario::ParseError as Problem;
 
 impl Problem {
     /// A problem at byte `offset` of `text`, the contents of `file`.

@@ -129,6 +129,24 @@ pub fn open_thin(
         .map_err(|e| format!("cannot make a thin pool: {e}"))
 }
 
+/// The container a step names (`None`: the most recently created), from a driver's list,
+/// or the step error the model gives for it. `id_of` reads a record's id.
+pub(crate) fn pick_container<T: Clone>(
+    records: &[T],
+    id: Option<&str>,
+    id_of: impl Fn(&T) -> &str,
+) -> Result<T, layerspec_model::StepError> {
+    use layerspec_model::StepError;
+    match id {
+        Some(id) => records
+            .iter()
+            .find(|c| id_of(c) == id)
+            .cloned()
+            .ok_or_else(|| StepError::NoContainer(Some(id.to_string()))),
+        None => records.last().cloned().ok_or(StepError::NoContainer(None)),
+    }
+}
+
 /// Makes the child `cmd` starts get SIGKILL when the thread that starts it dies
 /// (`PR_SET_PDEATHSIG`), so that a run killed by a signal leaves no helper process behind
 /// (the VM tier's qemu). Call from the thread that waits for the child.

@@ -104,19 +104,7 @@ impl OverlayDriver {
     }
 
     fn container(&self, id: Option<&str>) -> Result<ContainerRec, StepError> {
-        match id {
-            Some(id) => self
-                .containers
-                .iter()
-                .find(|c| c.id == id)
-                .cloned()
-                .ok_or_else(|| StepError::NoContainer(Some(id.to_string()))),
-            None => self
-                .containers
-                .last()
-                .cloned()
-                .ok_or(StepError::NoContainer(None)),
-        }
+        crate::pick_container(&self.containers, id, |c| c.id.as_str())
     }
 
     /// Where a container's merged root is, relative to the driver directory.

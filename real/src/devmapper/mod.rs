@@ -538,19 +538,7 @@ impl DmDriver {
     }
 
     fn container(&self, id: Option<&str>) -> Result<(String, Option<String>), StepError> {
-        match id {
-            Some(id) => self
-                .containers
-                .iter()
-                .find(|c| c.0 == id)
-                .cloned()
-                .ok_or_else(|| StepError::NoContainer(Some(id.to_string()))),
-            None => self
-                .containers
-                .last()
-                .cloned()
-                .ok_or(StepError::NoContainer(None)),
-        }
+        crate::pick_container(&self.containers, id, |c| c.0.as_str())
     }
 
     fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
