@@ -1,5 +1,5 @@
 //! Backend `docker`: Docker 20.10's own graphdrivers (overlay2, overlay) behind a private
-//! `dockerd` (DESIGN.md, "The real side"): images by `docker load`, containers by `docker
+//! `dockerd` (README, "The docker backend"): images by `docker load`, containers by `docker
 //! create`/`start` (so Docker makes the `-init` layer and mounts the merged root), `docker
 //! commit`, `docker diff`, stop + start, `docker rm -f`. File steps run chrooted in the
 //! mounted merged root, as on the kernel backend.
