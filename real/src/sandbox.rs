@@ -475,6 +475,12 @@ pub fn sweep() -> io::Result<Vec<String>> {
             removed.push(format!("dockerd pid {pid} ({})", pidfile.display()));
         }
     }
+    // What dockerd started and left running: its containerd and the containers' shims
+    // (`containerd-shim-runc-v2 ... -address <dir>/...`: shims detach, so a killed daemon
+    // leaves them), and each shim's children, the containers' processes.
+    for name in orphans.keys() {
+        removed.extend(kill_referencing(&tmp.join(name)));
+    }
     for name in orphans.keys() {
         let p = tmp.join(name);
         if std::fs::remove_dir_all(&p).is_ok() {
@@ -483,6 +489,51 @@ pub fn sweep() -> io::Result<Vec<String>> {
     }
     removed.sort();
     Ok(removed)
+}
+
+/// SIGKILLs every process whose command line names a path under `dir`, and the children of
+/// each (a containerd shim's container), children first. Returns what it killed.
+fn kill_referencing(dir: &Path) -> Vec<String> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let procs: Vec<(u32, u32, Vec<u8>)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: comm may hold spaces, so count from the `)`.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid, cmdline))
+        })
+        .collect();
+    let mut killed = Vec::new();
+    let own = std::process::id();
+    for (pid, _, cmdline) in &procs {
+        let names_dir = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg.windows(needle.len()).any(|w| w == needle));
+        if !names_dir || *pid == own {
+            continue;
+        }
+        for (child, ppid, _) in &procs {
+            if ppid == pid && sys::kill(*child, libc::SIGKILL).is_ok() {
+                killed.push(format!("pid {child} (a child of pid {pid})"));
+            }
+        }
+        if sys::kill(*pid, libc::SIGKILL).is_ok() {
+            let cmd = String::from_utf8_lossy(cmdline).replace('\0', " ");
+            killed.push(format!("pid {pid} ({})", cmd.trim()));
+        }
+    }
+    killed
 }
 
 #[cfg(test)]

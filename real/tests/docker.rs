@@ -174,16 +174,45 @@ fn sigkill_leaves_no_daemon_after_a_sweep() {
         .trim()
         .parse()
         .unwrap();
+    // What dockerd started: containerd and the containers' shims (detached: a killed
+    // daemon leaves them), found by the directory their command lines name, and the
+    // containers' processes under the shims.
+    let needle = dirs[0].display().to_string();
+    let mut started: Vec<u32> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if p != daemon && String::from_utf8_lossy(&cmd).contains(&needle) {
+            started.push(p);
+        }
+    }
+    assert!(
+        !started.is_empty(),
+        "dockerd started nothing naming {needle}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    let gone = |p: u32| !std::path::Path::new(&format!("/proc/{p}")).exists();
+    // Gone, or a zombie nobody has reaped yet (it holds nothing).
+    let gone = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
     for _ in 0..200 {
         sweep().unwrap();
-        if gone(daemon) && docker_dirs(pid).is_empty() {
+        if gone(daemon) && started.iter().all(|p| gone(*p)) && docker_dirs(pid).is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(gone(daemon), "dockerd {daemon} outlived its killed run");
+    let left: Vec<&u32> = started.iter().filter(|p| !gone(**p)).collect();
+    assert!(
+        left.is_empty(),
+        "processes dockerd started outlived the sweep: {left:?}"
+    );
     assert!(docker_dirs(pid).is_empty(), "{:?}", docker_dirs(pid));
 }
