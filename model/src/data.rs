@@ -113,19 +113,24 @@ impl FileData {
         &mut e.map
     }
 
-    /// Removes the data in `start..end`, splitting the extents across its bounds.
-    fn punch(&mut self, start: u64, end: u64) {
-        if start >= end {
-            return;
-        }
-        let first = self
-            .extents
+    /// Where the extents reaching `start` or beyond begin: the start of the extent holding
+    /// `start`, or `start` itself.
+    fn first_overlapping(&self, start: u64) -> u64 {
+        self.extents
             .map
             .range(..start)
             .next_back()
             .filter(|(&s, e)| s + e.len > start)
             .map(|(&s, _)| s)
-            .unwrap_or(start);
+            .unwrap_or(start)
+    }
+
+    /// Removes the data in `start..end`, splitting the extents across its bounds.
+    fn punch(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let first = self.first_overlapping(start);
         let hit: Vec<u64> = self
             .extents
             .map
@@ -204,14 +209,7 @@ impl FileData {
 
     /// The extents that overlap `start..end`.
     fn extents_in(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, &Extent)> {
-        let first = self
-            .extents
-            .map
-            .range(..start)
-            .next_back()
-            .filter(|(&s, e)| s + e.len > start)
-            .map(|(&s, _)| s)
-            .unwrap_or(start);
+        let first = self.first_overlapping(start);
         self.extents
             .map
             .range(first..end.max(first))

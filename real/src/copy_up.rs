@@ -80,3 +80,38 @@ pub fn measure(
     let m = fs::symlink_metadata(upper.join(after.strip_prefix("/").unwrap_or(after))).ok()?;
     (!counted.0.contains(&m.ino())).then_some((m.ino(), w.size))
 }
+
+/// Runs file step `op` on the sandbox thread chrooted in the container's merged root
+/// `merged`, watching copy-up: the watched file is looked up in the container before the
+/// step, its upper copy from the backing root (`backing`, where `upper` is absolute) before
+/// and after. Returns the outcome and, when the step copied a file's data up that
+/// `counted` had not counted, its upper inode and the bytes. The thread is left chrooted
+/// in `backing`. Shared by the kernel/fuse drivers and the docker driver.
+pub fn watched_step(
+    inside: &mut crate::sandbox::Inside,
+    merged: &Path,
+    backing: &Path,
+    upper: &Path,
+    op: &FileOp,
+    watch: bool,
+    counted: &(BTreeSet<u64>, u64),
+) -> (layerspec_model::Outcome, Option<(u64, u64)>) {
+    let enter = |inside: &mut crate::sandbox::Inside, dir: &Path| {
+        if let Err(e) = inside.real_root.enter(dir) {
+            panic!("cannot chroot into {}: {e}", dir.display());
+        }
+    };
+    enter(inside, merged);
+    let w = if watch { before(op) } else { None };
+    enter(inside, backing);
+    let pre = w.as_ref().map(|w| in_upper(upper, &w.before));
+    enter(inside, merged);
+    let out = crate::ops::run(op);
+    let after = w.as_ref().and_then(|w| w.after_path(op));
+    enter(inside, backing);
+    let copied = match (w, pre, after) {
+        (Some(w), Some(pre), Some(after)) => measure(upper, &w, pre, &after, counted),
+        _ => None,
+    };
+    (out, copied)
+}

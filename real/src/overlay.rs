@@ -6,7 +6,6 @@ use crate::confined::Confined;
 use crate::copy_up;
 use crate::layer;
 use crate::observe;
-use crate::ops;
 use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys;
 use layerspec_model::{
@@ -326,27 +325,8 @@ impl OverlayDriver {
             let root = inside.root.join(&root_rel);
             // The upper layer is looked at from the driver root (chrooted there too).
             let upper = Path::new("/").join(&upper_rel);
-            let enter = |inside: &mut crate::sandbox::Inside, dir: &Path| {
-                if let Err(e) = inside.real_root.enter(dir) {
-                    panic!("cannot chroot into {}: {e}", dir.display());
-                }
-            };
-            enter(inside, &root);
-            let watch = if mounted { copy_up::before(&op) } else { None };
             let backing = inside.root.clone();
-            enter(inside, &backing);
-            let pre = watch.as_ref().map(|w| copy_up::in_upper(&upper, &w.before));
-            enter(inside, &root);
-            let out = ops::run(&op);
-            let after = watch.as_ref().and_then(|w| w.after_path(&op));
-            enter(inside, &backing);
-            let copied = match (watch, pre, after) {
-                (Some(w), Some(pre), Some(after)) => {
-                    copy_up::measure(&upper, &w, pre, &after, &counted)
-                }
-                _ => None,
-            };
-            (out, copied)
+            copy_up::watched_step(inside, &root, &backing, &upper, &op, mounted, &counted)
         });
         if let Some((ino, bytes)) = copied {
             let set = self.copied.get_mut(&c.id).expect("entry made above");

@@ -154,8 +154,9 @@ pub(crate) fn dockerd() -> Option<PathBuf> {
 /// The static busybox the docker backend's containers run (`sleep infinity`, bind-mounted
 /// under `/dev`, so the container's process writes nothing into its layers), or why the
 /// backend cannot run.
-pub(crate) fn docker_missing() -> Result<PathBuf, String> {
-    dockerd().ok_or("dockerd is not installed (Debian: docker.io)")?;
+/// A statically linked busybox, or why there is none: `who` (the containers, the guest)
+/// runs it with no shared libraries beside it.
+fn static_busybox(who: &str) -> Result<PathBuf, String> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
@@ -164,10 +165,16 @@ pub(crate) fn docker_missing() -> Result<PathBuf, String> {
         .ok_or("busybox is not installed (Debian: busybox-static)")?;
     if has_interpreter(&busybox)? {
         return Err(format!(
-            "{} is dynamically linked; the containers need a static one (Debian: busybox-static)",
+            "{} is dynamically linked; {who} need a static one (Debian: busybox-static)",
             busybox.display()
         ));
     }
+    Ok(busybox)
+}
+
+pub(crate) fn docker_missing() -> Result<PathBuf, String> {
+    dockerd().ok_or("dockerd is not installed (Debian: docker.io)")?;
+    let busybox = static_busybox("the containers")?;
     Ok(busybox)
 }
 
@@ -240,18 +247,7 @@ pub fn vm_kit() -> Result<VmKit, String> {
 fn find_vm_kit() -> Result<VmKit, String> {
     let qemu = find_program("qemu-system-x86_64")
         .ok_or("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")?;
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .chain(find_program("busybox"))
-        .find(|p| p.is_file())
-        .ok_or("busybox is not installed (Debian: busybox-static)")?;
-    if has_interpreter(&busybox)? {
-        return Err(format!(
-            "{} is dynamically linked; the guest needs a static one (Debian: busybox-static)",
-            busybox.display()
-        ));
-    }
+    let busybox = static_busybox("the guest")?;
     let modprobe = find_program("modprobe").ok_or("modprobe is not installed (Debian: kmod)")?;
     let (kver, kernel) = pick_kernel()?;
     std::fs::File::open(&kernel).map_err(|e| {

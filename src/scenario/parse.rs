@@ -384,17 +384,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
             format!("{entries} layer entries, more than the limit of {MAX_ENTRIES}"),
         ));
     }
-    let commits = doc.trace.as_ref().map_or(0, |t| {
-        t.steps
-            .iter()
-            .filter(|s| {
-                s.get_ref()
-                    .op
-                    .as_ref()
-                    .is_some_and(|o| o.get_ref() == "commit")
-            })
-            .count()
-    });
+    let commits = count_ops(doc.trace.as_ref(), "commit");
     let mut depth: BTreeMap<String, usize> = BTreeMap::new();
     for l in &doc.layer {
         let ld = l.get_ref();
@@ -468,17 +458,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
 
     let mut containers = Vec::new();
     let mut container_ids = BTreeSet::new();
-    let created = doc.trace.as_ref().map_or(0, |t| {
-        t.steps
-            .iter()
-            .filter(|s| {
-                s.get_ref()
-                    .op
-                    .as_ref()
-                    .is_some_and(|o| o.get_ref() == "create_container")
-            })
-            .count()
-    });
+    let created = count_ops(doc.trace.as_ref(), "create_container");
     if doc.container.len() + created > MAX_CONTAINERS {
         return Err(ctx.err(
             0..0,
@@ -544,6 +524,16 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
         layers,
         containers,
         steps,
+    })
+}
+
+/// How many steps of the trace are `op`.
+fn count_ops(trace: Option<&TraceDoc>, op: &str) -> usize {
+    trace.map_or(0, |t| {
+        t.steps
+            .iter()
+            .filter(|s| s.get_ref().op.as_ref().is_some_and(|o| o.get_ref() == op))
+            .count()
     })
 }
 

@@ -2,7 +2,6 @@
 //! file steps in a container's merged root.
 
 use super::daemon::Daemon;
-use crate::copy_up;
 use bollard::container::{
     Config, CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
     StopContainerOptions,
@@ -198,25 +197,6 @@ pub fn file_op(
                 backing.display()
             ),
         };
-        let enter = |inside: &mut crate::sandbox::Inside, dir: &Path| {
-            if let Err(e) = inside.real_root.enter(dir) {
-                panic!("cannot chroot into {}: {e}", dir.display());
-            }
-        };
-        enter(inside, &dirs.merged);
-        let watch = copy_up::before(&op);
-        enter(inside, &backing);
-        let pre = watch.as_ref().map(|w| copy_up::in_upper(&upper, &w.before));
-        enter(inside, &dirs.merged);
-        let out = crate::ops::run(&op);
-        let after = watch.as_ref().and_then(|w| w.after_path(&op));
-        enter(inside, &backing);
-        let copied = match (watch, pre, after) {
-            (Some(w), Some(pre), Some(after)) => {
-                copy_up::measure(&upper, &w, pre, &after, &counted)
-            }
-            _ => None,
-        };
-        (out, copied)
+        crate::copy_up::watched_step(inside, &dirs.merged, &backing, &upper, &op, true, &counted)
     })
 }
