@@ -119,12 +119,19 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
             observation: None,
         };
     }
-    run(
-        s,
-        &mut ModelDriver::new(driver, s.options.overlay)
-            .with_backing(s.options.backing)
-            .with_kernel(kernel),
-    )
+    run(s, &mut model_driver(s, driver, kernel))
+}
+
+/// The model of `s` on `driver` at `kernel`: its overlay options, its backing filesystem
+/// and, on tmpfs, its size, whose pages run out.
+pub fn model_driver(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> ModelDriver {
+    let m = ModelDriver::new(driver, s.options.overlay)
+        .with_backing(s.options.backing)
+        .with_kernel(kernel);
+    match s.options.tmpfs_bytes() {
+        Some(bytes) => m.with_tmpfs_size(bytes),
+        None => m,
+    }
 }
 
 /// The backing filesystem a scenario asks for, for the real side.

@@ -7,7 +7,7 @@
 use layerspec::runner::{run, Status};
 use layerspec::scenario::Scenario;
 use layerspec::suite;
-use layerspec_model::{KernelVersion, ModelDriver};
+use layerspec_model::KernelVersion;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -61,12 +61,7 @@ fn model_trial(s: &Scenario, driver: layerspec_model::DriverKind) -> Result<(), 
         }
         _ => KernelVersion::DEFAULT,
     };
-    let result = run(
-        s,
-        &mut ModelDriver::new(driver, s.options.overlay)
-            .with_backing(s.options.backing)
-            .with_kernel(kernel),
-    );
+    let result = run(s, &mut layerspec::suite::model_driver(s, driver, kernel));
     match result.status {
         Status::Pass => {}
         Status::Fail(msg) => return Err(format!("{}: {msg}", s.file.display()).into()),

@@ -60,6 +60,9 @@ pub struct Container {
     /// overlay driver: how many image-layer roots in the driver hold each lower file, by
     /// (layer id, inode): its farm of hard links (DOCK1).
     pub farm_roots: Arc<BTreeMap<(String, Ino), u32>>,
+    /// Pages the upper filesystem has free while a step runs, when the store accounts for
+    /// them (a tmpfs with a size, `crate::space`); `None`: not accounted, never full.
+    pub space: Option<u64>,
 }
 
 impl Container {
@@ -90,6 +93,7 @@ impl Container {
             shared_whiteouts: BTreeMap::new(),
             own_whiteouts: BTreeSet::new(),
             farm_roots: Arc::new(BTreeMap::new()),
+            space: None,
         };
         // The upper root is the merged root: give it the image root's attributes.
         if !c.lower.is_empty() {
@@ -105,6 +109,19 @@ impl Container {
     pub fn remount(&mut self) {
         self.generation += 1;
         self.made_whiteout = false;
+    }
+
+    /// Takes `n` pages of the upper filesystem for a step, or ENOSPC when fewer are free
+    /// (nothing taken then).
+    pub(crate) fn take_pages(&mut self, n: u64) -> Result<(), crate::errno::Errno> {
+        match &mut self.space {
+            Some(free) if *free < n => Err(crate::errno::Errno::ENOSPC),
+            Some(free) => {
+                *free -= n;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The root dentry.

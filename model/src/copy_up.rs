@@ -2,6 +2,8 @@
 //! parents first (OVL3, S4). Whole files by default; metadata only with `metacopy=on`.
 
 use crate::container::{Container, Dentry, IndexEntry};
+use crate::errno::Errno;
+use crate::space::PAGE;
 use crate::tree::{empty_dir, Body, Ino, Inode, Origin};
 
 /// How much of a file a copy-up must bring.
@@ -19,7 +21,9 @@ impl Container {
     pub(crate) fn copy_up_dirs(&mut self, dirs: &mut [(String, Dentry)]) -> Ino {
         let mut parent = dirs[0].1.upper.expect("upper root");
         for entry in dirs.iter_mut().skip(1) {
-            let d = self.copy_up_entry(parent, &entry.0, entry.1, CopyUp::Meta);
+            let d = self
+                .copy_up_entry(parent, &entry.0, entry.1, CopyUp::Meta)
+                .expect("a directory's copy-up takes no page");
             entry.1 = d;
             parent = d.upper.expect("copied up");
         }
@@ -27,20 +31,22 @@ impl Container {
     }
 
     /// Copies one entry of upper directory `parent` up (its parents are already there) and
-    /// returns the dentry updated.
+    /// returns the dentry updated. A file whose data does not fit the pages left is ENOSPC,
+    /// and nothing of it is left (measured: the kernel removes the half-made copy from
+    /// `work/work`).
     pub(crate) fn copy_up_entry(
         &mut self,
         parent: Ino,
         name: &str,
         mut d: Dentry,
         how: CopyUp,
-    ) -> Dentry {
+    ) -> Result<Dentry, Errno> {
         if d.in_upper {
             let ino = d.upper.expect("in upper");
             if how == CopyUp::Data {
-                self.copy_up_data(ino);
+                self.copy_up_data(ino)?;
             }
-            return d;
+            return Ok(d);
         }
         // Copying up never changes the parent's timestamps (overlayfs restores them), so
         // Docker's change walker does not see the parent as changed.
@@ -52,9 +58,9 @@ impl Container {
             self.upper.get_mut(parent).version = parent_version;
             d.in_upper = true;
             if how == CopyUp::Data {
-                self.copy_up_data(ino);
+                self.copy_up_data(ino)?;
             }
-            return d;
+            return Ok(d);
         }
         let l = d.lower.expect("a lower dentry");
         let node = self.lower.node(l);
@@ -69,9 +75,10 @@ impl Container {
         let keeps_origin = src.is_dir() || self.stat(d).nlink <= 1 || self.policy.keep_hard_links;
         let body = match src.body {
             Body::Dir { .. } => empty_dir(false),
-            Body::File { data, .. } => {
+            Body::File { mut data, .. } => {
                 let meta_only = how == CopyUp::Meta && self.policy.metacopy && keeps_origin;
                 if !meta_only {
+                    self.take_data_pages(&mut data)?;
                     self.copied_up_bytes += data.len();
                 }
                 Body::File {
@@ -109,20 +116,32 @@ impl Container {
         if !self.upper.get(ino).is_dir() {
             d.lower = None;
         }
-        d
+        Ok(d)
+    }
+
+    /// Takes the pages a copy of `data` fills, as a copy-up writes it: every page, since
+    /// the lower file has every page (the real side writes layer files whole, so
+    /// `ovl_copy_up_file` finds no hole to skip). The copy's holes become zeros held as data.
+    fn take_data_pages(&mut self, data: &mut crate::data::FileData) -> Result<(), Errno> {
+        if self.space.is_some() {
+            data.fill_holes();
+            self.take_pages(data.pages(PAGE))?;
+        }
+        Ok(())
     }
 
     /// Brings a metacopy file's data up (first write after a metadata-only copy-up).
-    fn copy_up_data(&mut self, ino: Ino) {
+    fn copy_up_data(&mut self, ino: Ino) -> Result<(), Errno> {
         let inode = self.upper.get(ino);
         if let Body::File {
             metacopy: true,
             data,
         } = &inode.body
         {
-            self.copied_up_bytes += data.len();
-            let data = data.clone();
+            let mut data = data.clone();
             let v = inode.version;
+            self.take_data_pages(&mut data)?;
+            self.copied_up_bytes += data.len();
             let i = self.upper.get_mut(ino);
             i.body = Body::File {
                 data,
@@ -130,6 +149,7 @@ impl Container {
             };
             i.version = v;
         }
+        Ok(())
     }
 
     /// Records that one more lower name of an indexed inode left the lower view.
@@ -149,9 +169,9 @@ impl Container {
         name: &str,
         d: Dentry,
         how: CopyUp,
-    ) -> (Ino, Dentry) {
+    ) -> Result<(Ino, Dentry), Errno> {
         let parent = self.copy_up_dirs(dirs);
-        let d = self.copy_up_entry(parent, name, d, how);
-        (parent, d)
+        let d = self.copy_up_entry(parent, name, d, how)?;
+        Ok((parent, d))
     }
 }

@@ -19,6 +19,10 @@ enum Source {
     Bytes { buf: Arc<[u8]>, start: usize },
     /// Bytes `pos..pos + len` of the pseudo-random stream of `seed`.
     Random { seed: u64, pos: u64 },
+    /// Zeros a filesystem holds as data, not as a hole: pages a copy-up wrote or a
+    /// truncate kept ([`FileData::fill_holes`]). They read as a hole does and digest as one;
+    /// only page accounting ([`FileData::pages`]) tells them apart.
+    Zeros,
 }
 
 /// One run of data.
@@ -40,6 +44,7 @@ impl Extent {
                 seed: *seed,
                 pos: pos.wrapping_add(skip),
             },
+            Source::Zeros => Source::Zeros,
         };
         Extent { len, src }
     }
@@ -52,6 +57,7 @@ impl Extent {
                 out.copy_from_slice(&buf[from..from + out.len()]);
             }
             Source::Random { seed, pos } => pseudo_random_at(*seed, pos.wrapping_add(skip), out),
+            Source::Zeros => out.fill(0),
         }
     }
 }
@@ -226,9 +232,114 @@ impl FileData {
         out
     }
 
-    /// The runs of data, as `(start, end)`, in order (adjacent extents are not merged).
+    /// The runs of data, as `(start, end)`, in order (adjacent extents are not merged);
+    /// zeros held as data are left out, as holes are.
     pub fn data_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.extents.map.iter().map(|(&s, e)| (s, s + e.len))
+        self.extents
+            .map
+            .iter()
+            .filter(|(_, e)| !matches!(e.src, Source::Zeros))
+            .map(|(&s, e)| (s, s + e.len))
+    }
+
+    /// The pages of `page` bytes that hold data (zeros held as data included): what a
+    /// filesystem that allocates by page (tmpfs) has allocated for the file.
+    pub fn pages(&self, page: u64) -> u64 {
+        self.pages_in(0, self.len.div_ceil(page), page)
+    }
+
+    /// How many of pages `first..past` (page numbers) hold data.
+    fn pages_in(&self, first: u64, past: u64, page: u64) -> u64 {
+        self.page_runs(first, past, page).map(|(a, b)| b - a).sum()
+    }
+
+    /// The runs of pages within `first..past` that hold data, as page numbers, in order
+    /// and not overlapping.
+    fn page_runs(&self, first: u64, past: u64, page: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let (lo, hi) = (first.saturating_mul(page), past.saturating_mul(page));
+        let mut last = first;
+        self.extents_in(lo, hi).filter_map(move |(s, e)| {
+            let a = (s.max(lo) / page).max(last);
+            let b = (s + e.len).min(hi).div_ceil(page);
+            (b > a).then(|| {
+                last = b;
+                (a, b)
+            })
+        })
+    }
+
+    /// Where a write of `start..end` stops when the filesystem has only `free` pages left
+    /// to give: `end` when the pages it lacks there number `free` or fewer, else the start
+    /// of the first page it cannot get (never before `start`). Pages are taken in order,
+    /// as `generic_perform_write` takes them.
+    pub fn write_stop(&self, start: u64, end: u64, free: u64, page: u64) -> u64 {
+        if start >= end {
+            return end;
+        }
+        let (first, past) = (start / page, end.div_ceil(page));
+        if past - first - self.pages_in(first, past, page) <= free {
+            return end;
+        }
+        // Walk the absent pages in order: the gaps between the data's pages.
+        let mut left = free;
+        let mut at = first;
+        for (a, b) in self.page_runs(first, past, page) {
+            if a - at > left {
+                break;
+            }
+            left -= a - at;
+            at = b;
+        }
+        ((at + left) * page).max(start).min(end)
+    }
+
+    /// Fills every hole with zeros held as data: a file every page of which was written,
+    /// as a copy-up writes it. Unchanged (still shared) when there is no hole.
+    pub fn fill_holes(&mut self) {
+        let mut holes = Vec::new();
+        let mut at = 0;
+        for (&s, e) in &self.extents.map {
+            if s > at {
+                holes.push((at, s));
+            }
+            at = s + e.len;
+        }
+        if at < self.len {
+            holes.push((at, self.len));
+        }
+        if holes.is_empty() {
+            return;
+        }
+        let map = self.map_mut();
+        for (s, e) in holes {
+            map.insert(
+                s,
+                Extent {
+                    len: e - s,
+                    src: Source::Zeros,
+                },
+            );
+        }
+    }
+
+    /// `truncate` as a filesystem that allocates by page does it: shrinking to the middle
+    /// of a page that held data keeps the page (its tail zeroed, `shmem_undo_range` /
+    /// `truncate_inode_partial_folio`), so it stays allocated.
+    pub fn truncate_keeping_page(&mut self, len: u64, page: u64) {
+        let start = len - len % page;
+        let kept = len < self.len
+            && !len.is_multiple_of(page)
+            && self.pages_in(len / page, len / page + 1, page) > 0;
+        self.truncate(len);
+        if kept && self.pages_in(len / page, len / page + 1, page) == 0 {
+            self.map_mut().insert(
+                start,
+                Extent {
+                    len: len - start,
+                    src: Source::Zeros,
+                },
+            );
+        }
     }
 
     /// Feeds bytes `start..end` to `f` as `(offset, bytes)` pieces of at most 64 KiB, holes
@@ -237,6 +348,9 @@ impl FileData {
         let end = end.min(self.len);
         let mut buf = Vec::new();
         for (s, e) in self.extents_in(start, end) {
+            if matches!(e.src, Source::Zeros) {
+                continue;
+            }
             let mut at = s.max(start);
             let to = (s + e.len).min(end);
             while at < to {
@@ -271,10 +385,12 @@ impl FileData {
                 .map
                 .iter()
                 .filter(|(s, e)| {
-                    !b.extents
-                        .map
-                        .get(s)
-                        .is_some_and(|o| o.len == e.len && same_source(&o.src, &e.src))
+                    !matches!(e.src, Source::Zeros)
+                        && !b
+                            .extents
+                            .map
+                            .get(s)
+                            .is_some_and(|o| o.len == e.len && same_source(&o.src, &e.src))
                 })
                 .map(|(&s, e)| (s, s + e.len))
                 .collect()
@@ -311,6 +427,7 @@ fn same_source(a: &Source, b: &Source) -> bool {
         (Source::Random { seed: x, pos: i }, Source::Random { seed: y, pos: j }) => {
             x == y && i == j
         }
+        (Source::Zeros, Source::Zeros) => true,
         _ => false,
     }
 }
@@ -417,5 +534,40 @@ mod tests {
         assert!(c.shares(&a));
         a.truncate(4);
         assert!(!c.shares(&a));
+    }
+
+    /// tmpfs's page accounting as measured (6.18, `size=64k`, `statvfs` after each call):
+    /// a byte written in a hole costs its page, rewriting a held page costs nothing, a
+    /// write that runs out stops at the first page it cannot get.
+    #[test]
+    fn pages_are_counted_as_tmpfs_allocates_them() {
+        const P: u64 = 4096;
+        let mut d = FileData::new();
+        assert_eq!(d.pages(P), 0);
+        d.write(100, &Content::Bytes(vec![1; 10]));
+        d.write(2 * P, &Content::Bytes(vec![1]));
+        assert_eq!(d.pages(P), 2);
+        d.truncate(10 * P);
+        assert_eq!(d.pages(P), 2, "a hole costs nothing");
+        // 8 pages asked, 5 free: 20480 bytes land (measured).
+        assert_eq!(FileData::new().write_stop(0, 8 * P, 5, P), 5 * P);
+        // Pages 0 and 2 are held: pages 1, 3, 4, 5, 6 are taken, page 7 is not.
+        assert_eq!(d.write_stop(0, 8 * P, 5, P), 7 * P);
+        // Data elsewhere in the write's first page: that page is held.
+        assert_eq!(d.write_stop(200, 300, 0, P), 300);
+        assert_eq!(d.write_stop(P + 5, P + 9, 0, P), P + 5);
+        assert_eq!(d.write_stop(0, 8 * P, 100, P), 8 * P);
+        let mut full = d.clone();
+        full.fill_holes();
+        assert_eq!(full.pages(P), 10);
+        assert_eq!(full, d, "zeros held as data read as the hole did");
+        assert_eq!(full.text(), d.text());
+        // Cut in the middle of a page with data past the cut: the page stays.
+        let mut t = FileData::new();
+        t.write(P + 200, &Content::Bytes(vec![7; 100]));
+        t.truncate_keeping_page(P + 100, P);
+        assert_eq!((t.len(), t.pages(P)), (P + 100, 1));
+        t.truncate_keeping_page(P, P);
+        assert_eq!(t.pages(P), 0);
     }
 }

@@ -96,6 +96,10 @@ impl Container {
             return Err(Errno::ENAMETOOLONG);
         }
         let (parent, name) = self.new_name_parent(path)?;
+        if crate::space::symlink_takes_page(target) {
+            // tmpfs keeps a longer target in a page of its own (`shmem_symlink`).
+            self.take_pages(1)?;
+        }
         let ino = self
             .upper
             .alloc(new_inode(0o777, Body::Symlink(target.to_string())));
@@ -162,7 +166,7 @@ impl Container {
         }
         let from_name = rf.name.clone().expect("non-dir has a name");
         let mut dirs = rf.dirs;
-        let (_, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
+        let (_, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta)?;
         let ino = src.upper.expect("copied up");
         let (parent, name) = self.new_name_parent(to)?;
         if self.upper.get(ino).origin.is_some() {
@@ -236,7 +240,7 @@ impl Container {
                     // (found by `fuzz --overlay redirect_dir=on`, seed 2).
                     let mut dirs = rf.dirs.clone();
                     let (from_parent, moved) =
-                        self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
+                        self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta)?;
                     let to_parent = rt.parent().upper.expect("a pure upper target's parent");
                     let moved = moved.upper.expect("copied up");
                     self.set_rename_redirect(&dirs, &from_name, moved, from_parent == to_parent);
@@ -263,13 +267,14 @@ impl Container {
             }
         }
 
-        // Checks done; from here on nothing fails.
+        // Checks done; from here on only the source's copy-up can fail (ENOSPC), first, as
+        // `ovl_rename` copies it up before anything else.
         let from_lower_has = self.lower_has(rf.parent(), &from_name);
         let to_lower_has = self.lower_has(rt.parent(), &to_name);
         let to_parent_merged = rt.parent().lower.is_some();
         let src_merged = src_is_dir && src.lower.is_some();
         let mut dirs = rf.dirs;
-        let (from_parent, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta);
+        let (from_parent, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta)?;
         let mut rt = self.resolve(to, false).expect("resolved before");
         let to_parent = self.copy_up_dirs(&mut rt.dirs);
         let moved = src.upper.expect("copied up");

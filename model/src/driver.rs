@@ -70,6 +70,13 @@ impl ModelDriver {
         self
     }
 
+    /// The same with the driver root on a tmpfs of `bytes`, whose pages run out
+    /// ([`Store::set_tmpfs_size`]).
+    pub fn with_tmpfs_size(mut self, bytes: u64) -> ModelDriver {
+        self.store.set_tmpfs_size(bytes);
+        self
+    }
+
     /// The same following the rules of `kernel` (default: [`KernelVersion::DEFAULT`]).
     pub fn with_kernel(mut self, kernel: KernelVersion) -> ModelDriver {
         self.store.set_kernel(kernel);

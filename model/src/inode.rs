@@ -96,18 +96,18 @@ impl Container {
         let mut r = self.resolve(path, true)?;
         match r.target {
             Some(d) if self.kind(d) == Kind::Dir => Err(Errno::EISDIR),
-            Some(d) => Ok(self.copy_up_resolved(&mut r, d, CopyUp::Data)),
+            Some(d) => self.copy_up_resolved(&mut r, d, CopyUp::Data),
             None => Err(Errno::ENOENT),
         }
     }
 
-    fn copy_up_resolved(&mut self, r: &mut Resolved, d: Dentry, how: CopyUp) -> Ino {
+    fn copy_up_resolved(&mut self, r: &mut Resolved, d: Dentry, how: CopyUp) -> Result<Ino, Errno> {
         match r.name.clone() {
             Some(name) => {
-                let (_, d) = self.copy_up_path(&mut r.dirs, &name, d, how);
-                d.upper.expect("copied up")
+                let (_, d) = self.copy_up_path(&mut r.dirs, &name, d, how)?;
+                Ok(d.upper.expect("copied up"))
             }
-            None => crate::tree::ROOT,
+            None => Ok(crate::tree::ROOT),
         }
     }
 
@@ -124,7 +124,16 @@ impl Container {
         let Body::File { data, .. } = &self.upper.get(ino).body else {
             return Ok(());
         };
-        let (at, written, outcome) = write_calls(offset, content.len(), data.len(), max);
+        let (at, mut written, mut outcome) = write_calls(offset, content.len(), data.len(), max);
+        if let Some(free) = self.space {
+            // Out of pages: the write stops at the first page it cannot get, and the write
+            // loop's next call is ENOSPC (before any EFBIG further on).
+            let stop = data.write_stop(at, at + written, free, crate::space::PAGE);
+            if stop < at + written {
+                written = stop - at;
+                outcome = Err(Errno::ENOSPC);
+            }
+        }
         if written > 0 {
             if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
                 data.write(at, &content.prefix(written));
@@ -146,8 +155,13 @@ impl Container {
         if size > self.policy.max_file_size() {
             return Err(Errno::EFBIG);
         }
+        let accounted = self.space.is_some();
         if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
-            data.truncate(size);
+            if accounted {
+                data.truncate_keeping_page(size, crate::space::PAGE);
+            } else {
+                data.truncate(size);
+            }
         }
         Ok(())
     }
@@ -185,7 +199,7 @@ impl Container {
     fn chmod(&mut self, path: &str, mode: u32) -> Result<(), Errno> {
         let mut r = self.resolve(path, true)?;
         let d = r.existing()?;
-        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
+        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta)?;
         let version = self.upper.get(ino).version;
         let inode = self.upper.get_mut(ino);
         inode.mode = mode & 0o7777;
@@ -245,7 +259,7 @@ impl Container {
             // Removing a missing xattr fails before any copy-up.
             return Err(Errno::ENODATA);
         }
-        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta);
+        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta)?;
         if !self.policy.user_xattrs() {
             // Setting one copies up first and fails on the upper filesystem (6.1
             // ovl_xattr_set: ovl_copy_up, then the upper's setxattr): the file stays up.

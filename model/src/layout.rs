@@ -36,15 +36,31 @@ enum Ident {
     Shared(String),
 }
 
-/// Builds a storage listing.
+/// Builds a storage listing, and counts the pages its inodes take on tmpfs.
 #[derive(Default)]
 struct Disk {
     entries: BTreeMap<String, (Ident, StorageEntry)>,
     next: u64,
+    /// The pages each inode takes ([`crate::space`]).
+    pages: BTreeMap<Ident, u64>,
+    /// Only the pages are wanted: file contents are not digested.
+    pages_only: bool,
 }
 
 impl Disk {
+    /// Adds an entry; a file takes the pages of its size, a long symlink one page.
     fn add(&mut self, path: String, shared: Option<String>, e: StorageEntry) {
+        let size = e.size.unwrap_or(0);
+        let pages = match e.kind.as_str() {
+            "file" => size.div_ceil(crate::space::PAGE),
+            "symlink" => crate::space::symlink_pages(size),
+            _ => 0,
+        };
+        self.add_paged(path, shared, e, pages);
+    }
+
+    /// Adds an entry that takes `pages` pages.
+    fn add_paged(&mut self, path: String, shared: Option<String>, e: StorageEntry, pages: u64) {
         let ident = match shared {
             Some(k) => Ident::Shared(k),
             None => {
@@ -52,7 +68,13 @@ impl Disk {
                 Ident::Unique(self.next)
             }
         };
+        self.pages.insert(ident.clone(), pages);
         self.entries.insert(path, (ident, e));
+    }
+
+    /// A file's listing text, unless only pages are wanted.
+    fn text(&self, data: &crate::data::FileData) -> Option<String> {
+        (!self.pages_only).then(|| data.text())
     }
 
     fn dir(&mut self, path: String, mode: u32) {
@@ -188,18 +210,20 @@ fn render_dir(
                 let mut e = entry("file", inode.mode);
                 e.size = Some(data.len());
                 user_xattrs(&mut e, inode);
-                if *metacopy {
+                let pages = if *metacopy {
                     e.content = Some("<metacopy: no data>".into());
                     e.xattrs
                         .insert("trusted.overlay.metacopy".into(), String::new());
+                    0
                 } else {
-                    e.content = Some(data.text());
-                }
+                    e.content = disk.text(data);
+                    data.pages(crate::space::PAGE)
+                };
                 if enc == Encoding::Overlay && inode.origin.is_some() {
                     e.xattrs
                         .insert("trusted.overlay.origin".into(), "<handle>".into());
                 }
-                disk.add(path, key, e);
+                disk.add_paged(path, key, e, pages);
             }
             Body::Symlink(t) => {
                 let mut e = entry("symlink", 0o777);
@@ -239,6 +263,21 @@ pub fn render(store: &Store) -> (BTreeMap<String, StorageEntry>, u64) {
         DriverKind::Thinpool => {}
     }
     disk.finish()
+}
+
+/// The pages of a tmpfs the driver root of an overlay or overlay2 store takes: each inode
+/// once, whatever its names ([`crate::space`]); 0 for the other drivers.
+pub(crate) fn pages_used(store: &Store) -> u64 {
+    let mut disk = Disk {
+        pages_only: true,
+        ..Disk::default()
+    };
+    match store.driver() {
+        DriverKind::Overlay => overlay(store, &mut disk),
+        DriverKind::Overlay2 => overlay2(store, &mut disk),
+        _ => return 0,
+    }
+    disk.pages.values().sum()
 }
 
 /// The overlay mount data Docker would pass for a container, with the driver under
@@ -414,10 +453,11 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
             Body::File { data, .. } => {
                 let mut e = entry("file", inode.mode);
                 e.size = Some(data.len());
-                e.content = Some(data.text());
+                e.content = disk.text(data);
                 user_xattrs(&mut e, inode);
                 let layer_id = &stack.layers()[n.layer].id;
-                disk.add(path, Some(format!("{layer_id}:{}", n.ino)), e);
+                let pages = data.pages(crate::space::PAGE);
+                disk.add_paged(path, Some(format!("{layer_id}:{}", n.ino)), e, pages);
             }
             // A symlink of the layer's own diff keeps its hard links (the applier links a
             // tar hard link to a symlink, DOCK6); one from a parent is made anew (DOCK1).

@@ -59,6 +59,7 @@ mod observe;
 mod params;
 mod path;
 mod readdir;
+mod space;
 mod step;
 mod store;
 mod thin;

@@ -259,20 +259,6 @@ impl Backing {
     }
 }
 
-// Not modelled yet: a tmpfs with a `size=` cap running out (ENOSPC). Measured here (6.18,
-// `mount -t tmpfs -o size=64k`, 16 pages, statvfs's f_bfree after each call): shmem counts
-// pages, not bytes. A regular file's data page costs one page when first written (a hole
-// costs nothing, so `truncate` never runs out; one byte written in a hole costs a page);
-// rewriting a page it holds costs nothing, even when full. A symlink longer than 128 bytes
-// (`SHORT_SYMLINK_LEN`) costs a page, a shorter one, a directory and an xattr nothing. A
-// write that runs out is cut short at the last page it got (8 pages asked, 5 free: 20480
-// bytes written) and the write loop's next call is ENOSPC; a write with no page free is
-// ENOSPC at once; unlinking gives the pages back. Through overlayfs on such a tmpfs (lower,
-// upper and work on it): a copy-up that does not fit fails the step with ENOSPC (open for
-// write, truncate, chmod of a 10-page file with 4 pages free) and leaves nothing in the
-// upper or work directory, its pages given back; statfs through the overlay shows the
-// upper filesystem's free pages.
-
 /// The semantic choices in which file-level drivers differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {

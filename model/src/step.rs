@@ -325,6 +325,23 @@ impl fmt::Display for Value {
 }
 
 impl FileOp {
+    /// Whether the operation can take pages of the upper filesystem: it writes data, copies
+    /// a file up (a directory's copy-up takes none) or makes a symlink.
+    pub fn may_take_space(&self) -> bool {
+        !matches!(
+            self,
+            FileOp::Create { .. }
+                | FileOp::Read { .. }
+                | FileOp::Unlink { .. }
+                | FileOp::Mkdir { .. }
+                | FileOp::Rmdir { .. }
+                | FileOp::Readlink { .. }
+                | FileOp::Stat { .. }
+                | FileOp::Readdir { .. }
+                | FileOp::Getxattr { .. }
+        )
+    }
+
     /// The scenario-file name of the operation.
     pub fn name(&self) -> &'static str {
         match self {

@@ -35,6 +35,8 @@ pub enum StepError {
     Unsupported(String),
     /// An id that is not a name ([`crate::check_id`]).
     BadId(crate::path::BadId),
+    /// The image layers do not fit the driver root's filesystem.
+    NoSpace(String),
 }
 
 impl fmt::Display for StepError {
@@ -52,6 +54,7 @@ impl fmt::Display for StepError {
             } => write!(f, "layer `{layer}`, entry {entry}: {reason}"),
             StepError::Unsupported(s) => write!(f, "unsupported: {s}"),
             StepError::BadId(b) => b.fmt(f),
+            StepError::NoSpace(s) => f.write_str(s),
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct Store {
     built_upon: std::collections::BTreeSet<String>,
     /// devicemapper: the device set and its thin pool.
     dm: Option<Box<DeviceSet>>,
+    /// The pages the driver root's tmpfs holds, when it is accounted (`crate::space`).
+    capacity: Option<u64>,
 }
 
 impl Store {
@@ -90,7 +95,29 @@ impl Store {
             kernel: crate::params::KernelVersion::DEFAULT,
             built_upon: std::collections::BTreeSet::new(),
             dm: (driver == DriverKind::Devicemapper).then(|| Box::new(DeviceSet::new())),
+            capacity: None,
         }
+    }
+
+    /// Accounts for the space of the driver root's filesystem: a tmpfs of `bytes` (its
+    /// `size=`). From then on a step that needs more pages than are free is ENOSPC, the
+    /// way the kernel cuts it (`crate::space`). Only overlay and overlay2 are accounted.
+    pub fn set_tmpfs_size(&mut self, bytes: u64) {
+        if self.driver.is_overlayfs() {
+            self.capacity = Some(bytes.div_ceil(crate::space::PAGE));
+        }
+    }
+
+    /// The pages free on the driver root's tmpfs, when they are accounted.
+    pub fn free_pages(&self) -> Option<u64> {
+        let cap = self.capacity?;
+        Some(cap.saturating_sub(crate::layout::pages_used(self)))
+    }
+
+    /// Whether the driver root's files take more pages than its tmpfs holds.
+    fn overfull(&self) -> bool {
+        self.capacity
+            .is_some_and(|cap| crate::layout::pages_used(self) > cap)
     }
 
     /// devicemapper: the device set and the thin pool under the layers and containers.
@@ -222,11 +249,24 @@ impl Store {
             }
             build_tree(&spec)?
         };
-        self.insert_layer(Layer {
+        let layer = Layer {
             id: spec.id.clone(),
             parent: spec.parent.clone(),
             tree,
-        })
+        };
+        if let Some(cap) = self.capacity {
+            let mut with = self.clone();
+            with.insert_layer(layer.clone())?;
+            let used = crate::layout::pages_used(&with);
+            if used > cap {
+                return Err(StepError::NoSpace(format!(
+                    "layer `{}` does not fit the driver root's tmpfs: its files would take \
+                     {used} pages of 4 KiB, the tmpfs holds {cap}",
+                    spec.id
+                )));
+            }
+        }
+        self.insert_layer(layer)
     }
 
     fn insert_layer(&mut self, layer: Layer) -> Result<(), StepError> {
@@ -275,8 +315,15 @@ impl Store {
         match op {
             Op::File { container, op } => {
                 let id = self.container_id(container.as_deref())?;
+                let free = if op.may_take_space() {
+                    self.free_pages()
+                } else {
+                    None
+                };
                 let c = self.containers.get_mut(&id).expect("exists");
+                c.space = free;
                 let out = c.apply(op);
+                c.space = None;
                 if let Some(dm) = &mut self.dm {
                     dm.file_step(c, op, &out);
                 }
@@ -294,9 +341,6 @@ impl Store {
                 if self.dm.as_ref().is_some_and(|dm| dm.has_device(id)) {
                     return Err(StepError::ContainerExists(id.clone()));
                 }
-                if let Some(i) = image {
-                    self.built_upon.insert(i.clone());
-                }
                 let stack = self.stack(image.as_deref());
                 let policy = Policy {
                     backing: self.backing,
@@ -304,6 +348,19 @@ impl Store {
                     ..Policy::new(self.driver, self.options)
                 };
                 let mut c = Container::new(id, image.clone(), stack, policy);
+                if self.capacity.is_some() {
+                    // The driver's files for it (`link`, `lower`, `lower-id`) take pages;
+                    // written before overlay2's `committed` mark, so none is made.
+                    let mut with = self.clone();
+                    with.containers.insert(id.clone(), c.clone());
+                    with.container_order.push(id.clone());
+                    if with.overfull() {
+                        return Ok(Err(crate::errno::Errno::ENOSPC));
+                    }
+                }
+                if let Some(i) = image {
+                    self.built_upon.insert(i.clone());
+                }
                 if let Some(dm) = &mut self.dm {
                     dm.create_container(id, image.as_deref(), &c);
                 }
@@ -335,7 +392,23 @@ impl Store {
                 }
                 let c = self.container(container.as_deref())?;
                 let image = self.image_tree(c);
-                let new = c.commit_layer(layer, &image);
+                let mut new = c.commit_layer(layer, &image);
+                // The layer's files are written whole (Docker's applier writes a tar's
+                // bytes): no hole is left in them.
+                let files: Vec<Ino> = new.tree.inodes().map(|(i, _)| i).collect();
+                for i in files {
+                    if let Body::File { data, .. } = &mut new.tree.get_mut(i).body {
+                        data.fill_holes();
+                    }
+                }
+                if self.capacity.is_some() {
+                    let mut with = self.clone();
+                    with.insert_layer(new.clone())?;
+                    if with.overfull() {
+                        // Docker removes the half-made layer.
+                        return Ok(Err(crate::errno::Errno::ENOSPC));
+                    }
+                }
                 self.insert_layer(new)?;
                 Ok(Ok(Value::Unit))
             }

@@ -9,7 +9,7 @@ use crate::observe;
 use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys;
 use layerspec_model::{
-    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry,
+    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry, Errno,
     KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError, Value,
     DATA_ROOT,
 };
@@ -116,7 +116,7 @@ impl OverlayDriver {
     }
 
     /// Builds a layer (from a scenario or a commit) in the driver's layout.
-    fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
+    fn write_layer(&mut self, spec: LayerSpec) -> Result<Result<(), Errno>, DriverError> {
         layerspec_model::validate_layer(&spec)?;
         if self.layers.contains_key(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()).into());
@@ -130,60 +130,73 @@ impl OverlayDriver {
         let lower = self.chain(spec.parent.as_deref());
         let parent = lower.last().cloned();
         let id = spec.id.clone();
-        self.sandbox.run(move |inside| -> Result<(), DriverError> {
-            let root = inside.root.clone();
-            let c = &mut inside
-                .confine(&root)
-                .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
-            let top = Path::new("/").join(kind.name());
-            let r = (|| -> io::Result<()> {
-                match kind {
-                    DriverKind::Overlay2 => {
-                        let dir = overlay2_skeleton(c, &top, &spec.id, &lower)?;
-                        c.mkdir(&dir.join("diff"), 0o755)?;
-                        layer::write_entries(c, &dir.join("diff"), &spec)?;
-                    }
-                    _ => {
-                        let dir = top.join(&spec.id);
-                        c.mkdir(&dir, 0o700)?;
-                        let root = dir.join("root");
-                        // The layer's root: the parent's root as a hard-link farm (or
-                        // nothing), then the diff applied as Docker's applier does it:
-                        // whiteouts delete, opaque directories replace.
-                        match lower.last() {
-                            Some(parent) => {
-                                let proot = top.join(parent).join("root");
-                                c.mkdir(&root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
-                                layer::farm_copy(c, &proot, &root)?;
-                            }
-                            None => c.mkdir(&root, 0o755)?,
+        let built = self
+            .sandbox
+            .run(move |inside| -> Result<Result<(), Errno>, DriverError> {
+                let root = inside.root.clone();
+                let c = &mut inside
+                    .confine(&root)
+                    .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
+                let top = Path::new("/").join(kind.name());
+                let r = (|| -> io::Result<()> {
+                    match kind {
+                        DriverKind::Overlay2 => {
+                            let dir = overlay2_skeleton(c, &top, &spec.id, &lower)?;
+                            c.mkdir(&dir.join("diff"), 0o755)?;
+                            layer::write_entries(c, &dir.join("diff"), &spec)?;
                         }
-                        let staged = dir.join("staged-diff");
-                        c.mkdir(&staged, 0o755)?;
-                        layer::write_entries(c, &staged, &spec)?;
-                        let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
-                        c.set_mode(&root, m)?;
-                        layer::copy_user_xattrs(c, &staged, &root)?;
-                        layer::apply_diff(c, &staged, &root)?;
-                        c.remove(&staged)?;
+                        _ => {
+                            let dir = top.join(&spec.id);
+                            c.mkdir(&dir, 0o700)?;
+                            let root = dir.join("root");
+                            // The layer's root: the parent's root as a hard-link farm (or
+                            // nothing), then the diff applied as Docker's applier does it:
+                            // whiteouts delete, opaque directories replace.
+                            match lower.last() {
+                                Some(parent) => {
+                                    let proot = top.join(parent).join("root");
+                                    c.mkdir(&root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
+                                    layer::farm_copy(c, &proot, &root)?;
+                                }
+                                None => c.mkdir(&root, 0o755)?,
+                            }
+                            let staged = dir.join("staged-diff");
+                            c.mkdir(&staged, 0o755)?;
+                            layer::write_entries(c, &staged, &spec)?;
+                            let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
+                            c.set_mode(&root, m)?;
+                            layer::copy_user_xattrs(c, &staged, &root)?;
+                            layer::apply_diff(c, &staged, &root)?;
+                            c.remove(&staged)?;
+                        }
                     }
-                }
-                Ok(())
-            })();
-            r.map_err(|e| {
-                let err = c
-                    .log()
-                    .backend_err(&format!("building layer `{}`", spec.id), e);
-                // As Docker does when applying a layer fails: the half-made layer goes.
-                remove_layer_dirs(c, kind, &top, &spec.id);
-                err
-            })
-        })?;
-        self.layers.insert(id, parent);
-        Ok(())
+                    Ok(())
+                })();
+                r.map(Ok).or_else(|e| {
+                    // As Docker does when applying a layer fails: the half-made layer goes.
+                    let full = e.raw_os_error() == Some(libc::ENOSPC);
+                    let err = c
+                        .log()
+                        .backend_err(&format!("building layer `{}`", spec.id), e);
+                    remove_layer_dirs(c, kind, &top, &spec.id);
+                    if full {
+                        Ok(Err(Errno::ENOSPC))
+                    } else {
+                        Err(err)
+                    }
+                })
+            })?;
+        if built.is_ok() {
+            self.layers.insert(id, parent);
+        }
+        Ok(built)
     }
 
-    fn create_container(&mut self, id: &str, image: Option<&str>) -> Result<(), DriverError> {
+    fn create_container(
+        &mut self,
+        id: &str,
+        image: Option<&str>,
+    ) -> Result<Result<(), Errno>, DriverError> {
         layerspec_model::check_op_ids(&Op::CreateContainer {
             id: id.to_string(),
             image: image.map(String::from),
@@ -203,53 +216,63 @@ impl OverlayDriver {
         let kind = self.kind;
         let chain = self.chain(image);
         let id2 = id.to_string();
-        self.sandbox.run(move |inside| -> Result<(), DriverError> {
-            let root = inside.root.clone();
-            let c = &mut inside
-                .confine(&root)
-                .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
-            let top = Path::new("/").join(kind.name());
-            let r = (|| -> io::Result<()> {
-                match kind {
-                    DriverKind::Overlay2 => {
-                        let dir = overlay2_skeleton(c, &top, &id2, &chain)?;
-                        c.mkdir(&dir.join("diff"), 0o755)?;
-                        if !chain.is_empty() {
-                            c.mkdir(&dir.join("merged"), 0o700)?;
-                        }
-                    }
-                    _ => {
-                        let dir = top.join(&id2);
-                        c.mkdir(&dir, 0o700)?;
-                        match chain.last() {
-                            Some(image) => {
-                                c.write_file(&dir.join("lower-id"), 0o644, image.as_bytes())?;
-                                let rootmode = fs::symlink_metadata(top.join(image).join("root"))?
-                                    .mode()
-                                    & 0o7777;
-                                c.mkdir(&dir.join("upper"), rootmode)?;
-                                c.mkdir(&dir.join("work"), 0o700)?;
+        let made = self
+            .sandbox
+            .run(move |inside| -> Result<Result<(), Errno>, DriverError> {
+                let root = inside.root.clone();
+                let c = &mut inside
+                    .confine(&root)
+                    .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
+                let top = Path::new("/").join(kind.name());
+                let r = (|| -> io::Result<()> {
+                    match kind {
+                        DriverKind::Overlay2 => {
+                            let dir = overlay2_skeleton(c, &top, &id2, &chain)?;
+                            c.mkdir(&dir.join("diff"), 0o755)?;
+                            if !chain.is_empty() {
                                 c.mkdir(&dir.join("merged"), 0o700)?;
                             }
-                            None => c.mkdir(&dir.join("root"), 0o755)?,
+                        }
+                        _ => {
+                            let dir = top.join(&id2);
+                            c.mkdir(&dir, 0o700)?;
+                            match chain.last() {
+                                Some(image) => {
+                                    c.write_file(&dir.join("lower-id"), 0o644, image.as_bytes())?;
+                                    let rootmode =
+                                        fs::symlink_metadata(top.join(image).join("root"))?.mode()
+                                            & 0o7777;
+                                    c.mkdir(&dir.join("upper"), rootmode)?;
+                                    c.mkdir(&dir.join("work"), 0o700)?;
+                                    c.mkdir(&dir.join("merged"), 0o700)?;
+                                }
+                                None => c.mkdir(&dir.join("root"), 0o755)?,
+                            }
                         }
                     }
-                }
-                Ok(())
-            })();
-            r.map_err(|e| {
-                let err = c
-                    .log()
-                    .backend_err(&format!("creating container `{id2}`"), e);
-                remove_layer_dirs(c, kind, &top, &id2);
-                err
-            })
-        })?;
+                    Ok(())
+                })();
+                r.map(Ok).or_else(|e| {
+                    let full = e.raw_os_error() == Some(libc::ENOSPC);
+                    let err = c
+                        .log()
+                        .backend_err(&format!("creating container `{id2}`"), e);
+                    remove_layer_dirs(c, kind, &top, &id2);
+                    if full {
+                        Ok(Err(Errno::ENOSPC))
+                    } else {
+                        Err(err)
+                    }
+                })
+            })?;
+        if let Err(e) = made {
+            return Ok(Err(e));
+        }
         self.containers.push(rec.clone());
         if image.is_some() {
             self.mount(&rec)?;
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn mount(&self, c: &ContainerRec) -> Result<(), DriverError> {
@@ -366,7 +389,7 @@ impl OverlayDriver {
         }
     }
 
-    fn commit(&mut self, c: &ContainerRec, layer: &str) -> Result<(), DriverError> {
+    fn commit(&mut self, c: &ContainerRec, layer: &str) -> Result<Result<(), Errno>, DriverError> {
         layerspec_model::check_id(layer).map_err(StepError::BadId)?;
         if self.layers.contains_key(layer) {
             return Err(StepError::LayerExists(layer.to_string()).into());
@@ -527,7 +550,13 @@ impl Driver for OverlayDriver {
     }
 
     fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
-        self.write_layer(spec.clone())
+        match self.write_layer(spec.clone())? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(DriverError::Backend(format!(
+                "building layer `{}`: {e}",
+                spec.id
+            ))),
+        }
     }
 
     fn kernel(&self) -> KernelVersion {
@@ -542,8 +571,7 @@ impl Driver for OverlayDriver {
                 Ok(self.file_op(&c, op.clone()))
             }
             Op::CreateContainer { id, image } => {
-                self.create_container(id, image.as_deref())?;
-                Ok(Ok(Value::Unit))
+                Ok(self.create_container(id, image.as_deref())?.map(unit))
             }
             Op::RemoveContainer { id } => {
                 let c = self.container(Some(id))?;
@@ -567,8 +595,7 @@ impl Driver for OverlayDriver {
             }
             Op::Commit { container, layer } => {
                 let c = self.container(container.as_deref())?;
-                self.commit(&c, layer)?;
-                Ok(Ok(Value::Unit))
+                Ok(self.commit(&c, layer)?.map(unit))
             }
             Op::Remount { container } => {
                 let c = self.container(container.as_deref())?;
@@ -642,4 +669,8 @@ impl Drop for OverlayDriver {
             let _ = self.unmount(c);
         }
     }
+}
+
+fn unit(_: ()) -> Value {
+    Value::Unit
 }

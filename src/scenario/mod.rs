@@ -220,6 +220,17 @@ impl Step {
     }
 }
 
+impl Options {
+    /// The size of the driver root's tmpfs in bytes (`None` on ext4 and xfs), checked
+    /// when the file was parsed.
+    pub fn tmpfs_bytes(&self) -> Option<u64> {
+        (self.backing == Backing::Tmpfs).then(|| {
+            let size = self.size.as_deref().unwrap_or(limits::DEFAULT_TMPFS);
+            limits::backing_size(size, limits::MAX_TMPFS).expect("checked when parsed")
+        })
+    }
+}
+
 impl Scenario {
     /// The largest file length the scenario can make: entries' sizes, and the end of every
     /// `write` and `truncate` (appends add little and are left out).

@@ -1,0 +1,49 @@
+//! Space on the driver root's filesystem: the pages a size-capped tmpfs gives out, so that
+//! the model predicts ENOSPC where the kernel returns it (a file larger than the backing
+//! filesystem, a copy-up that does not fit).
+//!
+//! tmpfs counts pages, not bytes (`shmem_inode_acct_blocks`, mm/shmem.c; `size=` sets
+//! `max_blocks` in pages). Measured here (6.18, `mount -t tmpfs -o size=64k`, 16 pages,
+//! `statvfs`'s `f_bfree` after each call):
+//! - a regular file's page costs one page when first written; a hole costs nothing (so
+//!   `truncate` never runs out), one byte written in a hole costs its page; rewriting a page
+//!   the file holds costs nothing; shrinking to the middle of a page keeps that page;
+//! - a symlink whose target with its NUL passes [`SHORT_SYMLINK_LEN`] bytes costs a page
+//!   (`shmem_symlink`), a shorter one, a directory, a device and an xattr nothing;
+//! - a write that runs out is cut short at the last page it got (8 pages asked, 5 free:
+//!   20480 bytes written) and the write loop's next call is ENOSPC; with no page free the
+//!   write is ENOSPC at once; unlinking gives the pages back.
+//!
+//! Through overlayfs on such a tmpfs (lower, upper and work on it):
+//! - a copy-up writes every page of the lower file, holes included when the copy chunk
+//!   (`OVL_COPY_UP_CHUNK_SIZE`, 1 MiB from each data position `SEEK_DATA` finds) covers
+//!   them: a 10 MiB file with data in its first page and at 5 MiB took 512 pages. The real
+//!   side writes layer files whole, so a lower file has no hole and its copy takes all
+//!   its pages;
+//! - a copy-up that does not fit fails the step with ENOSPC (open for write, truncate, chmod
+//!   of a 10-page file with 4 pages free) and leaves nothing of the file in the upper or
+//!   work directory, its pages given back; the parent directories copied up before it stay;
+//! - `statfs` through the overlay shows the upper filesystem's free pages.
+//!
+//! The pages in use are those of every inode under the driver root, counted once however
+//! many names it has: the layers' files, the containers' upper files, and the driver's own
+//! files (overlay2's `link` and `lower`, overlay's `lower-id`), as the storage listing
+//! renders them (`layout::pages_used`). ext4 and xfs spend blocks on metadata in ways this
+//! does not follow: they are not accounted.
+
+/// The page size tmpfs allocates in (x86-64).
+pub const PAGE: u64 = crate::layout::PAGE_SIZE as u64;
+
+/// `SHORT_SYMLINK_LEN` (mm/shmem.c): a target of fewer bytes than this, its NUL included,
+/// is kept in the inode.
+pub const SHORT_SYMLINK_LEN: usize = 128;
+
+/// The pages a symlink with a `len`-byte target takes on tmpfs.
+pub fn symlink_pages(len: u64) -> u64 {
+    u64::from(len + 1 > SHORT_SYMLINK_LEN as u64)
+}
+
+/// Whether a symlink to `target` takes a page of its own.
+pub fn symlink_takes_page(target: &str) -> bool {
+    symlink_pages(target.len() as u64) > 0
+}
