@@ -77,6 +77,13 @@ impl ModelDriver {
         self
     }
 
+    /// The same with the driver root on an ext4 or xfs of `bytes`, whose space the model
+    /// does not predict ([`Store::set_loop_size`]).
+    pub fn with_loop_size(mut self, bytes: u64) -> ModelDriver {
+        self.store.set_loop_size(bytes);
+        self
+    }
+
     /// The same following the rules of `kernel` (default: [`KernelVersion::DEFAULT`]).
     pub fn with_kernel(mut self, kernel: KernelVersion) -> ModelDriver {
         self.store.set_kernel(kernel);

@@ -78,6 +78,9 @@ pub struct Store {
     dm: Option<Box<DeviceSet>>,
     /// The pages the driver root's tmpfs holds, when it is accounted (`crate::space`).
     capacity: Option<u64>,
+    /// ext4 or xfs: the pages of data past which the model no longer says what happens
+    /// (their own metadata takes blocks it does not follow).
+    unpredicted_above: Option<u64>,
 }
 
 impl Store {
@@ -96,7 +99,34 @@ impl Store {
             built_upon: std::collections::BTreeSet::new(),
             dm: (driver == DriverKind::Devicemapper).then(|| Box::new(DeviceSet::new())),
             capacity: None,
+            unpredicted_above: None,
         }
+    }
+
+    /// The driver root is on an ext4 or xfs of `bytes`. Their space is not predicted: a
+    /// step after which the driver root's files would take more than 4/5 of it (a bound
+    /// below which neither has run out here: their metadata and reserves take less) stops
+    /// the model's run with [`StepError::NoSpace`], a failure, rather than a guess.
+    pub fn set_loop_size(&mut self, bytes: u64) {
+        if self.driver.is_overlayfs() {
+            self.unpredicted_above = Some(bytes / 5 * 4 / crate::space::PAGE);
+        }
+    }
+
+    /// Stops the run when the driver root takes more than the model predicts on ext4/xfs.
+    fn check_unpredicted(&self, what: &str) -> Result<(), StepError> {
+        if let Some(limit) = self.unpredicted_above {
+            let used = crate::layout::pages_used(self);
+            if used > limit {
+                return Err(StepError::NoSpace(format!(
+                    "{what}: the driver root's files would take {used} pages of 4 KiB, more \
+                     than 4/5 of its {:?} filesystem ({limit} pages), where the model does not \
+                     predict its space (only tmpfs's is)",
+                    format!("{:?}", self.backing).to_lowercase()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Accounts for the space of the driver root's filesystem: a tmpfs of `bytes` (its
@@ -266,7 +296,8 @@ impl Store {
                 )));
             }
         }
-        self.insert_layer(layer)
+        self.insert_layer(layer)?;
+        self.check_unpredicted(&format!("layer `{}`", spec.id))
     }
 
     fn insert_layer(&mut self, layer: Layer) -> Result<(), StepError> {
@@ -311,6 +342,19 @@ impl Store {
 
     /// The transition: runs `op`, returning its outcome; on an errno nothing has changed.
     pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
+        let out = self.transition(op)?;
+        let may_take_space = match op {
+            Op::File { op, .. } => op.may_take_space(),
+            Op::Commit { .. } | Op::CreateContainer { .. } => true,
+            _ => false,
+        };
+        if may_take_space {
+            self.check_unpredicted("this step")?;
+        }
+        Ok(out)
+    }
+
+    fn transition(&mut self, op: &Op) -> Result<Outcome, StepError> {
         check_op_ids(op)?;
         match op {
             Op::File { container, op } => {

@@ -221,13 +221,14 @@ impl Step {
 }
 
 impl Options {
-    /// The size of the driver root's tmpfs in bytes (`None` on ext4 and xfs), checked
-    /// when the file was parsed.
-    pub fn tmpfs_bytes(&self) -> Option<u64> {
-        (self.backing == Backing::Tmpfs).then(|| {
-            let size = self.size.as_deref().unwrap_or(limits::DEFAULT_TMPFS);
-            limits::backing_size(size, limits::MAX_TMPFS).expect("checked when parsed")
-        })
+    /// The size of the driver root's filesystem in bytes, checked when the file was parsed.
+    pub fn backing_bytes(&self) -> u64 {
+        let (default, max) = match self.backing {
+            Backing::Tmpfs => (limits::DEFAULT_TMPFS, limits::MAX_TMPFS),
+            _ => (limits::DEFAULT_LOOP, limits::MAX_BACKING),
+        };
+        let size = self.size.as_deref().unwrap_or(default);
+        limits::backing_size(size, max).expect("checked when parsed")
     }
 }
 
