@@ -113,8 +113,13 @@ impl Store {
         }
     }
 
-    /// Stops the run when the driver root takes more than the model predicts on ext4/xfs.
+    /// Stops the run when the driver root takes more than the model predicts on ext4/xfs,
+    /// or a devicemapper device or its pool more than 4/5 of its size.
     fn check_unpredicted(&self, what: &str) -> Result<(), StepError> {
+        if let Some(dm) = &self.dm {
+            dm.check_space()
+                .map_err(|e| StepError::NoSpace(format!("{what}: {e}")))?;
+        }
         if let Some(limit) = self.unpredicted_above {
             let used = crate::layout::pages_used(self);
             if used > limit {
@@ -348,7 +353,7 @@ impl Store {
             Op::Commit { .. } | Op::CreateContainer { .. } => true,
             _ => false,
         };
-        if may_take_space {
+        if may_take_space || (self.dm.is_some() && matches!(op, Op::File { .. })) {
             self.check_unpredicted("this step")?;
         }
         Ok(out)

@@ -167,6 +167,17 @@ impl Txn {
 }
 
 impl FsImage {
+    /// The bytes of the blocks its inodes map (file data, directories, slow symlinks).
+    pub(crate) fn data_bytes(&self) -> u64 {
+        let blocks: u64 = self
+            .inodes
+            .values()
+            .flat_map(|i| i.blocks.values())
+            .map(|&(_, n)| n)
+            .sum();
+        blocks * FS_BLOCK
+    }
+
     /// The filesystem mkfs leaves: the root directory and lost+found, nothing else.
     pub(crate) fn new() -> FsImage {
         FsImage {

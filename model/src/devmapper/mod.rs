@@ -356,6 +356,30 @@ impl DeviceSet {
         });
     }
 
+    /// Whether every device's files and the pool stay within 4/5 of their size, where the
+    /// model's ext4 inside the devices is not followed to running out (its metadata and
+    /// reserves are not modelled): past it the error says so, instead of a guess.
+    pub(crate) fn check_space(&self) -> Result<(), String> {
+        let limit = BASE_DEVICE_BYTES / 5 * 4;
+        for (hash, d) in &self.devices {
+            let bytes = d.fs.data_bytes();
+            if bytes > limit {
+                return Err(format!(
+                    "device `{hash}` would hold {bytes} bytes of file data, more than 4/5 of \
+                     its {BASE_DEVICE_BYTES}: the model does not predict where its ext4 runs out"
+                ));
+            }
+        }
+        let (used, total) = (self.pool.used_data_blocks(), self.pool.params().data_blocks);
+        if used > total / 5 * 4 {
+            return Err(format!(
+                "the thin pool would map {used} of its {total} data blocks, more than 4/5: the \
+                 model does not predict where it runs out"
+            ));
+        }
+        Ok(())
+    }
+
     /// Unmount and mount again (Put, Get).
     pub(crate) fn remount(&mut self, id: &str) {
         let hash = device_hash(id);
