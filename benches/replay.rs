@@ -101,6 +101,7 @@ fn run_steps(d: &mut dyn Driver, steps: &[Op]) -> usize {
 /// A file step as system-call arguments, prepared before timing.
 enum Bare {
     Create(CString, u32),
+    Open(CString, libc::c_int, u32),
     Write(CString, u64, Vec<u8>),
     Append(CString, Vec<u8>),
     Truncate(CString, u64),
@@ -127,6 +128,11 @@ fn c(s: &str) -> CString {
 fn bare_op(op: &FileOp) -> Bare {
     match op {
         FileOp::Create { path, mode } => Bare::Create(c(path), mode.unwrap_or(0o644)),
+        FileOp::Open { path, flags, mode } => Bare::Open(
+            c(path),
+            layerspec_real::open_bits(*flags),
+            mode.unwrap_or(0o644),
+        ),
         FileOp::Write { path, offset, data } => Bare::Write(c(path), *offset, data.materialize()),
         FileOp::Append { path, data } => Bare::Append(c(path), data.clone()),
         FileOp::Truncate { path, size } => Bare::Truncate(c(path), *size),
@@ -214,6 +220,7 @@ fn bare_step(op: &Bare, buf: &mut [u8]) -> bool {
                 *mode,
                 |_| true,
             ),
+            Bare::Open(p, flags, mode) => with_fd(p, *flags, *mode, |_| true),
             Bare::Write(p, off, data) => {
                 with_fd(p, libc::O_WRONLY, 0, |fd| pwrite_all(fd, data, *off))
             }

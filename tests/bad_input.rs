@@ -442,3 +442,20 @@ fn check_reads_only_regular_files() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("more than the limit"), "{err}");
 }
+
+#[test]
+fn open_flags_are_names_and_one_access_mode() {
+    // HEAD's 3 lines, the entries line, the container table (3), `[trace]`, `steps = [`:
+    // the step is line 10.
+    for (flags, needle) in [
+        ("[\"O_SYNC\"]", "unknown open flag `O_SYNC`"),
+        ("[\"O_RDONLY\", \"O_WRONLY\"]", "one access mode at most"),
+    ] {
+        let t = steps_file(&format!(
+            "  {{ op = \"open\", path = \"/a\", flags = {flags} }},\n"
+        ));
+        assert_located(&t, 10, needle);
+    }
+    let t = steps_file("  { op = \"open\", path = \"/a\" },\n");
+    assert_located(&t, 10, "`open` needs `flags`");
+}

@@ -15,7 +15,9 @@
 //! left behind, nothing escaped into it. Each file is its own test; `special/*` tests feed
 //! `check` and `run` things that are not files (a FIFO, `/dev/zero`, a huge sparse file).
 //! The backends that really ran are printed per test and at the end (a machine without
-//! overlayfs or fuse-overlayfs shows them as skip rows).
+//! overlayfs or fuse-overlayfs shows them as skip rows). Two more tests run every
+//! `# expect: runs` file at once on the backends that take a whole run: `vm` (one boot of
+//! the VM tier) and `docker` (private dockerds), with the same canary and checks.
 
 mod hostile_kit;
 
@@ -86,7 +88,12 @@ fn main() {
     trials.push(Trial::test("special/check_2_gib_sparse_file", || {
         special("special/check_2_gib_sparse_file", "check", Special::Sparse)
     }));
-    trials.push(Trial::test("vm/every_runs_file_in_one_boot", vm_trial));
+    trials.push(Trial::test("vm/every_runs_file_in_one_boot", || {
+        every_runs_file_trial("vm/every_runs_file_in_one_boot", "vm")
+    }));
+    trials.push(Trial::test("docker/every_runs_file_in_one_run", || {
+        every_runs_file_trial("docker/every_runs_file_in_one_run", "docker")
+    }));
     let conclusion = libtest_mimic::run(&args, trials);
     let ran = RAN.lock().expect("ran");
     if !ran.is_empty() {
@@ -116,12 +123,13 @@ fn main() {
     conclusion.exit();
 }
 
-/// Every `# expect: runs` file in one boot of the VM tier (backend `vm`: the guest
-/// kernel's overlay drivers and the real devicemapper graphdriver on dm-thin), against one
-/// canary on the host: exit 0 or 1, no real row passing over a failed model row, the canary
-/// unchanged, nothing left in the child's TMPDIR. Where the VM tier cannot run here, the
-/// rows are skips and the test says so.
-fn vm_trial() -> Result<(), Failed> {
+/// Every `# expect: runs` file in one `run` on `backend`, against one canary on the host:
+/// exit 0 or 1, no real row passing over a failed model row, the canary unchanged, nothing
+/// left in the child's TMPDIR. `vm` is one boot of the VM tier (the guest kernel's overlay
+/// drivers and the real devicemapper graphdriver on dm-thin); `docker` one private dockerd
+/// per driver (issue 10). Where the backend cannot run here, the rows are skips and the
+/// test says so.
+fn every_runs_file_trial(name: &str, backend: &str) -> Result<(), Failed> {
     let case = Case::new();
     let before = snapshot(&case.canary);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
@@ -149,7 +157,7 @@ fn vm_trial() -> Result<(), Failed> {
             OsStr::new("run"),
             OsStr::new("--json"),
             OsStr::new("--backend"),
-            OsStr::new("vm"),
+            OsStr::new(backend),
             scenarios.as_os_str(),
         ],
         &case.child_tmp(),
@@ -159,31 +167,32 @@ fn vm_trial() -> Result<(), Failed> {
     let mut problems = Vec::new();
     if !run.code.is_some_and(|c| c == 0 || c == 1) {
         problems.push(format!(
-            "run --backend vm: expected exit 0 or 1, got {} after {:.0} s: {}",
+            "run --backend {backend}: expected exit 0 or 1, got {} after {:.0} s: {}",
             run.describe(),
             run.elapsed.as_secs_f64(),
             run.stderr_tail()
         ));
     }
     problems.extend(passes_over_failed_model(&run.stdout));
-    problems.extend(changed(&case, &before, "after the vm run"));
+    problems.extend(changed(&case, &before, &format!("after the {backend} run")));
     if !run.timed_out {
         problems.extend(case.tmp_leftovers());
     }
     let (ran, _) = backends_ran(&run.stdout);
-    if ran.iter().any(|b| b == "vm") {
-        let rows = run.stdout.lines().filter(|l| l.contains("\"vm\"")).count();
+    if ran.iter().any(|b| b == backend) {
+        let quoted = format!("\"{backend}\"");
+        let rows = run.stdout.lines().filter(|l| l.contains(&quoted)).count();
         eprintln!(
-            "vm/every_runs_file_in_one_boot: {n} files, {rows} vm rows, {} failed, in {:.0} s",
+            "{name}: {n} files, {rows} {backend} rows, {} failed, in {:.0} s",
             failed_rows(&run.stdout)
                 .iter()
-                .filter(|r| r.contains("vm"))
+                .filter(|r| r.contains(backend))
                 .count(),
             run.elapsed.as_secs_f64()
         );
     } else {
         eprintln!(
-            "vm/every_runs_file_in_one_boot: skipped, the VM tier did not run here: {}",
+            "{name}: skipped, backend {backend} did not run here: {}",
             run.stderr_tail()
         );
     }

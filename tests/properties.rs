@@ -25,6 +25,21 @@ fn file_op() -> impl Strategy<Value = FileOp> {
             path,
             mode: m.then_some(0o600)
         }),
+        (
+            path(),
+            prop::collection::vec(prop::sample::select(&OpenFlags::NAMES[..]), 0..4)
+        )
+            .prop_map(|(path, names)| {
+                let mut flags = OpenFlags::default();
+                for n in names {
+                    flags.set(n);
+                }
+                FileOp::Open {
+                    path,
+                    flags,
+                    mode: None,
+                }
+            }),
         (path(), 0u64..8, "[a-z]{0,6}").prop_map(|(path, offset, d)| FileOp::Write {
             path,
             offset,

@@ -13,6 +13,9 @@ pub enum CopyUp {
     Data,
     /// Metadata only if the policy allows it (chmod, xattrs, link, rename).
     Meta,
+    /// No data: `open` with `O_TRUNC`, which truncates the copy anyway (measured on 6.18:
+    /// a 10-page file copied up with `O_RDONLY|O_TRUNC` when 5 pages were free).
+    Trunc,
 }
 
 impl Container {
@@ -43,9 +46,7 @@ impl Container {
     ) -> Result<Dentry, Errno> {
         if d.in_upper {
             let ino = d.upper.expect("in upper");
-            if how == CopyUp::Data {
-                self.copy_up_data(ino)?;
-            }
+            self.complete_copy_up(ino, how)?;
             return Ok(d);
         }
         // Copying up never changes the parent's timestamps (overlayfs restores them), so
@@ -57,9 +58,7 @@ impl Container {
             self.note_index_name_gone(d);
             self.upper.get_mut(parent).version = parent_version;
             d.in_upper = true;
-            if how == CopyUp::Data {
-                self.copy_up_data(ino)?;
-            }
+            self.complete_copy_up(ino, how)?;
             return Ok(d);
         }
         let l = d.lower.expect("a lower dentry");
@@ -75,6 +74,10 @@ impl Container {
         let keeps_origin = src.is_dir() || self.stat(d).nlink <= 1 || self.policy.keep_hard_links;
         let body = match src.body {
             Body::Dir { .. } => empty_dir(false),
+            Body::File { .. } if how == CopyUp::Trunc => Body::File {
+                data: crate::data::FileData::new(),
+                metacopy: false,
+            },
             Body::File { mut data, .. } => {
                 let meta_only = how == CopyUp::Meta && self.policy.metacopy && keeps_origin;
                 if !meta_only {
@@ -128,6 +131,25 @@ impl Container {
             self.take_pages(data.pages(PAGE))?;
         }
         Ok(())
+    }
+
+    /// What an upper file still needs for a copy-up of kind `how`: a metacopy file's data
+    /// for [`CopyUp::Data`]; for [`CopyUp::Trunc`] none, it is emptied.
+    fn complete_copy_up(&mut self, ino: Ino, how: CopyUp) -> Result<(), Errno> {
+        match how {
+            CopyUp::Data => self.copy_up_data(ino),
+            CopyUp::Trunc => {
+                let inode = self.upper.get_mut(ino);
+                if let Body::File { data, metacopy } = &mut inode.body {
+                    if *metacopy {
+                        *data = crate::data::FileData::new();
+                        *metacopy = false;
+                    }
+                }
+                Ok(())
+            }
+            CopyUp::Meta => Ok(()),
+        }
     }
 
     /// Brings a metacopy file's data up (first write after a metadata-only copy-up).

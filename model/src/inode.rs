@@ -5,7 +5,7 @@ use crate::container::{Container, Dentry};
 use crate::copy_up::CopyUp;
 use crate::errno::Errno;
 use crate::namei::Resolved;
-use crate::step::{Content, FileOp, Kind, Outcome, StatInfo, Value};
+use crate::step::{Content, FileOp, Kind, OpenFlags, Outcome, StatInfo, Value};
 use crate::tree::{Body, Ino};
 
 /// Longest xattr name (`XATTR_NAME_MAX`).
@@ -18,6 +18,7 @@ impl Container {
     pub fn apply(&mut self, op: &FileOp) -> Outcome {
         match op {
             FileOp::Create { path, mode } => self.create(path, *mode).map(unit),
+            FileOp::Open { path, flags, mode } => self.open(path, *flags, *mode).map(unit),
             FileOp::Write { path, offset, data } => self.write(path, Some(*offset), data).map(unit),
             FileOp::Append { path, data } => self
                 .write(path, None, &Content::Bytes(data.clone()))
@@ -108,6 +109,55 @@ impl Container {
                 Ok(d.upper.expect("copied up"))
             }
             None => Ok(crate::tree::ROOT),
+        }
+    }
+
+    /// `open(2)` and `close` (fs/namei.c `path_openat`, `do_open`; fs/open.c
+    /// `build_open_flags`), root's permissions. As measured on 6.18 through overlayfs:
+    /// - `O_CREAT|O_DIRECTORY` is EINVAL before any lookup (`build_open_flags`, commit
+    ///   43b450632676 "open: return EINVAL for O_DIRECTORY | O_CREAT", 6.4). Not a version
+    ///   rule: Debian's 6.1.0-57 guest gives EINVAL too, the change having reached 6.1
+    ///   stable (before it, 5.7 to 6.3 made a missing name a file and failed with ENOTDIR);
+    /// - `O_CREAT|O_EXCL` is `create` (a symlink, even dangling, is EEXIST); `O_CREAT`
+    ///   alone follows a final symlink and makes a missing target; a missing name with a
+    ///   trailing `/` is EISDIR;
+    /// - `O_NOFOLLOW` on a symlink is ELOOP; `O_DIRECTORY` on a non-directory ENOTDIR;
+    /// - a directory opened with `O_CREAT`, for writing or with `O_TRUNC` is EISDIR, read
+    ///   only it opens and copies nothing up;
+    /// - a file opened for writing is copied up with its data (`ovl_open`,
+    ///   `ovl_maybe_copy_up`), even if nothing is written; with `O_TRUNC` (any access mode)
+    ///   it is copied up without its data and emptied; read only, nothing is copied up.
+    fn open(&mut self, path: &str, flags: OpenFlags, mode: Option<u32>) -> Result<(), Errno> {
+        if flags.creat && flags.directory {
+            return Err(Errno::EINVAL);
+        }
+        if flags.creat && flags.excl {
+            return self.create(path, mode);
+        }
+        let mut r = self.resolve(path, !flags.nofollow)?;
+        let Some(d) = r.target else {
+            if !flags.creat {
+                return Err(Errno::ENOENT);
+            }
+            if r.trailing_slash {
+                return Err(Errno::EISDIR);
+            }
+            return self.create(&r.path(), mode);
+        };
+        match self.kind(d) {
+            Kind::Symlink => Err(Errno::ELOOP),
+            Kind::Dir if flags.creat || flags.write || flags.trunc => Err(Errno::EISDIR),
+            Kind::Dir => Ok(()),
+            _ if flags.directory => Err(Errno::ENOTDIR),
+            Kind::File if flags.trunc => {
+                let ino = self.copy_up_resolved(&mut r, d, CopyUp::Trunc)?;
+                if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
+                    data.truncate(0);
+                }
+                Ok(())
+            }
+            Kind::File if flags.write => self.copy_up_resolved(&mut r, d, CopyUp::Data).map(drop),
+            _ => Ok(()),
         }
     }
 

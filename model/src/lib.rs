@@ -91,7 +91,7 @@ pub use path::{
 };
 pub use step::{
     Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,
-    Op, Outcome, StatInfo, Value,
+    Op, OpenFlags, Outcome, StatInfo, Value,
 };
 pub use store::{check_op_ids, validate_layer, StepError, Store};
 pub use thin::units::{self as thin_units, BlockSize, PoolBlock, Sectors, ThinId, VirtBlock};

@@ -142,12 +142,94 @@ pub struct LayerSpec {
     pub entries: Vec<Entry>,
 }
 
+/// The flags of an `open` step: the access mode and the flags that change what `open(2)`
+/// does to the file (the ones that only change later I/O, such as `O_SYNC`, are left out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    /// `O_WRONLY` or `O_RDWR`: the file is opened for writing (default: `O_RDONLY`).
+    pub write: bool,
+    /// `O_RDWR` (with `write`): for reading too.
+    pub read_write: bool,
+    /// `O_CREAT`.
+    pub creat: bool,
+    /// `O_EXCL`.
+    pub excl: bool,
+    /// `O_TRUNC`.
+    pub trunc: bool,
+    /// `O_APPEND`.
+    pub append: bool,
+    /// `O_NOFOLLOW`.
+    pub nofollow: bool,
+    /// `O_DIRECTORY`.
+    pub directory: bool,
+}
+
+impl OpenFlags {
+    /// The flags by their C names, in a fixed order (`["O_WRONLY", "O_CREAT"]`).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = vec![match (self.write, self.read_write) {
+            (true, true) => "O_RDWR",
+            (true, false) => "O_WRONLY",
+            _ => "O_RDONLY",
+        }];
+        for (on, name) in [
+            (self.creat, "O_CREAT"),
+            (self.excl, "O_EXCL"),
+            (self.trunc, "O_TRUNC"),
+            (self.append, "O_APPEND"),
+            (self.nofollow, "O_NOFOLLOW"),
+            (self.directory, "O_DIRECTORY"),
+        ] {
+            if on {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    /// Sets the flag with C name `name`; `false` for a name that is not one of them.
+    pub fn set(&mut self, name: &str) -> bool {
+        match name {
+            "O_RDONLY" => {}
+            "O_WRONLY" => self.write = true,
+            "O_RDWR" => (self.write, self.read_write) = (true, true),
+            "O_CREAT" => self.creat = true,
+            "O_EXCL" => self.excl = true,
+            "O_TRUNC" => self.trunc = true,
+            "O_APPEND" => self.append = true,
+            "O_NOFOLLOW" => self.nofollow = true,
+            "O_DIRECTORY" => self.directory = true,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The flag names [`OpenFlags::set`] knows.
+    pub const NAMES: [&'static str; 9] = [
+        "O_RDONLY",
+        "O_WRONLY",
+        "O_RDWR",
+        "O_CREAT",
+        "O_EXCL",
+        "O_TRUNC",
+        "O_APPEND",
+        "O_NOFOLLOW",
+        "O_DIRECTORY",
+    ];
+}
+
 /// A file-level operation on a container's merged view.
 #[allow(missing_docs)] // the fields are the system call's arguments
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileOp {
     /// `open(path, O_CREAT|O_EXCL|O_WRONLY, mode)`.
     Create { path: String, mode: Option<u32> },
+    /// `open(path, flags, mode)` and `close`: the general form.
+    Open {
+        path: String,
+        flags: OpenFlags,
+        mode: Option<u32>,
+    },
     /// `open(path, O_WRONLY)` and `pwrite` at `offset` (no `O_CREAT`: make files with `create`).
     Write {
         path: String,
@@ -346,6 +428,7 @@ impl FileOp {
     pub fn name(&self) -> &'static str {
         match self {
             FileOp::Create { .. } => "create",
+            FileOp::Open { .. } => "open",
             FileOp::Write { .. } => "write",
             FileOp::Append { .. } => "append",
             FileOp::Truncate { .. } => "truncate",

@@ -31,6 +31,7 @@ mod thin;
 pub use confined::Confined;
 pub use devmapper::{remove_template as remove_devmapper_base, DmDriver};
 pub use docker::DockerDriver;
+pub use ops::open_bits;
 pub use overlay::{Implementation, OverlayDriver};
 pub use probe::{backends_for, kernel_version, vm_kit, Backend, HostFacts, VmKit};
 pub use sandbox::{
@@ -66,6 +67,12 @@ pub fn cannot_run(kind: DriverKind, backend: &str, options: OverlayOptions) -> O
     if backend == "fuse" && options != OverlayOptions::default() {
         return Some("fuse-overlayfs has no redirect_dir/index/metacopy/xino options".into());
     }
+    if backend == "docker" && options != OverlayOptions::default() {
+        return Some(
+            "dockerd mounts with its own overlay options (no redirect_dir/index/metacopy/xino)"
+                .into(),
+        );
+    }
     None
 }
 
@@ -87,12 +94,6 @@ pub fn open_backend_on(
         );
     }
     if backend == "docker" {
-        if options != OverlayOptions::default() {
-            return Err(
-                "dockerd mounts with its own overlay options (no redirect_dir/index/metacopy/xino)"
-                    .into(),
-            );
-        }
         return DockerDriver::new(kind, backing).map(|d| Box::new(d) as Box<dyn Driver + Send>);
     }
     if kind == DriverKind::Devicemapper {

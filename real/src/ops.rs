@@ -4,7 +4,9 @@
 
 use crate::content::{hash_range, write_content};
 use crate::sys;
-use layerspec_model::{Content, Errno, FileOp, Outcome, StatInfo, Value, SPARSE_DIGEST_MIN};
+use layerspec_model::{
+    Content, Errno, FileOp, OpenFlags, Outcome, StatInfo, Value, SPARSE_DIGEST_MIN,
+};
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -13,6 +15,28 @@ use std::path::Path;
 fn errno(e: io::Error) -> Errno {
     // An errno outside the spec's list is reported as EIO so the difference still shows.
     sys::errno_of(&e).unwrap_or(Errno::EIO)
+}
+
+/// The `open(2)` flag bits of an `open` step's flags.
+pub fn open_bits(flags: OpenFlags) -> libc::c_int {
+    let mut f = match (flags.write, flags.read_write) {
+        (true, true) => libc::O_RDWR,
+        (true, false) => libc::O_WRONLY,
+        _ => libc::O_RDONLY,
+    };
+    for (on, bit) in [
+        (flags.creat, libc::O_CREAT),
+        (flags.excl, libc::O_EXCL),
+        (flags.trunc, libc::O_TRUNC),
+        (flags.append, libc::O_APPEND),
+        (flags.nofollow, libc::O_NOFOLLOW),
+        (flags.directory, libc::O_DIRECTORY),
+    ] {
+        if on {
+            f |= bit;
+        }
+    }
+    f
 }
 
 /// Runs one file step in the current (chrooted) root.
@@ -29,6 +53,10 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
                 .create_new(true)
                 .mode(mode.unwrap_or(0o644))
                 .open(p(path))?;
+            Value::Unit
+        }
+        FileOp::Open { path, flags, mode } => {
+            sys::open_close(&p(path), open_bits(*flags), mode.unwrap_or(0o644))?;
             Value::Unit
         }
         FileOp::Write { path, offset, data } => {

@@ -302,6 +302,21 @@ pub fn loop_detach(log: &mut Log, dev: &Path) -> io::Result<()> {
     check(unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD as _, 0) })
 }
 
+/// `open(2)` with `flags` and `mode`, then `close`. `O_NONBLOCK`, `O_NOCTTY` and
+/// `O_CLOEXEC` are added: a step never waits on a FIFO or takes a terminal.
+pub fn open_close(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<()> {
+    let p = cpath(path)?;
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            flags | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    check(fd)?;
+    check(unsafe { libc::close(fd) })
+}
+
 /// `truncate(2)`.
 pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
     check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) })

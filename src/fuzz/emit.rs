@@ -116,6 +116,14 @@ fn step_fields(op: &Op) -> Result<Vec<String>, String> {
                         f.push(format!("mode = 0o{m:o}"));
                     }
                 }
+                FileOp::Open { path, flags, mode } => {
+                    f.push(s("path", path));
+                    let names: Vec<String> = flags.names().iter().map(|n| toml_str(n)).collect();
+                    f.push(format!("flags = [{}]", names.join(", ")));
+                    if let Some(m) = mode {
+                        f.push(format!("mode = 0o{m:o}"));
+                    }
+                }
                 FileOp::Write { path, offset, data } => {
                     f.push(s("path", path));
                     if *offset != 0 {

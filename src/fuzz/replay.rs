@@ -287,6 +287,9 @@ pub fn describe(op: &Op) -> String {
                     format!("{} {from} -> {to}", op.name())
                 }
                 FileOp::Symlink { target, path } => format!("symlink {path} -> {target}"),
+                FileOp::Open { path, flags, .. } => {
+                    format!("open {path} {}", flags.names().join("|"))
+                }
                 FileOp::Create { path, .. }
                 | FileOp::Write { path, .. }
                 | FileOp::Append { path, .. }

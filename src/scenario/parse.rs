@@ -226,6 +226,7 @@ struct StepDoc {
     size: Option<u64>,
     len: Option<u64>,
     mode: Option<u32>,
+    flags: Option<Spanned<Vec<String>>>,
     from: Option<Spanned<String>>,
     to: Option<Spanned<String>>,
     target: Option<String>,
@@ -260,6 +261,7 @@ struct StepDoc {
 fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
     Some(match op {
         "create" | "mkdir" => &["container", "path", "mode"],
+        "open" => &["container", "path", "flags", "mode"],
         "write" => &["container", "path", "offset", "data", "size"],
         "append" => &["container", "path", "data"],
         "truncate" => &["container", "path", "size"],
@@ -296,7 +298,8 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-const OPS: &str = "create, write, append, truncate, read, unlink, mkdir, rmdir, rename, link, \
+const OPS: &str =
+    "create, open, write, append, truncate, read, unlink, mkdir, rmdir, rename, link, \
 symlink, readlink, chmod, stat, readdir, setxattr, getxattr, removexattr, create_container, \
 remove_container, commit, remount, changes, check, create_thin, snapshot, delete_thin, \
 set_transaction_id, write_blocks, write_bytes, read_blocks, discard_blocks";
@@ -902,6 +905,36 @@ fn parse_step(
             path: need_path(&d.path, "path")?,
             mode: d.mode,
         }),
+        "open" => {
+            let list = d.flags.as_ref().ok_or_else(|| {
+                at("`open` needs `flags`, e.g. [\"O_WRONLY\", \"O_CREAT\"]".into())
+            })?;
+            let mut flags = layerspec_model::OpenFlags::default();
+            let mut access = 0;
+            for name in list.get_ref() {
+                if !flags.set(name) {
+                    return Err(ctx.err(
+                        list.span(),
+                        format!(
+                            "step {index}: unknown open flag `{name}`: expected one of {}",
+                            layerspec_model::OpenFlags::NAMES.join(", ")
+                        ),
+                    ));
+                }
+                access += usize::from(matches!(name.as_str(), "O_RDONLY" | "O_WRONLY" | "O_RDWR"));
+            }
+            if access > 1 {
+                return Err(ctx.err(
+                    list.span(),
+                    format!("step {index}: one access mode at most: O_RDONLY, O_WRONLY or O_RDWR"),
+                ));
+            }
+            file(FileOp::Open {
+                path: need_path(&d.path, "path")?,
+                flags,
+                mode: d.mode,
+            })
+        }
         "write" => {
             let path = need_path(&d.path, "path")?;
             let data = match (&d.data, d.size) {
