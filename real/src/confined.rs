@@ -123,6 +123,14 @@ impl<'a> Confined<'a> {
         fs::hard_link(from, to)
     }
 
+    /// Sets the access and modification times of `path` itself to `secs` (a symlink is
+    /// not followed).
+    pub fn set_times(&mut self, path: &Path, secs: i64) -> io::Result<()> {
+        self.log
+            .note(format!("touch -h -d @{secs} {}", path.display()));
+        sys::lutimes(path, secs)
+    }
+
     /// An overlayfs whiteout: a character device 0:0.
     pub fn whiteout(&mut self, path: &Path) -> io::Result<()> {
         sys::mknod_whiteout(self.log, path)

@@ -17,6 +17,10 @@ pub struct Watch {
     pub before: PathBuf,
     /// Its size through the merged view before the step.
     pub size: u64,
+    /// Where it will be after the step, resolved before it: a rename's destination, whose
+    /// parent path may pass through the very symlink the rename replaces (`rename /d /c/c`
+    /// with `/c -> /`: found by `fuzz --overlay redirect_dir=on`, overlay2 seed 13).
+    pub after: Option<PathBuf>,
 }
 
 fn canonical(path: &str, follow: bool) -> Option<PathBuf> {
@@ -45,20 +49,15 @@ pub fn before(op: &FileOp) -> Option<Watch> {
     let m = fs::symlink_metadata(&before).ok()?;
     // `O_TRUNC` copies the file up without its data (measured on 6.18): nothing is copied.
     let truncating = matches!(op, FileOp::Open { flags, .. } if flags.trunc);
+    let after = match op {
+        FileOp::Rename { to, .. } => canonical(to, false),
+        _ => Some(before.clone()),
+    };
     m.is_file().then_some(Watch {
         before,
         size: if truncating { 0 } else { m.size() },
+        after,
     })
-}
-
-impl Watch {
-    /// Inside the container's root, after the step: where the file is now.
-    pub fn after_path(&self, op: &FileOp) -> Option<PathBuf> {
-        match op {
-            FileOp::Rename { to, .. } => canonical(to, false),
-            _ => Some(self.before.clone()),
-        }
-    }
 }
 
 /// Outside: whether the upper layer holds the data of the file at `p` (container path).
@@ -110,7 +109,7 @@ pub fn watched_step(
     let pre = w.as_ref().map(|w| in_upper(upper, &w.before));
     enter(inside, merged);
     let out = crate::ops::run(op);
-    let after = w.as_ref().and_then(|w| w.after_path(op));
+    let after = w.as_ref().and_then(|w| w.after.clone());
     enter(inside, backing);
     let copied = match (w, pre, after) {
         (Some(w), Some(pre), Some(after)) => measure(upper, &w, pre, &after, counted),

@@ -126,6 +126,31 @@ pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Resu
     Ok(())
 }
 
+/// The modification time every entry of a scenario's layer gets: the time the docker
+/// backend's layer tars carry (0, the epoch), which Docker's applier sets on each entry it
+/// extracts (moby 20.10 pkg/archive `createTarFile`: `system.Chtimes`, `LUtimesNano` for
+/// symlinks; `UnpackLayer` sets directories' times after their contents). So two entries
+/// of a layer have the same mtime, as the model has it, and a directory moved onto another
+/// looks unchanged to Docker's change walker (found by `fuzz --overlay redirect_dir=on`,
+/// overlay2 seed 10: the builder had left creation times, nanoseconds apart).
+pub const ENTRY_MTIME: i64 = 0;
+
+/// Sets every entry under `dir` (and `dir`) to [`ENTRY_MTIME`], contents before their
+/// directory, never following a symlink.
+pub fn fix_times(c: &mut Confined, dir: &Path) -> io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            fix_times(c, &p)?;
+        } else {
+            c.set_times(&p, ENTRY_MTIME)?;
+        }
+    }
+    c.set_times(dir, ENTRY_MTIME)
+}
+
 /// Sets an entry's xattr as Docker's layer applier does (moby pkg/archive, createTarFile):
 /// one the filesystem does not support (EOPNOTSUPP: `user.*` on tmpfs before 6.6) is
 /// skipped, noted in the log where Docker logs a warning.

@@ -116,7 +116,13 @@ impl OverlayDriver {
     }
 
     /// Builds a layer (from a scenario or a commit) in the driver's layout.
-    fn write_layer(&mut self, spec: LayerSpec) -> Result<Result<(), Errno>, DriverError> {
+    /// Builds a layer from `spec`; a scenario's layer (`fixed_times`) gets Docker's applied
+    /// times ([`layer::fix_times`]), a commit keeps the times it was written with.
+    fn write_layer(
+        &mut self,
+        spec: LayerSpec,
+        fixed_times: bool,
+    ) -> Result<Result<(), Errno>, DriverError> {
         layerspec_model::validate_layer(&spec)?;
         if self.layers.contains_key(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()).into());
@@ -144,6 +150,9 @@ impl OverlayDriver {
                             let dir = overlay2_skeleton(c, &top, &spec.id, &lower)?;
                             c.mkdir(&dir.join("diff"), 0o755)?;
                             layer::write_entries(c, &dir.join("diff"), &spec)?;
+                            if fixed_times {
+                                layer::fix_times(c, &dir.join("diff"))?;
+                            }
                         }
                         _ => {
                             let dir = top.join(&spec.id);
@@ -168,6 +177,9 @@ impl OverlayDriver {
                             layer::copy_user_xattrs(c, &staged, &root)?;
                             layer::apply_diff(c, &staged, &root)?;
                             c.remove(&staged)?;
+                            if fixed_times {
+                                layer::fix_times(c, &root)?;
+                            }
                         }
                     }
                     Ok(())
@@ -410,11 +422,14 @@ impl OverlayDriver {
         });
         let entries = entries
             .map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
-        self.write_layer(LayerSpec {
-            id,
-            parent,
-            entries,
-        })
+        self.write_layer(
+            LayerSpec {
+                id,
+                parent,
+                entries,
+            },
+            false,
+        )
     }
 
     fn changes(&self, c: &ContainerRec) -> Result<Vec<layerspec_model::Change>, DriverError> {
@@ -550,7 +565,7 @@ impl Driver for OverlayDriver {
     }
 
     fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
-        match self.write_layer(spec.clone())? {
+        match self.write_layer(spec.clone(), true)? {
             Ok(()) => Ok(()),
             Err(e) => Err(DriverError::Backend(format!(
                 "building layer `{}`: {e}",

@@ -317,6 +317,25 @@ pub fn open_close(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<()> 
     check(unsafe { libc::close(fd) })
 }
 
+/// `utimensat(AT_FDCWD, path, {secs, secs}, AT_SYMLINK_NOFOLLOW)`: sets the access and
+/// modification times of `path` itself (a symlink's own).
+pub fn lutimes(path: &Path, secs: i64) -> io::Result<()> {
+    let p = cpath(path)?;
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
 /// `truncate(2)`.
 pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
     check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) })
