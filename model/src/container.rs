@@ -95,11 +95,16 @@ impl Container {
             farm_roots: Arc::new(BTreeMap::new()),
             space: None,
         };
-        // The upper root is the merged root: give it the image root's attributes.
+        // The upper root is the merged root: it has the image root's mode where the driver
+        // makes it so (`Policy::upper_root_from_image`), Docker's 0755 otherwise.
         if !c.lower.is_empty() {
             let root = c.lower.inode(LowerStack::ROOT).clone();
             let r = c.upper.get_mut(crate::tree::ROOT);
-            r.mode = root.mode;
+            r.mode = if policy.upper_root_from_image {
+                root.mode
+            } else {
+                0o755
+            };
             r.version = 0;
         }
         c

@@ -288,6 +288,12 @@ pub struct Policy {
     /// this; measured here on 6.18: `mkdir` in a merged dir gives `trusted.overlay.opaque=y`
     /// with `redirect_dir=on` and no xattr with it off).
     pub offline_changes: bool,
+    /// A container's writable root starts with the image root's mode, which the merged
+    /// root shows: overlay makes `upper` with it (moby 20.10 overlay `Create`: the parent
+    /// root's `Stat`, then `MkdirAndChown(upper, mode)`). overlay2 makes `diff` 0755
+    /// (moby overlay2 `create`), so its merged root is 0755 whatever the image's (seen on
+    /// dockerd 20.10 here, found by `fuzz --overlay redirect_dir=on`, overlay2 seed 26).
+    pub upper_root_from_image: bool,
     /// The backing filesystem.
     pub backing: Backing,
     /// The kernel whose rules apply.
@@ -317,6 +323,7 @@ impl Policy {
                 || overlay.metacopy
                 || overlay.redirect_dir
                 || overlay.xino),
+            upper_root_from_image: driver != DriverKind::Overlay2,
             backing: Backing::Tmpfs,
             kernel: KernelVersion::DEFAULT,
         }
