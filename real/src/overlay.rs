@@ -136,72 +136,82 @@ impl OverlayDriver {
         let lower = self.chain(spec.parent.as_deref());
         let parent = lower.last().cloned();
         let id = spec.id.clone();
-        let built = self
-            .sandbox
+        let what = format!("building layer `{}`", spec.id);
+        let built = self.build_dirs(spec.id.clone(), what, move |c, top| {
+            match kind {
+                DriverKind::Overlay2 => {
+                    let dir = overlay2_skeleton(c, top, &spec.id, &lower)?;
+                    c.mkdir(&dir.join("diff"), 0o755)?;
+                    layer::write_entries(c, &dir.join("diff"), &spec)?;
+                    if fixed_times {
+                        layer::fix_times(c, &dir.join("diff"))?;
+                    }
+                }
+                _ => {
+                    let dir = top.join(&spec.id);
+                    c.mkdir(&dir, 0o700)?;
+                    let root = dir.join("root");
+                    // The layer's root: the parent's root as a hard-link farm (or
+                    // nothing), then the diff applied as Docker's applier does it:
+                    // whiteouts delete, opaque directories replace.
+                    match lower.last() {
+                        Some(parent) => {
+                            let proot = top.join(parent).join("root");
+                            c.mkdir(&root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
+                            layer::farm_copy(c, &proot, &root)?;
+                        }
+                        None => c.mkdir(&root, 0o755)?,
+                    }
+                    let staged = dir.join("staged-diff");
+                    c.mkdir(&staged, 0o755)?;
+                    layer::write_entries(c, &staged, &spec)?;
+                    let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
+                    c.set_mode(&root, m)?;
+                    layer::copy_user_xattrs(c, &staged, &root)?;
+                    layer::apply_diff(c, &staged, &root)?;
+                    c.remove(&staged)?;
+                    if fixed_times {
+                        layer::fix_times(c, &root)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if built.is_ok() {
+            self.layers.insert(id, parent);
+        }
+        Ok(built)
+    }
+
+    /// Makes the directories of layer or container `id` with `make`, confined to the
+    /// driver root (`make` gets the driver directory, `/<driver>`). If it fails, what it
+    /// made goes, as Docker removes a half-made layer; running out of space is the step's
+    /// ENOSPC (the model predicts it), anything else a backend error naming `what`.
+    fn build_dirs(
+        &self,
+        id: String,
+        what: String,
+        make: impl FnOnce(&mut Confined, &Path) -> io::Result<()> + Send + 'static,
+    ) -> Result<Result<(), Errno>, DriverError> {
+        let kind = self.kind;
+        self.sandbox
             .run(move |inside| -> Result<Result<(), Errno>, DriverError> {
                 let root = inside.root.clone();
                 let c = &mut inside
                     .confine(&root)
                     .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
                 let top = Path::new("/").join(kind.name());
-                let r = (|| -> io::Result<()> {
-                    match kind {
-                        DriverKind::Overlay2 => {
-                            let dir = overlay2_skeleton(c, &top, &spec.id, &lower)?;
-                            c.mkdir(&dir.join("diff"), 0o755)?;
-                            layer::write_entries(c, &dir.join("diff"), &spec)?;
-                            if fixed_times {
-                                layer::fix_times(c, &dir.join("diff"))?;
-                            }
-                        }
-                        _ => {
-                            let dir = top.join(&spec.id);
-                            c.mkdir(&dir, 0o700)?;
-                            let root = dir.join("root");
-                            // The layer's root: the parent's root as a hard-link farm (or
-                            // nothing), then the diff applied as Docker's applier does it:
-                            // whiteouts delete, opaque directories replace.
-                            match lower.last() {
-                                Some(parent) => {
-                                    let proot = top.join(parent).join("root");
-                                    c.mkdir(&root, fs::symlink_metadata(&proot)?.mode() & 0o7777)?;
-                                    layer::farm_copy(c, &proot, &root)?;
-                                }
-                                None => c.mkdir(&root, 0o755)?,
-                            }
-                            let staged = dir.join("staged-diff");
-                            c.mkdir(&staged, 0o755)?;
-                            layer::write_entries(c, &staged, &spec)?;
-                            let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
-                            c.set_mode(&root, m)?;
-                            layer::copy_user_xattrs(c, &staged, &root)?;
-                            layer::apply_diff(c, &staged, &root)?;
-                            c.remove(&staged)?;
-                            if fixed_times {
-                                layer::fix_times(c, &root)?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })();
-                r.map(Ok).or_else(|e| {
-                    // As Docker does when applying a layer fails: the half-made layer goes.
+                make(c, &top).map(Ok).or_else(|e| {
                     let full = e.raw_os_error() == Some(libc::ENOSPC);
-                    let err = c
-                        .log()
-                        .backend_err(&format!("building layer `{}`", spec.id), e);
-                    remove_layer_dirs(c, kind, &top, &spec.id);
+                    let err = c.log().backend_err(&what, e);
+                    remove_layer_dirs(c, kind, &top, &id);
                     if full {
                         Ok(Err(Errno::ENOSPC))
                     } else {
                         Err(err)
                     }
                 })
-            })?;
-        if built.is_ok() {
-            self.layers.insert(id, parent);
-        }
-        Ok(built)
+            })
     }
 
     fn create_container(
@@ -228,55 +238,34 @@ impl OverlayDriver {
         let kind = self.kind;
         let chain = self.chain(image);
         let id2 = id.to_string();
-        let made = self
-            .sandbox
-            .run(move |inside| -> Result<Result<(), Errno>, DriverError> {
-                let root = inside.root.clone();
-                let c = &mut inside
-                    .confine(&root)
-                    .map_err(|e| DriverError::Backend(format!("confining: {e}")))?;
-                let top = Path::new("/").join(kind.name());
-                let r = (|| -> io::Result<()> {
-                    match kind {
-                        DriverKind::Overlay2 => {
-                            let dir = overlay2_skeleton(c, &top, &id2, &chain)?;
-                            c.mkdir(&dir.join("diff"), 0o755)?;
-                            if !chain.is_empty() {
-                                c.mkdir(&dir.join("merged"), 0o700)?;
-                            }
-                        }
-                        _ => {
-                            let dir = top.join(&id2);
-                            c.mkdir(&dir, 0o700)?;
-                            match chain.last() {
-                                Some(image) => {
-                                    c.write_file(&dir.join("lower-id"), 0o644, image.as_bytes())?;
-                                    let rootmode =
-                                        fs::symlink_metadata(top.join(image).join("root"))?.mode()
-                                            & 0o7777;
-                                    c.mkdir(&dir.join("upper"), rootmode)?;
-                                    c.mkdir(&dir.join("work"), 0o700)?;
-                                    c.mkdir(&dir.join("merged"), 0o700)?;
-                                }
-                                None => c.mkdir(&dir.join("root"), 0o755)?,
-                            }
-                        }
+        let what = format!("creating container `{id2}`");
+        let made = self.build_dirs(id2.clone(), what, move |c, top| {
+            match kind {
+                DriverKind::Overlay2 => {
+                    let dir = overlay2_skeleton(c, top, &id2, &chain)?;
+                    c.mkdir(&dir.join("diff"), 0o755)?;
+                    if !chain.is_empty() {
+                        c.mkdir(&dir.join("merged"), 0o700)?;
                     }
-                    Ok(())
-                })();
-                r.map(Ok).or_else(|e| {
-                    let full = e.raw_os_error() == Some(libc::ENOSPC);
-                    let err = c
-                        .log()
-                        .backend_err(&format!("creating container `{id2}`"), e);
-                    remove_layer_dirs(c, kind, &top, &id2);
-                    if full {
-                        Ok(Err(Errno::ENOSPC))
-                    } else {
-                        Err(err)
+                }
+                _ => {
+                    let dir = top.join(&id2);
+                    c.mkdir(&dir, 0o700)?;
+                    match chain.last() {
+                        Some(image) => {
+                            c.write_file(&dir.join("lower-id"), 0o644, image.as_bytes())?;
+                            let rootmode =
+                                fs::symlink_metadata(top.join(image).join("root"))?.mode() & 0o7777;
+                            c.mkdir(&dir.join("upper"), rootmode)?;
+                            c.mkdir(&dir.join("work"), 0o700)?;
+                            c.mkdir(&dir.join("merged"), 0o700)?;
+                        }
+                        None => c.mkdir(&dir.join("root"), 0o755)?,
                     }
-                })
-            })?;
+                }
+            }
+            Ok(())
+        })?;
         if let Err(e) = made {
             return Ok(Err(e));
         }
