@@ -170,14 +170,8 @@ fn real_main() -> Result<ExitCode> {
             for e in &errs {
                 eprintln!("{e}");
             }
-            let cat = match Catalogue::load(catalogue.as_deref()) {
-                Ok(c) => c,
-                Err(problems) => {
-                    for p in &problems {
-                        eprintln!("{p}");
-                    }
-                    return Ok(ExitCode::from(2));
-                }
+            let Some(cat) = load_catalogue(catalogue.as_deref()) else {
+                return Ok(ExitCode::from(2));
             };
             let problems = layerspec::claims::check(&cat, &ok, false);
             for p in &problems {
@@ -203,14 +197,8 @@ fn real_main() -> Result<ExitCode> {
             catalogue,
         } => {
             let rows = layerspec::results::read(&inputs)?;
-            let cat = match Catalogue::load(catalogue.as_deref()) {
-                Ok(c) => c,
-                Err(problems) => {
-                    for p in &problems {
-                        eprintln!("{p}");
-                    }
-                    return Ok(ExitCode::from(2));
-                }
+            let Some(cat) = load_catalogue(catalogue.as_deref()) else {
+                return Ok(ExitCode::from(2));
             };
             // The claims each scenario cites; without the files the report has no claims
             // grid rows filled, and says nothing worse.
@@ -338,4 +326,16 @@ fn real_main() -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// The claim catalogue (`--catalogue`, or the project's own), or `None` after printing why
+/// it cannot be read.
+fn load_catalogue(path: Option<&std::path::Path>) -> Option<Catalogue> {
+    Catalogue::load(path)
+        .map_err(|problems| {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+        })
+        .ok()
 }

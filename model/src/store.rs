@@ -115,9 +115,10 @@ impl Store {
 
     /// Stops the run when the driver root takes more than the model predicts on ext4/xfs,
     /// or a devicemapper device or its pool more than 4/5 of its size.
-    fn check_unpredicted(&self, what: &str) -> Result<(), StepError> {
+    /// `device`: the one device a file step wrote to (`None`: any may have grown).
+    fn check_unpredicted(&self, what: &str, device: Option<&str>) -> Result<(), StepError> {
         if let Some(dm) = &self.dm {
-            dm.check_space()
+            dm.check_space(device)
                 .map_err(|e| StepError::NoSpace(format!("{what}: {e}")))?;
         }
         if let Some(limit) = self.unpredicted_above {
@@ -125,7 +126,7 @@ impl Store {
             if used > limit {
                 return Err(StepError::NoSpace(format!(
                     "{what}: the driver root's files would take {used} pages of 4 KiB, more \
-                     than 4/5 of its {:?} filesystem ({limit} pages), where the model does not \
+                     than 4/5 of its {} filesystem ({limit} pages), where the model does not \
                      predict its space (only tmpfs's is)",
                     format!("{:?}", self.backing).to_lowercase()
                 )));
@@ -302,7 +303,7 @@ impl Store {
             }
         }
         self.insert_layer(layer)?;
-        self.check_unpredicted(&format!("layer `{}`", spec.id))
+        self.check_unpredicted(&format!("layer `{}`", spec.id), None)
     }
 
     fn insert_layer(&mut self, layer: Layer) -> Result<(), StepError> {
@@ -348,13 +349,17 @@ impl Store {
     /// The transition: runs `op`, returning its outcome; on an errno nothing has changed.
     pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
         let out = self.transition(op)?;
-        let may_take_space = match op {
-            Op::File { op, .. } => op.may_take_space(),
-            Op::Commit { .. } | Op::CreateContainer { .. } => true,
-            _ => false,
+        let (may_take_space, touched) = match op {
+            Op::File { container, op } => (
+                op.may_take_space(),
+                self.container_id(container.as_deref()).ok(),
+            ),
+            Op::Commit { .. } | Op::CreateContainer { .. } => (true, None),
+            _ => (false, None),
         };
-        if may_take_space || (self.dm.is_some() && matches!(op, Op::File { .. })) {
-            self.check_unpredicted("this step")?;
+        if may_take_space {
+            let device = touched.as_deref().map(crate::devmapper::device_hash);
+            self.check_unpredicted("this step", device.as_deref())?;
         }
         Ok(out)
     }

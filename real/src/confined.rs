@@ -63,14 +63,7 @@ impl<'a> Confined<'a> {
     /// Creates a regular file with `mode` and `data`: `O_CREAT|O_EXCL|O_NOFOLLOW`, so an
     /// existing name (a symlink included) is never opened.
     pub fn write_file(&mut self, path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
-        self.log.note(format!(
-            "write {} ({} bytes, mode {mode:o})",
-            path.display(),
-            data.len()
-        ));
-        let mut f = create_new(path, mode)?;
-        io::Write::write_all(&mut f, data)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
+        self.write_content(path, mode, &layerspec_model::Content::Bytes(data.to_vec()))
     }
 
     /// Creates a regular file with `mode` holding `data`, streamed in pieces (a file of any

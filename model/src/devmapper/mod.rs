@@ -359,9 +359,14 @@ impl DeviceSet {
     /// Whether every device's files and the pool stay within 4/5 of their size, where the
     /// model's ext4 inside the devices is not followed to running out (its metadata and
     /// reserves are not modelled): past it the error says so, instead of a guess.
-    pub(crate) fn check_space(&self) -> Result<(), String> {
+    /// Only `device` is looked at when given (a file step writes to one device).
+    pub(crate) fn check_space(&self, device: Option<&str>) -> Result<(), String> {
         let limit = BASE_DEVICE_BYTES / 5 * 4;
-        for (hash, d) in &self.devices {
+        let devices = self
+            .devices
+            .iter()
+            .filter(|(hash, _)| device.is_none_or(|d| d == hash.as_str()));
+        for (hash, d) in devices {
             let bytes = d.fs.data_bytes();
             if bytes > limit {
                 return Err(format!(
