@@ -119,6 +119,14 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
             observation: None,
         };
     }
+    if s.options.init && driver == DriverKind::Devicemapper {
+        return RunResult {
+            status: Status::Skip(
+                "`init = true`: devicemapper's `-init` device is not modelled yet".into(),
+            ),
+            observation: None,
+        };
+    }
     run(s, &mut model_driver(s, driver, kernel))
 }
 
@@ -128,7 +136,8 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
 pub fn model_driver(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> ModelDriver {
     let m = ModelDriver::new(driver, s.options.overlay)
         .with_backing(s.options.backing)
-        .with_kernel(kernel);
+        .with_kernel(kernel)
+        .with_init_layers(s.options.init);
     let bytes = s.options.backing_bytes();
     match s.options.backing {
         crate::scenario::Backing::Tmpfs => m.with_tmpfs_size(bytes),
@@ -240,6 +249,9 @@ pub fn run_real_as(
                 inner: real,
                 backend: label,
             });
+        }
+        if let Err(why) = real.set_init_layers(s.options.init) {
+            return outcome(Status::Skip(why));
         }
         let kernel = real.kernel();
         if let Some(why) = s
@@ -378,6 +390,9 @@ impl Driver for Relabel<dyn Driver + Send> {
     }
     fn kernel(&self) -> KernelVersion {
         self.inner.kernel()
+    }
+    fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
+        self.inner.set_init_layers(on)
     }
 }
 

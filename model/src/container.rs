@@ -110,6 +110,57 @@ impl Container {
         c
     }
 
+    /// A container created on init layer `init` (the container `Setup` ran in, on the
+    /// image stack `image`), as the driver makes it (`crate::init_layer`):
+    /// - overlay2 and aufs: the init layer's writable tree is one more lower layer, the
+    ///   topmost (moby overlay2 `getLower`: the parent's `l/` name first);
+    /// - overlay: the container sits on the image's root like the init layer, and its upper
+    ///   starts as a copy of the init layer's upper (moby overlay `Create`:
+    ///   `copy.DirCopy(parentUpperDir, upperDir, copy.Content, true)`), which keeps only the
+    ///   `security.capability` and `trusted.overlay.opaque` xattrs (moby
+    ///   `daemon/graphdriver/copy` `doCopyXattrs`) and makes its whiteouts anew.
+    pub fn on_init(id: &str, init: &Container, image: Arc<LowerStack>, policy: Policy) -> Self {
+        if !policy.farm_links {
+            let mut layers = image.layers().to_vec();
+            layers.push(Arc::new(crate::lower::Layer {
+                id: init.id.clone(),
+                parent: init.image.clone(),
+                tree: init.upper.clone(),
+            }));
+            return Container::new(
+                id,
+                init.image.clone(),
+                Arc::new(LowerStack::new(layers)),
+                policy,
+            );
+        }
+        let mut c = Container::new(id, init.image.clone(), image, policy);
+        let mut upper = init.upper.clone();
+        let inos: Vec<Ino> = upper.inodes().map(|(i, _)| i).collect();
+        for i in inos {
+            let inode = upper.get_mut(i);
+            inode.xattrs.retain(|k, _| k == "security.capability");
+            // DirCopy drops `trusted.overlay.origin`, but the runtime's first lookups of
+            // the container's root (runc mounting over `/proc`, `/dev`, `/etc/hosts`, ...)
+            // store it again on each merge directory (`ovl_lookup` → `ovl_fix_origin`:
+            // "If no origin fh is stored in upper of a merge dir, store fh of lower dir"),
+            // and the init upper's directories are copy-ups of exactly those.
+            if !inode.is_dir() {
+                inode.origin = None;
+            }
+            inode.impure = false;
+            inode.version = 0;
+            if let crate::tree::Body::Dir { redirect, .. } = &mut inode.body {
+                *redirect = None;
+            }
+            if inode.is_whiteout() {
+                c.own_whiteouts.insert(i);
+            }
+        }
+        c.upper = upper;
+        c
+    }
+
     /// Unmount and mount again: everything on disk stays, `work/work` is emptied.
     pub fn remount(&mut self) {
         self.generation += 1;

@@ -48,6 +48,19 @@ pub trait Driver {
     /// The kernel whose rules the driver follows: the model's parameter, or the release
     /// the real driver runs on. A differential run builds its model with the real side's.
     fn kernel(&self) -> KernelVersion;
+    /// Gives containers created from now on Docker's `-init` layer (`on`), or none (the
+    /// default). A driver that cannot do as asked says why.
+    fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
+        if on {
+            Err(format!(
+                "the {} backend makes no `-init` layer for {}",
+                self.backend(),
+                self.kind()
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// The specification as a [`Driver`].
@@ -84,6 +97,12 @@ impl ModelDriver {
         self
     }
 
+    /// Gives containers created from now on Docker's `-init` layer ([`Store::set_init_layers`]).
+    pub fn with_init_layers(mut self, on: bool) -> ModelDriver {
+        self.store.set_init_layers(on);
+        self
+    }
+
     /// The same following the rules of `kernel` (default: [`KernelVersion::DEFAULT`]).
     pub fn with_kernel(mut self, kernel: KernelVersion) -> ModelDriver {
         self.store.set_kernel(kernel);
@@ -111,6 +130,11 @@ impl Driver for ModelDriver {
 
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
         Ok(self.store.apply(op)?)
+    }
+
+    fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
+        self.store.set_init_layers(on);
+        Ok(())
     }
 
     fn observe(&mut self) -> Result<Observation, DriverError> {

@@ -283,8 +283,21 @@ pub(crate) fn pages_used(store: &Store) -> u64 {
 /// The overlay mount data Docker would pass for a container, with the driver under
 /// Docker's default data root. See [`overlay_mount_data`].
 pub fn mount_data(store: &Store, c: &Container) -> Option<String> {
-    let chain = store.chain(c.image.as_deref());
+    let chain = lower_chain(store, c);
     overlay_mount_data(store.driver(), store.options(), &chain, &c.id, DATA_ROOT)
+}
+
+/// The layers under container `c`'s writable layer as its driver stacks them, lowest
+/// first: its image's, then its init layer (overlay2 and aufs; overlay's container sits
+/// on the image's root, a copy of the init layer in its upper).
+pub fn lower_chain(store: &Store, c: &Container) -> Vec<String> {
+    let mut chain = store.chain(c.image.as_deref());
+    if let Some(init) = store.init_of(&c.id) {
+        if store.driver() != DriverKind::Overlay {
+            chain.push(init.id.clone());
+        }
+    }
+    chain
 }
 
 /// The overlay mount data for container `id` on the image `chain` (lowest first): overlay2
@@ -347,13 +360,8 @@ fn aufs(store: &Store, disk: &mut Disk) {
     for d in ["aufs", "aufs/diff", "aufs/layers", "aufs/mnt"] {
         disk.dir(d.into(), 0o700);
     }
-    let write_layers = |disk: &mut Disk, id: &str, top: Option<&str>| {
-        let parents: String = store
-            .chain(top)
-            .iter()
-            .rev()
-            .map(|p| format!("{p}\n"))
-            .collect();
+    let write_layers = |disk: &mut Disk, id: &str, chain: &[String]| {
+        let parents: String = chain.iter().rev().map(|p| format!("{p}\n")).collect();
         disk.file(format!("aufs/layers/{id}"), 0o644, parents.as_bytes());
         disk.dir(format!("aufs/mnt/{id}"), 0o755);
     };
@@ -367,9 +375,18 @@ fn aufs(store: &Store, disk: &mut Disk) {
             &l.id,
             None,
         );
-        write_layers(disk, &l.id, l.parent.as_deref());
+        write_layers(disk, &l.id, &store.chain(l.parent.as_deref()));
     }
-    for c in store.containers() {
+    // Init layers, then containers: writable branches AUFS mounted.
+    let branches = store
+        .containers()
+        .filter_map(|c| {
+            store
+                .init_of(&c.id)
+                .map(|i| (i, store.chain(i.image.as_deref())))
+        })
+        .chain(store.containers().map(|c| (c, lower_chain(store, c))));
+    for (c, chain) in branches {
         let at = format!("aufs/diff/{}", c.id);
         disk.dir(at.clone(), 0o755);
         let wk = container_whiteout_key(c);
@@ -391,15 +408,15 @@ fn aufs(store: &Store, disk: &mut Disk) {
                 generations: None,
             }),
         );
-        write_layers(disk, &c.id, c.image.as_deref());
+        write_layers(disk, &c.id, &chain);
     }
 }
 
 fn overlay(store: &Store, disk: &mut Disk) {
-    disk.dir("overlay".into(), 0o700);
+    disk.dir("overlay".into(), 0o710);
     for l in store.layers() {
         let at = format!("overlay/{}", l.id);
-        disk.dir(at.clone(), 0o700);
+        disk.dir(at.clone(), 0o710);
         // The layer's root: its whole image, regular files hard-linked all the way down
         // from the layer that made them, directories and symlinks made anew (DOCK1).
         let layers = store
@@ -412,12 +429,21 @@ fn overlay(store: &Store, disk: &mut Disk) {
         farm(disk, &format!("{at}/root"), &stack, LowerStack::ROOT);
     }
     for c in store.containers() {
+        if let Some(init) = store.init_of(&c.id) {
+            // Docker's `Put` removed the init layer's `merged` after `Setup`.
+            let at = format!("overlay/{}", init.id);
+            disk.dir(at.clone(), 0o710);
+            let image = init.image.as_deref().unwrap_or_default();
+            disk.file(format!("{at}/lower-id"), 0o600, image.as_bytes());
+            upper_work(disk, init, &at, "upper");
+        }
         let at = format!("overlay/{}", c.id);
-        disk.dir(at.clone(), 0o700);
+        disk.dir(at.clone(), 0o710);
         match &c.image {
             Some(image) => {
-                disk.file(format!("{at}/lower-id"), 0o644, image.as_bytes());
-                upper_work_merged(disk, c, &at, "upper");
+                disk.file(format!("{at}/lower-id"), 0o600, image.as_bytes());
+                upper_work(disk, c, &at, "upper");
+                disk.dir(format!("{at}/merged"), 0o700);
             }
             None => {
                 // No parent: Docker makes a plain `root` and mounts nothing.
@@ -474,9 +500,9 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
     }
 }
 
-/// A mounted container's writable side: its upper tree, `work/work` (with the shared
-/// whiteout once the kernel made one, and `work/index` with index=on), `merged`.
-fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
+/// A container's writable side: its upper tree, `work/work` (with the shared whiteout once
+/// the kernel made one, and `work/index` with index=on).
+fn upper_work(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     let wk = container_whiteout_key(c);
     disk.dir(format!("{at}/{upper}"), 0o755);
     let root = c.upper.get(ROOT);
@@ -550,22 +576,20 @@ fn upper_work_merged(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
                 .insert(format!("{at}/work/index/#index-{n}"), (ident, f));
         }
     }
-    disk.dir(format!("{at}/merged"), 0o700);
 }
 
 fn overlay2(store: &Store, disk: &mut Disk) {
     disk.dir("overlay2".into(), 0o710);
     disk.dir("overlay2/l".into(), 0o700);
     let has_child = store.built_upon();
-    let skeleton = |disk: &mut Disk, id: &str, parent: Option<&str>| {
+    let skeleton = |disk: &mut Disk, id: &str, chain: &[String]| {
         let at = format!("overlay2/{id}");
         let short = short_name(id);
         disk.dir(at.clone(), 0o710);
         disk.symlink(format!("overlay2/l/{short}"), &format!("../{id}/diff"));
         disk.file(format!("{at}/link"), 0o644, short.as_bytes());
-        if parent.is_some() {
-            let lower: Vec<String> = store
-                .chain(parent)
+        if !chain.is_empty() {
+            let lower: Vec<String> = chain
                 .iter()
                 .rev()
                 .map(|p| format!("l/{}", short_name(p)))
@@ -578,7 +602,7 @@ fn overlay2(store: &Store, disk: &mut Disk) {
         at
     };
     for l in store.layers() {
-        let at = skeleton(disk, &l.id, l.parent.as_deref());
+        let at = skeleton(disk, &l.id, &store.chain(l.parent.as_deref()));
         root_dir(disk, format!("{at}/diff"), l.tree.get(ROOT));
         render_tree(
             disk,
@@ -593,9 +617,15 @@ fn overlay2(store: &Store, disk: &mut Disk) {
         }
     }
     for c in store.containers() {
-        let at = skeleton(disk, &c.id, c.image.as_deref());
+        if let Some(init) = store.init_of(&c.id) {
+            // Docker's `Put` removed the init layer's `merged` after `Setup`.
+            let at = skeleton(disk, &init.id, &store.chain(init.image.as_deref()));
+            upper_work(disk, init, &at, "diff");
+        }
+        let at = skeleton(disk, &c.id, &lower_chain(store, c));
         if c.image.is_some() {
-            upper_work_merged(disk, c, &at, "diff");
+            upper_work(disk, c, &at, "diff");
+            disk.dir(format!("{at}/merged"), 0o700);
         } else {
             // No lower layers: Docker bind-mounts `diff` itself as the root filesystem.
             root_dir(disk, format!("{at}/diff"), c.upper.get(ROOT));

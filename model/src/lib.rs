@@ -50,6 +50,7 @@ mod digest;
 mod dir;
 mod driver;
 mod errno;
+mod init_layer;
 mod inode;
 mod invariants;
 mod layout;
@@ -77,9 +78,10 @@ pub use digest::{
 };
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
+pub use init_layer::{init_layer_id, init_layer_paths, setup as init_layer_setup};
 pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
-pub use layout::{mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
+pub use layout::{lower_chain, mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
 pub use params::{
@@ -93,7 +95,7 @@ pub use step::{
     Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,
     Op, OpenFlags, Outcome, StatInfo, Value,
 };
-pub use store::{check_op_ids, validate_layer, StepError, Store};
+pub use store::{check_op_ids, validate_layer, StepError, Store, NAIVE_DIFF_WITH_INIT};
 pub use thin::units::{self as thin_units, BlockSize, PoolBlock, Sectors, ThinId, VirtBlock};
 pub use thin::{
     check_thin_invariants, valid_sources, BadParams, BlockData, BlockTime, DeviceObservation,

@@ -81,6 +81,11 @@ pub struct Store {
     /// ext4 or xfs: the pages of data past which the model no longer says what happens
     /// (their own metadata takes blocks it does not follow).
     unpredicted_above: Option<u64>,
+    /// Whether a container on an image gets Docker's `-init` layer (`crate::init_layer`).
+    init_layers: bool,
+    /// Each container's init layer, by container id: the container `Setup` ran in, left
+    /// as its unmount left it.
+    inits: BTreeMap<String, Container>,
 }
 
 impl Store {
@@ -100,7 +105,29 @@ impl Store {
             dm: (driver == DriverKind::Devicemapper).then(|| Box::new(DeviceSet::new())),
             capacity: None,
             unpredicted_above: None,
+            init_layers: false,
+            inits: BTreeMap::new(),
         }
+    }
+
+    /// Whether containers made from now on get Docker's `-init` layer, as Docker makes one
+    /// for every container (devicemapper's is not modelled yet). Off (the default, which
+    /// scenario files written before it rely on), a container sits right on its image: a
+    /// bare union mount, as the kernel mechanisms alone make it.
+    pub fn set_init_layers(&mut self, on: bool) {
+        self.init_layers = on && self.driver != DriverKind::Devicemapper;
+    }
+
+    /// The init layer of container `id`: the container `Setup` ran in.
+    pub fn init_of(&self, id: &str) -> Option<&Container> {
+        self.inits.get(id)
+    }
+
+    /// Whether `id` names a layer or container of the store, an init layer included.
+    fn id_taken(&self, id: &str) -> bool {
+        self.layers.contains_key(id)
+            || self.containers.contains_key(id)
+            || self.inits.values().any(|i| i.id == id)
     }
 
     /// The driver root is on an ext4 or xfs of `bytes`. Their space is not predicted: a
@@ -260,7 +287,7 @@ impl Store {
     /// Builds an image layer from its entries.
     pub fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), StepError> {
         check_ids(spec.id.as_str(), spec.parent.as_deref())?;
-        if self.layers.contains_key(&spec.id) {
+        if self.id_taken(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()));
         }
         if let Some(p) = &spec.parent {
@@ -384,7 +411,7 @@ impl Store {
                 Ok(out)
             }
             Op::CreateContainer { id, image } => {
-                if self.containers.contains_key(id) {
+                if self.id_taken(id) {
                     return Err(StepError::ContainerExists(id.clone()));
                 }
                 if let Some(i) = image {
@@ -401,19 +428,43 @@ impl Store {
                     kernel: self.kernel,
                     ..Policy::new(self.driver, self.options)
                 };
-                let mut c = Container::new(id, image.clone(), stack, policy);
+                let init = match image {
+                    Some(_) if self.init_layers => {
+                        let init_id = crate::init_layer::init_layer_id(id);
+                        if self.id_taken(&init_id) || self.inits.contains_key(id) {
+                            return Err(StepError::LayerExists(init_id));
+                        }
+                        let mut ic = Container::new(&init_id, image.clone(), stack.clone(), policy);
+                        if let Err(e) = crate::init_layer::setup(|op| ic.apply(op)) {
+                            return Ok(Err(e));
+                        }
+                        Some(ic)
+                    }
+                    _ => None,
+                };
+                let mut c = match &init {
+                    Some(ic) => Container::on_init(id, ic, stack, policy),
+                    None => Container::new(id, image.clone(), stack, policy),
+                };
                 if self.capacity.is_some() {
                     // The driver's files for it (`link`, `lower`, `lower-id`) take pages;
                     // written before overlay2's `committed` mark, so none is made.
                     let mut with = self.clone();
                     with.containers.insert(id.clone(), c.clone());
                     with.container_order.push(id.clone());
+                    if let Some(ic) = &init {
+                        with.inits.insert(id.clone(), ic.clone());
+                    }
                     if with.overfull() {
                         return Ok(Err(crate::errno::Errno::ENOSPC));
                     }
                 }
                 if let Some(i) = image {
                     self.built_upon.insert(i.clone());
+                }
+                if let Some(ic) = init {
+                    self.built_upon.insert(ic.id.clone());
+                    self.inits.insert(id.clone(), ic);
                 }
                 if let Some(dm) = &mut self.dm {
                     dm.create_container(id, image.as_deref(), &c);
@@ -434,6 +485,8 @@ impl Store {
                 if self.containers.remove(id).is_none() {
                     return Err(StepError::NoContainer(Some(id.clone())));
                 }
+                // moby `ReleaseRWLayer` removes the container's layer, then its init layer.
+                self.inits.remove(id);
                 if let Some(dm) = &mut self.dm {
                     dm.remove_container(id);
                 }
@@ -441,10 +494,11 @@ impl Store {
                 Ok(Ok(Value::Unit))
             }
             Op::Commit { container, layer } => {
-                if self.layers.contains_key(layer) {
+                if self.id_taken(layer) {
                     return Err(StepError::LayerExists(layer.clone()));
                 }
                 let c = self.container(container.as_deref())?;
+                self.check_naive_diff(c)?;
                 let image = self.image_tree(c);
                 let mut new = c.commit_layer(layer, &image);
                 // The layer's files are written whole (Docker's applier writes a tar's
@@ -476,10 +530,23 @@ impl Store {
             }
             Op::Changes { container } => {
                 let c = self.container(container.as_deref())?;
+                self.check_naive_diff(c)?;
                 let image = self.image_tree(c);
                 Ok(Ok(Value::Changes(c.changes(&image))))
             }
         }
+    }
+
+    /// overlay (v1) diffs a container against its parent naively (moby wraps it in
+    /// `graphdriver.NewNaiveDiffDriver`): with an init layer, `archive.ChangesDirs` of the
+    /// container's mount against the init layer's. That comparison (mtime and size of
+    /// files, the mode of everything) is not modelled yet, so the step is refused rather
+    /// than answered with the union walker, which would list the init layer's copy.
+    fn check_naive_diff(&self, c: &Container) -> Result<(), StepError> {
+        if self.driver == DriverKind::Overlay && self.inits.contains_key(&c.id) {
+            return Err(StepError::Unsupported(NAIVE_DIFF_WITH_INIT.into()));
+        }
+        Ok(())
     }
 
     /// The image's whole filesystem under a container (what devicemapper compares with).
@@ -507,6 +574,10 @@ impl Store {
         }
     }
 }
+
+/// Why overlay's `changes` and `commit` are refused on a container with an init layer.
+pub const NAIVE_DIFF_WITH_INIT: &str = "overlay (v1) `changes` and `commit` of a container with \
+    an init layer: Docker's naive diff against the init layer's mount is not modelled yet";
 
 /// Parent directories made for an entry: 0o755.
 const IMPLIED_DIR_MODE: u32 = 0o755;

@@ -264,3 +264,62 @@ pub fn is_whiteout(m: &fs::Metadata) -> bool {
     use std::os::unix::fs::FileTypeExt;
     m.file_type().is_char_device() && m.rdev() == 0
 }
+
+/// Copies a container's init upper `from` into its own upper `to` as Docker's overlay
+/// driver does (moby `daemon/graphdriver/copy` `DirCopy(from, to, Content, true)`): file
+/// contents copied, directories, symlinks and whiteouts made anew, hard links kept as
+/// links, only the `security.capability` and `trusted.overlay.opaque` xattrs carried
+/// (`doCopyXattrs`), and modification times kept (whole seconds here).
+pub fn dir_copy(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
+    let mut links = std::collections::BTreeMap::new();
+    copy_docker_xattrs(c, from, to)?;
+    dir_copy_in(c, from, to, &mut links)?;
+    c.set_times(to, fs::symlink_metadata(from)?.mtime())
+}
+
+fn dir_copy_in(
+    c: &mut Confined,
+    from: &Path,
+    to: &Path,
+    links: &mut std::collections::BTreeMap<u64, std::path::PathBuf>,
+) -> io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let m = fs::symlink_metadata(&src)?;
+        let ft = m.file_type();
+        if !ft.is_dir() {
+            if let Some(first) = links.get(&m.ino()) {
+                c.hard_link(first, &dst)?;
+                continue;
+            }
+            if m.nlink() > 1 {
+                links.insert(m.ino(), dst.clone());
+            }
+        }
+        if ft.is_dir() {
+            c.mkdir(&dst, m.mode() & 0o7777)?;
+            dir_copy_in(c, &src, &dst, links)?;
+        } else if ft.is_symlink() {
+            c.symlink(&fs::read_link(&src)?, &dst)?;
+        } else if is_whiteout(&m) {
+            c.whiteout(&dst)?;
+        } else {
+            c.write_file(&dst, m.mode() & 0o7777, &fs::read(&src)?)?;
+        }
+        copy_docker_xattrs(c, &src, &dst)?;
+        c.set_times(&dst, m.mtime())?;
+    }
+    Ok(())
+}
+
+/// The xattrs `DirCopy` carries (moby `doCopyXattrs`).
+fn copy_docker_xattrs(c: &mut Confined, src: &Path, dst: &Path) -> io::Result<()> {
+    for name in ["security.capability", "trusted.overlay.opaque"] {
+        if let Ok(v) = sys::getxattr(src, name, false) {
+            c.set_xattr(dst, name, &v)?;
+        }
+    }
+    Ok(())
+}

@@ -9,9 +9,9 @@ use crate::observe;
 use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys;
 use layerspec_model::{
-    overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind, Entry, Errno,
-    KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError, Value,
-    DATA_ROOT,
+    init_layer_id, overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind,
+    Entry, Errno, KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError,
+    Value, DATA_ROOT, NAIVE_DIFF_WITH_INIT,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -35,6 +35,8 @@ pub enum Implementation {
 struct ContainerRec {
     id: String,
     image: Option<String>,
+    /// Its `-init` layer, when the driver makes them.
+    init: Option<String>,
 }
 
 /// A real overlay or overlay2 driver root in its own sandbox.
@@ -50,6 +52,8 @@ pub struct OverlayDriver {
     sandbox: Sandbox,
     /// The running kernel (fuse-overlayfs too writes to this kernel's tmpfs).
     kernel: KernelVersion,
+    /// Whether containers get Docker's `-init` layer (`layerspec_model::init_layer_setup`).
+    init_layers: bool,
 }
 
 impl OverlayDriver {
@@ -67,12 +71,8 @@ impl OverlayDriver {
             let root = inside.root.clone();
             let mut c = inside.confine(&root)?;
             let top = Path::new("/").join(name);
-            let mode = if kind == DriverKind::Overlay2 {
-                0o710
-            } else {
-                0o700
-            };
-            c.mkdir(&top, mode)?;
+            // Docker 20.10 makes both drivers' directory 0710 (seen on dockerd 20.10.24).
+            c.mkdir(&top, 0o710)?;
             if kind == DriverKind::Overlay2 {
                 c.mkdir(&top.join("l"), 0o700)?;
             }
@@ -88,7 +88,18 @@ impl OverlayDriver {
             copied: BTreeMap::new(),
             sandbox,
             kernel,
+            init_layers: false,
         })
+    }
+
+    /// The layers under container `c`'s writable layer, lowest first: its image's, then
+    /// (overlay2) its init layer; overlay's container sits on the image's root.
+    fn lower_chain(&self, c: &ContainerRec) -> Vec<String> {
+        let mut chain = self.chain(c.image.as_deref());
+        if let (DriverKind::Overlay2, Some(init)) = (self.kind, &c.init) {
+            chain.push(init.clone());
+        }
+        chain
     }
 
     fn chain(&self, top: Option<&str>) -> Vec<String> {
@@ -149,7 +160,7 @@ impl OverlayDriver {
                 }
                 _ => {
                     let dir = top.join(&spec.id);
-                    c.mkdir(&dir, 0o700)?;
+                    c.mkdir(&dir, 0o710)?;
                     let root = dir.join("root");
                     // The layer's root: the parent's root as a hard-link farm (or
                     // nothing), then the diff applied as Docker's applier does it:
@@ -223,7 +234,7 @@ impl OverlayDriver {
             id: id.to_string(),
             image: image.map(String::from),
         })?;
-        if self.containers.iter().any(|c| c.id == id) || self.layers.contains_key(id) {
+        if self.taken(id) {
             return Err(StepError::ContainerExists(id.to_string()).into());
         }
         if let Some(i) = image {
@@ -231,56 +242,135 @@ impl OverlayDriver {
                 return Err(StepError::NoLayer(i.to_string()).into());
             }
         }
+        let init = (self.init_layers && image.is_some()).then(|| init_layer_id(id));
+        if let Some(init) = &init {
+            if self.taken(init) {
+                return Err(StepError::LayerExists(init.clone()).into());
+            }
+            if let Err(e) = self.make_init_layer(init, image)? {
+                return Ok(Err(e));
+            }
+        }
         let rec = ContainerRec {
             id: id.to_string(),
             image: image.map(String::from),
+            init: init.clone(),
         };
-        let kind = self.kind;
-        let chain = self.chain(image);
+        let (kind, chain) = (self.kind, self.lower_chain(&rec));
         let id2 = id.to_string();
         let what = format!("creating container `{id2}`");
         let made = self.build_dirs(id2.clone(), what, move |c, top| {
-            match kind {
-                DriverKind::Overlay2 => {
-                    let dir = overlay2_skeleton(c, top, &id2, &chain)?;
-                    c.mkdir(&dir.join("diff"), 0o755)?;
-                    if !chain.is_empty() {
-                        c.mkdir(&dir.join("merged"), 0o700)?;
-                    }
-                }
-                _ => {
-                    let dir = top.join(&id2);
-                    c.mkdir(&dir, 0o700)?;
-                    match chain.last() {
-                        Some(image) => {
-                            c.write_file(&dir.join("lower-id"), 0o644, image.as_bytes())?;
-                            let rootmode =
-                                fs::symlink_metadata(top.join(image).join("root"))?.mode() & 0o7777;
-                            c.mkdir(&dir.join("upper"), rootmode)?;
-                            c.mkdir(&dir.join("work"), 0o700)?;
-                            c.mkdir(&dir.join("merged"), 0o700)?;
-                        }
-                        None => c.mkdir(&dir.join("root"), 0o755)?,
-                    }
-                }
-            }
-            Ok(())
+            rw_layer_dirs(c, top, kind, &id2, &chain, init.as_deref())
         })?;
         if let Err(e) = made {
+            if let Some(init) = &rec.init {
+                self.remove_dirs(init)?;
+            }
             return Ok(Err(e));
         }
         self.containers.push(rec.clone());
         if image.is_some() {
             self.mount(&rec)?;
         }
+        if rec.init.is_some() {
+            // Docker starts the container: the runtime looks up each path the init layer
+            // made, to mount over it (what the model's `Container::on_init` expects).
+            for path in layerspec_model::init_layer_paths() {
+                let _ = self.file_op(&rec, layerspec_model::FileOp::Stat { path: path.into() });
+            }
+        }
         Ok(Ok(()))
+    }
+
+    /// overlay's naive diff against an init layer is not modelled: refused, as the model
+    /// refuses it.
+    fn check_naive_diff(&self, c: &ContainerRec) -> Result<(), StepError> {
+        if self.kind == DriverKind::Overlay && c.init.is_some() {
+            return Err(StepError::Unsupported(NAIVE_DIFF_WITH_INIT.into()));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` names a layer, a container or a container's init layer.
+    fn taken(&self, id: &str) -> bool {
+        self.layers.contains_key(id)
+            || self
+                .containers
+                .iter()
+                .any(|c| c.id == id || c.init.as_deref() == Some(id))
+    }
+
+    /// Docker's `initMount` (moby `layer/layer_store.go`): the init layer `init` created on
+    /// `image`, mounted, `Setup` run in it through the step runner, unmounted, and its
+    /// `merged` removed (`Put`). A `Setup` call that fails fails the container's creation,
+    /// and the init layer goes.
+    fn make_init_layer(
+        &mut self,
+        init: &str,
+        image: Option<&str>,
+    ) -> Result<Result<(), Errno>, DriverError> {
+        let rec = ContainerRec {
+            id: init.to_string(),
+            image: image.map(String::from),
+            init: None,
+        };
+        let (kind, chain) = (self.kind, self.chain(image));
+        let id2 = init.to_string();
+        let what = format!("creating init layer `{id2}`");
+        let made = self.build_dirs(id2.clone(), what, move |c, top| {
+            rw_layer_dirs(c, top, kind, &id2, &chain, None)
+        })?;
+        if let Err(e) = made {
+            return Ok(Err(e));
+        }
+        self.mount(&rec)?;
+        let set_up = layerspec_model::init_layer_setup(|op| self.file_op(&rec, op.clone()));
+        self.copied.remove(init);
+        self.unmount(&rec)?;
+        let merged = format!("{}/merged", rec.id);
+        self.in_driver_dir(format!("removing `{merged}`"), move |c, top| {
+            c.remove(&top.join(&merged))
+        })?;
+        if let Err(e) = set_up {
+            self.remove_dirs(init)?;
+            return Ok(Err(e));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Runs `f` confined to the driver root, with the driver directory (`/<driver>`).
+    fn in_driver_dir(
+        &self,
+        what: String,
+        f: impl FnOnce(&mut Confined, &Path) -> io::Result<()> + Send + 'static,
+    ) -> Result<(), DriverError> {
+        let kind = self.kind;
+        self.sandbox
+            .run(move |inside| -> io::Result<()> {
+                let root = inside.root.clone();
+                let mut c = inside.confine(&root)?;
+                f(&mut c, &Path::new("/").join(kind.name()))
+            })
+            .map_err(|e| DriverError::Backend(format!("{what}: {e}")))
+    }
+
+    /// Removes the directories of layer or container `id` (and overlay2's `l/` link).
+    fn remove_dirs(&self, id: &str) -> Result<(), DriverError> {
+        let (kind, id2) = (self.kind, id.to_string());
+        self.in_driver_dir(format!("removing `{id}`"), move |c, top| {
+            c.remove(&top.join(&id2))?;
+            if kind == DriverKind::Overlay2 {
+                c.remove(&top.join("l").join(short_name(&id2)))?;
+            }
+            Ok(())
+        })
     }
 
     fn mount(&self, c: &ContainerRec) -> Result<(), DriverError> {
         let kind = self.kind;
         let imp = self.imp;
         let options = self.options;
-        let chain = self.chain(c.image.as_deref());
+        let chain = self.lower_chain(c);
         let id = c.id.clone();
         let fuse = Arc::clone(&self.fuse);
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
@@ -423,7 +513,7 @@ impl OverlayDriver {
 
     fn changes(&self, c: &ContainerRec) -> Result<Vec<layerspec_model::Change>, DriverError> {
         let kind = self.kind;
-        let chain = self.chain(c.image.as_deref());
+        let chain = self.lower_chain(c);
         let (id, has_image) = (c.id.clone(), c.image.is_some());
         self.sandbox
             .run(move |inside| -> io::Result<Vec<layerspec_model::Change>> {
@@ -450,6 +540,52 @@ impl OverlayDriver {
             })
             .map_err(|e| DriverError::Backend(format!("computing changes: {e}")))
     }
+}
+
+/// The directories of a read-write layer `id` (a container, or an init layer) on the
+/// layers `chain` (lowest first): overlay2's skeleton, `diff` and `merged`; overlay's
+/// `lower-id`, `upper` (with the image root's mode), `work` and `merged`, the upper
+/// starting as a copy of init layer `copy_init`'s (moby overlay `Create`); a plain root
+/// when there is no image.
+fn rw_layer_dirs(
+    c: &mut Confined,
+    top: &Path,
+    kind: DriverKind,
+    id: &str,
+    chain: &[String],
+    copy_init: Option<&str>,
+) -> io::Result<()> {
+    match kind {
+        DriverKind::Overlay2 => {
+            let dir = overlay2_skeleton(c, top, id, chain)?;
+            c.mkdir(&dir.join("diff"), 0o755)?;
+            if !chain.is_empty() {
+                c.mkdir(&dir.join("merged"), 0o700)?;
+            }
+        }
+        _ => {
+            let dir = top.join(id);
+            c.mkdir(&dir, 0o710)?;
+            match chain.last() {
+                Some(image) => {
+                    c.write_file(&dir.join("lower-id"), 0o600, image.as_bytes())?;
+                    let from = match copy_init {
+                        Some(init) => top.join(init).join("upper"),
+                        None => top.join(image).join("root"),
+                    };
+                    let rootmode = fs::symlink_metadata(&from)?.mode() & 0o7777;
+                    c.mkdir(&dir.join("upper"), rootmode)?;
+                    c.mkdir(&dir.join("work"), 0o700)?;
+                    c.mkdir(&dir.join("merged"), 0o700)?;
+                    if copy_init.is_some() {
+                        layer::dir_copy(c, &from, &dir.join("upper"))?;
+                    }
+                }
+                None => c.mkdir(&dir.join("root"), 0o755)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `overlay2/<id>` with `link`, `l/<short>`, `lower` and `work` (when it has a parent), and
@@ -567,6 +703,11 @@ impl Driver for OverlayDriver {
         self.kernel
     }
 
+    fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
+        self.init_layers = on;
+        Ok(())
+    }
+
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
         layerspec_model::check_op_ids(op)?;
         match op {
@@ -580,25 +721,17 @@ impl Driver for OverlayDriver {
             Op::RemoveContainer { id } => {
                 let c = self.container(Some(id))?;
                 self.unmount(&c)?;
-                let kind = self.kind;
-                let id2 = id.clone();
-                self.sandbox
-                    .run(move |inside| -> io::Result<()> {
-                        let root = inside.root.clone();
-                        let mut c = inside.confine(&root)?;
-                        let top = Path::new("/").join(kind.name());
-                        c.remove(&top.join(&id2))?;
-                        if kind == DriverKind::Overlay2 {
-                            c.remove(&top.join("l").join(short_name(&id2)))?;
-                        }
-                        Ok(())
-                    })
-                    .map_err(|e| DriverError::Backend(format!("removing `{id}`: {e}")))?;
+                // moby `ReleaseRWLayer`: the container's layer, then its init layer.
+                self.remove_dirs(id)?;
+                if let Some(init) = &c.init {
+                    self.remove_dirs(init)?;
+                }
                 self.containers.retain(|x| x.id != *id);
                 Ok(Ok(Value::Unit))
             }
             Op::Commit { container, layer } => {
                 let c = self.container(container.as_deref())?;
+                self.check_naive_diff(&c)?;
                 Ok(self.commit(&c, layer)?.map(unit))
             }
             Op::Remount { container } => {
@@ -611,6 +744,7 @@ impl Driver for OverlayDriver {
             }
             Op::Changes { container } => {
                 let c = self.container(container.as_deref())?;
+                self.check_naive_diff(&c)?;
                 Ok(Ok(Value::Changes(self.changes(&c)?)))
             }
         }
@@ -622,13 +756,7 @@ impl Driver for OverlayDriver {
         let containers: Vec<(ContainerRec, String, Vec<String>)> = self
             .containers
             .iter()
-            .map(|c| {
-                (
-                    c.clone(),
-                    self.merged_rel(c),
-                    self.chain(c.image.as_deref()),
-                )
-            })
+            .map(|c| (c.clone(), self.merged_rel(c), self.lower_chain(c)))
             .collect();
         let copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)> = self.copied.clone();
         self.sandbox

@@ -63,6 +63,9 @@ pub struct Options {
     pub overlay_given: bool,
     /// devicemapper: whether deletes reach the pool.
     pub discard: Option<bool>,
+    /// Whether each container gets Docker's `-init` layer (`init = true`); off by default,
+    /// as files written before it expect.
+    pub init: bool,
     /// `[pool]`: the thin pool of a `thinpool` scenario.
     pub pool: Option<PoolParams>,
 }

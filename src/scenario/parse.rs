@@ -152,6 +152,7 @@ struct OptionsDoc {
     size: Option<Spanned<String>>,
     overlay: Option<OverlayDoc>,
     discard: Option<bool>,
+    init: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -692,6 +693,7 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
         overlay,
         overlay_given,
         discard: o.discard,
+        init: o.init.unwrap_or(false),
         pool: None,
     })
 }

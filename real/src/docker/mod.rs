@@ -117,6 +117,18 @@ impl Driver for DockerDriver {
         self.kernel
     }
 
+    fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
+        if on {
+            Ok(())
+        } else {
+            Err(
+                "Docker makes an `-init` layer for every container; the file states \
+                 containers without one (`[options] init = true` states Docker's)"
+                    .into(),
+            )
+        }
+    }
+
     fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
         layerspec_model::validate_layer(spec)?;
         if self.layers.contains_key(&spec.id) {
