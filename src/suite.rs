@@ -232,6 +232,9 @@ pub fn run_real_as(
                 s.largest_file()
             )));
         }
+        if let Some(why) = (open == "docker").then(|| docker_cannot_run(s)).flatten() {
+            return outcome(Status::Skip(why));
+        }
         let mut real =
             match layerspec_real::open_backend_on(driver, open, s.options.overlay, backing(s)) {
                 Ok(d) => d,
@@ -394,6 +397,23 @@ impl Driver for Relabel<dyn Driver + Send> {
     fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
         self.inner.set_init_layers(on)
     }
+}
+
+/// Why the `docker` backend cannot run `s`, which the others can: what Docker never makes,
+/// or a space limit the model predicts for the driver root alone.
+fn docker_cannot_run(s: &Scenario) -> Option<String> {
+    if s.has_imageless_container() {
+        return Some("Docker makes no container without an image".into());
+    }
+    if s.options.backing == crate::scenario::Backing::Tmpfs && s.options.size.is_some() {
+        return Some(
+            "the file sizes the driver root's tmpfs, where the model predicts ENOSPC for the \
+             driver's own files; Docker's data root puts its image store, layer database and \
+             containers on the same tmpfs"
+                .into(),
+        );
+    }
+    None
 }
 
 /// The real backends for `driver` and, for each one this machine cannot run, why.

@@ -300,10 +300,20 @@ pub fn lower_chain(store: &Store, c: &Container) -> Vec<String> {
     chain
 }
 
-/// The overlay mount data for container `id` on the image `chain` (lowest first): overlay2
-/// with `l/` paths relative to the driver root, as Docker mounts it from there so the data
-/// fits a page (DOCK2); overlay with absolute paths under `data_root`. `None` when nothing
-/// is mounted (no image).
+/// The overlay mount data Docker 20.10 passes for read-write layer `id` on the layers
+/// `chain` (lowest first), with the driver under `data_root`; `None` when nothing is
+/// mounted (no layer below). Seen with `strace` on dockerd 20.10.24 here, as moby's `Get`
+/// builds it:
+/// - overlay2 (`overlay2/overlay.go` `Get`): `index=off,` first (`indexOff`, since the
+///   kernel has the overlay `index` parameter), then absolute paths of the `l/` links, the
+///   topmost first, and of `diff` and `work`. When that is longer than a page less one byte,
+///   the same with paths relative to the driver directory, mounted from there
+///   (`mountFrom`, DOCK2, OVL11).
+/// - overlay (`overlay/overlay.go` `Get`): one absolute `lowerdir`, the top image layer's
+///   `root`, and `upper` and `work`; nothing else.
+///
+/// A scenario's own overlayfs options (which Docker never passes) follow: `index=on` in
+/// `index=off`'s place, the rest at the end ([`crate::OverlayOptions::mount_string`]).
 pub fn overlay_mount_data(
     driver: DriverKind,
     options: crate::params::OverlayOptions,
@@ -315,20 +325,34 @@ pub fn overlay_mount_data(
     let top = chain.last()?;
     match driver {
         DriverKind::Overlay2 => {
-            let lowers: Vec<String> = chain
-                .iter()
-                .rev()
-                .map(|l| format!("l/{}", short_name(l)))
-                .collect();
-            Some(format!(
-                "lowerdir={},upperdir={id}/diff,workdir={id}/work{opts}",
-                lowers.join(":")
-            ))
+            let index = if options.index {
+                "index=on,"
+            } else {
+                "index=off,"
+            };
+            let form = |base: &str| {
+                let lowers: Vec<String> = chain
+                    .iter()
+                    .rev()
+                    .map(|l| format!("{base}l/{}", short_name(l)))
+                    .collect();
+                format!(
+                    "{index}lowerdir={},upperdir={base}{id}/diff,workdir={base}{id}/work{opts}",
+                    lowers.join(":")
+                )
+            };
+            let absolute = form(&format!("{data_root}/overlay2/"));
+            Some(if absolute.len() > PAGE_SIZE - 1 {
+                form("")
+            } else {
+                absolute
+            })
         }
         DriverKind::Overlay => {
             let base = format!("{data_root}/overlay");
+            let index = if options.index { ",index=on" } else { "" };
             Some(format!(
-                "lowerdir={base}/{top}/root,upperdir={base}/{id}/upper,workdir={base}/{id}/work{opts}"
+                "lowerdir={base}/{top}/root,upperdir={base}/{id}/upper,workdir={base}/{id}/work{index}{opts}"
             ))
         }
         _ => None,
@@ -581,6 +605,16 @@ fn upper_work(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
 fn overlay2(store: &Store, disk: &mut Disk) {
     disk.dir("overlay2".into(), 0o710);
     disk.dir("overlay2/l".into(), 0o700);
+    if store.backing() == crate::params::Backing::Xfs {
+        // moby overlay2 `Init` on xfs: `quota.NewControl` → `makeBackingFsDev` makes a
+        // node for the backing device, whether or not project quotas are on (seen on
+        // dockerd 20.10.24: `bounds/xfs_file_size_limit`).
+        disk.add(
+            "overlay2/backingFsBlockDev".into(),
+            None,
+            entry("block", 0o600),
+        );
+    }
     let has_child = store.built_upon();
     let skeleton = |disk: &mut Disk, id: &str, chain: &[String]| {
         let at = format!("overlay2/{id}");

@@ -180,15 +180,10 @@ pub struct OverlayOptions {
 }
 
 impl OverlayOptions {
-    /// The options as Docker's mount data carries them: Docker always passes `index=off`
-    /// (overlay2) unless a scenario turns index on; the rest only when on.
+    /// The options past the three directories, each `,name=on` when on (Docker passes
+    /// none of them; `index` is placed by [`crate::overlay_mount_data`]).
     pub fn mount_string(&self) -> String {
         let mut s = String::new();
-        s.push_str(if self.index {
-            ",index=on"
-        } else {
-            ",index=off"
-        });
         if self.redirect_dir {
             s.push_str(",redirect_dir=on");
         }

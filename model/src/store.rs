@@ -199,6 +199,11 @@ impl Store {
         self.backing = backing;
     }
 
+    /// The backing filesystem.
+    pub fn backing(&self) -> crate::params::Backing {
+        self.backing
+    }
+
     /// Sets the kernel whose rules apply to containers created from now on.
     pub fn set_kernel(&mut self, kernel: crate::params::KernelVersion) {
         self.kernel = kernel;

@@ -129,6 +129,11 @@ impl<'a> Confined<'a> {
         sys::mknod_whiteout(self.log, path)
     }
 
+    /// A block device node (mode 0600) for device `dev`.
+    pub fn block_device(&mut self, path: &Path, dev: u64) -> io::Result<()> {
+        sys::mknod_block(self.log, path, dev)
+    }
+
     /// Removes a file, a symlink or a whole directory tree. Symlinks inside are removed,
     /// never followed (std's `remove_dir_all` opens each directory `O_NOFOLLOW`).
     pub fn remove(&mut self, path: &Path) -> io::Result<()> {

@@ -65,6 +65,7 @@ impl OverlayDriver {
         backing: BackingFs,
     ) -> io::Result<Self> {
         let kernel = crate::probe::kernel_version()?;
+        let on_xfs = matches!(backing, BackingFs::Xfs { .. });
         let sandbox = Sandbox::new(backing)?;
         let name = kind.name();
         sandbox.run(move |inside| -> io::Result<()> {
@@ -75,6 +76,13 @@ impl OverlayDriver {
             c.mkdir(&top, 0o710)?;
             if kind == DriverKind::Overlay2 {
                 c.mkdir(&top.join("l"), 0o700)?;
+                if on_xfs {
+                    // moby overlay2 `Init` on xfs: `quota.NewControl` → `makeBackingFsDev`,
+                    // a node for the backing device, made whether or not project quotas
+                    // are on (seen on dockerd 20.10.24).
+                    let dev = fs::metadata(&top)?.dev();
+                    c.block_device(&top.join("backingFsBlockDev"), dev)?;
+                }
             }
             Ok(())
         })?;
@@ -381,8 +389,8 @@ impl OverlayDriver {
             let merged = PathBuf::from(format!("{id}/merged"));
             let log = &mut inside.log;
             let r = (|| -> io::Result<()> {
-                // overlay2 mounts from the driver root with relative `l/` paths, as Docker
-                // does to keep the data within a page; classic mount(2) data, no fsconfig.
+                // From the driver directory, as Docker's `mountFrom` does for data past a
+                // page (relative `l/` paths); classic mount(2) data, no fsconfig.
                 sys::chdir(&top)?;
                 match imp {
                     Implementation::Kernel => sys::mount(log, "overlay", &merged, "overlay", &data),

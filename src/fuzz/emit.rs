@@ -247,17 +247,21 @@ fn comment(out: &mut String, indent: &str, lines: &[String]) {
     }
 }
 
-fn options(o: &OverlayOptions) -> Option<String> {
-    if *o == OverlayOptions::default() {
-        return None;
+fn options(o: &OverlayOptions, init: bool) -> Option<String> {
+    let mut out = String::new();
+    if init {
+        out.push_str("init = true\n");
     }
-    Some(format!(
-        "[options]\noverlay = {{ redirect_dir = {}, metacopy = {}, index = {}, xino = {} }}\n",
-        toml_str(if o.redirect_dir { "on" } else { "off" }),
-        o.metacopy,
-        o.index,
-        toml_str(if o.xino { "on" } else { "off" }),
-    ))
+    if *o != OverlayOptions::default() {
+        out.push_str(&format!(
+            "overlay = {{ redirect_dir = {}, metacopy = {}, index = {}, xino = {} }}\n",
+            toml_str(if o.redirect_dir { "on" } else { "off" }),
+            o.metacopy,
+            o.index,
+            toml_str(if o.xino { "on" } else { "off" }),
+        ));
+    }
+    (!out.is_empty()).then(|| format!("[options]\n{out}"))
 }
 
 /// The scenario file for `trace`, with every step's `expect`/`returns` as the model says.
@@ -294,7 +298,7 @@ pub fn scenario_text(trace: &Trace, origin: &Origin<'_>) -> Result<String, Strin
         let found = format!("found against {}: {}", origin.backend, d.summary());
         comment(&mut out, "", &[found]);
     }
-    if let Some(o) = options(&trace.options) {
+    if let Some(o) = options(&trace.options, trace.init) {
         out.push('\n');
         out.push_str(&o);
     }

@@ -35,6 +35,8 @@ pub struct Trace {
     pub driver: DriverKind,
     /// overlayfs options both sides mount with.
     pub options: OverlayOptions,
+    /// Whether containers get Docker's `-init` layer (`[options] init = true`).
+    pub init: bool,
     /// Image layers, lowest first; `parent` of each is the one before.
     pub layers: Vec<LayerSpec>,
     /// The container made before the first step, on the top layer.
@@ -82,7 +84,23 @@ pub fn generate(
     index: u64,
     steps: usize,
 ) -> Trace {
+    generate_as(driver, options, false, seed, index, steps)
+}
+
+/// Like [`generate`], for containers with Docker's `-init` layer (`init`): as Docker makes
+/// them, every container has an image (a trace without layers gets one), and overlay's
+/// `changes` and `commit`, which the model does not answer with an init layer, become
+/// remounts. Without `init` the traces are [`generate`]'s, draw for draw.
+pub fn generate_as(
+    driver: DriverKind,
+    options: OverlayOptions,
+    init: bool,
+    seed: u64,
+    index: u64,
+    steps: usize,
+) -> Trace {
     let mut g = Gen {
+        docker: init.then_some(driver),
         rng: rng_for(seed, index),
         views: BTreeMap::new(),
         order: Vec::new(),
@@ -92,7 +110,20 @@ pub fn generate(
         next_container: 1,
         steps: Vec::new(),
     };
-    let layers = g.layers();
+    let mut layers = g.layers();
+    if init && layers.is_empty() {
+        layers.push(LayerSpec {
+            id: "l0".into(),
+            parent: None,
+            entries: vec![Entry {
+                path: "/etc/os-release".into(),
+                kind: EntryKind::File(Content::Bytes(b"ID=layerspec\n".to_vec())),
+                mode: None,
+                xattrs: Default::default(),
+            }],
+        });
+        g.images.insert("l0".into(), View::empty());
+    }
     g.base = layers.last().map(|l| l.id.clone());
     let base = g
         .base
@@ -108,6 +139,7 @@ pub fn generate(
         index,
         driver,
         options,
+        init,
         layers,
         container: FIRST_CONTAINER.to_string(),
         steps: g.steps,
@@ -160,6 +192,8 @@ impl LayerPlan {
 }
 
 pub(super) struct Gen {
+    /// With init layers (`generate_as`): the driver, whose limits the steps keep to.
+    pub(super) docker: Option<DriverKind>,
     pub(super) rng: ChaCha8Rng,
     /// Each live container's rough merged view.
     pub(super) views: BTreeMap<ContainerId, View>,

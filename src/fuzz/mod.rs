@@ -26,7 +26,7 @@ mod steps;
 pub mod thin;
 mod view;
 
-use generate::{generate, Trace};
+use generate::{generate_as, Trace};
 use layerspec_model::{Driver, DriverKind, ModelDriver, OverlayOptions};
 use rayon::prelude::*;
 use replay::{replay, Divergence, Replay};
@@ -69,6 +69,10 @@ pub struct FuzzArgs {
     /// `index=on`, `metacopy=on`, `xino=on` (default: the kernel's defaults, all off).
     #[arg(long, value_delimiter = ',', value_parser = parse_overlay_option)]
     pub overlay: Vec<(String, bool)>,
+    /// Give containers Docker's `-init` layer, as `[options] init = true` does (always so
+    /// with `--backend docker`).
+    #[arg(long)]
+    pub init: bool,
     /// Options of `--driver thinpool`.
     #[command(flatten)]
     pub thin: thin::ThinArgs,
@@ -93,6 +97,12 @@ fn parse_overlay_option(s: &str) -> Result<(String, bool), String> {
 }
 
 impl FuzzArgs {
+    /// Whether the traces' containers get Docker's `-init` layer: `--init`, or the docker
+    /// backend (Docker makes one for every container).
+    pub fn init_layers(&self) -> bool {
+        self.init || self.backend == "docker"
+    }
+
     /// The overlayfs options `--overlay` names.
     pub fn overlay_options(&self) -> OverlayOptions {
         let mut o = OverlayOptions::default();
@@ -263,8 +273,9 @@ impl Summary {
 
 /// The command that finds a run's traces again (the claim of the files it writes).
 pub fn command(args: &FuzzArgs) -> String {
+    let init = if args.init { " --init" } else { "" };
     format!(
-        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}",
+        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}",
         args.driver, args.seed, args.traces, args.steps, args.backend
     )
 }
@@ -272,7 +283,14 @@ pub fn command(args: &FuzzArgs) -> String {
 /// Runs trace `index`: generate, replay, and on a divergence shrink and write it up
 /// (`write = false` keeps it in memory).
 pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bool) -> TraceResult {
-    let trace: Trace = generate(args.driver, options, args.seed, index, args.steps);
+    let trace: Trace = generate_as(
+        args.driver,
+        options,
+        args.init_layers(),
+        args.seed,
+        index,
+        args.steps,
+    );
     let factory = || open(args.driver, &args.backend, options);
     let mut other = match factory() {
         Ok(d) => d,

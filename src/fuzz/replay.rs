@@ -123,7 +123,12 @@ pub use crate::compare::normalise_outcome;
 /// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind), the
 /// model following the rules of `other`'s kernel.
 pub fn replay(trace: &Trace, other: &mut dyn Driver) -> Replay {
-    let mut model = ModelDriver::new(trace.driver, trace.options).with_kernel(other.kernel());
+    let mut model = ModelDriver::new(trace.driver, trace.options)
+        .with_kernel(other.kernel())
+        .with_init_layers(trace.init);
+    if let Err(e) = other.set_init_layers(trace.init) {
+        return Replay::Invalid(e);
+    }
     replay_with(trace, &mut model, other)
 }
 
@@ -249,7 +254,9 @@ pub fn model_outcomes(
     trace: &Trace,
     kernel: KernelVersion,
 ) -> Result<Vec<Result<Outcome, String>>, String> {
-    let mut model = ModelDriver::new(trace.driver, trace.options).with_kernel(kernel);
+    let mut model = ModelDriver::new(trace.driver, trace.options)
+        .with_kernel(kernel)
+        .with_init_layers(trace.init);
     for l in &trace.layers {
         guarded(|| model.add_layer(l))
             .and_then(|r| r.map_err(|e| e.to_string()))

@@ -4,7 +4,7 @@
 
 use super::generate::{Gen, XATTRS};
 use super::view::{join, parent, View};
-use layerspec_model::{Content, FileOp, Kind, Op};
+use layerspec_model::{Content, DriverKind, FileOp, Kind, Op};
 
 fn create(path: String) -> FileOp {
     FileOp::Create { path, mode: None }
@@ -363,7 +363,13 @@ impl Gen {
 
     fn driver_step(&mut self) {
         let cur = self.current();
+        // overlay with init layers: no `commit` or `changes` (`generate_as`).
+        let no_diff = self.docker == Some(DriverKind::Overlay);
         match self.below(100) {
+            0..=24 if no_diff => {
+                let container = self.chance(30).then_some(cur);
+                self.steps.push(Op::Remount { container });
+            }
             0..=24 => {
                 let layer = format!("k{}", self.committed.len());
                 let v = self.view(&cur);
@@ -383,6 +389,8 @@ impl Gen {
                 let image = match self.below(10) {
                     0..=5 if !committed.is_empty() => self.pick(&committed),
                     0..=8 => self.base.clone(),
+                    // Docker makes no container without an image.
+                    _ if self.docker.is_some() => self.base.clone(),
                     _ => None,
                 };
                 let view = image
@@ -402,7 +410,11 @@ impl Gen {
             }
             _ => {
                 let container = self.chance(30).then_some(cur);
-                self.steps.push(Op::Changes { container });
+                self.steps.push(if no_diff {
+                    Op::Remount { container }
+                } else {
+                    Op::Changes { container }
+                });
             }
         }
     }

@@ -236,6 +236,18 @@ impl Options {
 }
 
 impl Scenario {
+    /// Whether a container is made without an image, by a `[[container]]` table or a step
+    /// (Docker makes none: every container has an image).
+    pub fn has_imageless_container(&self) -> bool {
+        self.containers.iter().any(|(_, image)| image.is_none())
+            || self.steps.iter().any(|s| {
+                matches!(
+                    &s.action,
+                    Action::Op(Op::CreateContainer { image: None, .. })
+                )
+            })
+    }
+
     /// The largest file length the scenario can make: entries' sizes, and the end of every
     /// `write` and `truncate` (appends add little and are left out).
     pub fn largest_file(&self) -> u64 {

@@ -202,6 +202,9 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if let Some(o) = args.overlay_arg() {
         guest_args.extend(["--overlay".into(), o]);
     }
+    if args.init {
+        guest_args.push("--init".into());
+    }
     let out = match run_guest(&guest_args, &[], fuzz_timeout(args)) {
         Ok(o) => o,
         Err(e) => {

@@ -139,6 +139,15 @@ impl Daemon {
         Ok(d)
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("child")
+            .as_ref()
+            .map(std::process::Child::id)
+    }
+
     /// The daemon's log, its last lines.
     pub fn log_tail(&self) -> String {
         log_tail(self.sandbox.host_dir())
