@@ -32,6 +32,7 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
         shrink_budget: 300,
         thin: Default::default(),
         overlay: Vec::new(),
+        init: false,
     };
     let summary = match fuzz::run(&args, OverlayOptions::default(), false) {
         Ok(s) => s,

@@ -340,6 +340,7 @@ fn a_model_run_finds_nothing_and_says_the_same_twice() {
         shrink_budget: 10,
         thin: Default::default(),
         overlay: Vec::new(),
+        init: false,
     };
     let a = run(&args, OPTS, false).unwrap();
     let b = run(&args, OPTS, false).unwrap();
@@ -363,6 +364,7 @@ fn an_unknown_backend_cannot_run() {
         shrink_budget: 10,
         thin: Default::default(),
         overlay: Vec::new(),
+        init: false,
     };
     let e = run(&args, OPTS, false).unwrap_err();
     assert!(e.contains("nonesuch"), "{e}");
