@@ -86,6 +86,8 @@ pub struct Store {
     /// Each container's init layer, by container id: the container `Setup` ran in, left
     /// as its unmount left it.
     inits: BTreeMap<String, Container>,
+    /// Image ids that name an existing layer: a commit with no changes (with init layers).
+    aliases: BTreeMap<String, String>,
 }
 
 impl Store {
@@ -107,6 +109,7 @@ impl Store {
             unpredicted_above: None,
             init_layers: false,
             inits: BTreeMap::new(),
+            aliases: BTreeMap::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl Store {
     /// Whether `id` names a layer or container of the store, an init layer included.
     fn id_taken(&self, id: &str) -> bool {
         self.layers.contains_key(id)
+            || self.aliases.contains_key(id)
             || self.containers.contains_key(id)
             || self.inits.values().any(|i| i.id == id)
     }
@@ -231,7 +235,13 @@ impl Store {
 
     /// The layer `id`.
     pub fn layer(&self, id: &str) -> Option<&Arc<Layer>> {
-        self.layers.get(id)
+        self.layers.get(self.resolve(id))
+    }
+
+    /// The layer an image id names: itself, or the layer a commit without changes left the
+    /// image on (`aliases`).
+    pub fn resolve<'a>(&'a self, id: &'a str) -> &'a str {
+        self.aliases.get(id).map_or(id, String::as_str)
     }
 
     /// Containers in creation order.
@@ -260,7 +270,7 @@ impl Store {
     /// The ids of `top` and its ancestors, lowest first.
     pub fn chain(&self, top: Option<&str>) -> Vec<String> {
         let mut chain = Vec::new();
-        let mut cur = top.map(str::to_string);
+        let mut cur = top.map(|t| self.resolve(t).to_string());
         while let Some(id) = cur {
             cur = self.layers.get(&id).and_then(|l| l.parent.clone());
             chain.push(id);
@@ -271,7 +281,7 @@ impl Store {
 
     /// The lower stack of image `top` (cached: image layers never change).
     pub fn stack(&mut self, top: Option<&str>) -> Arc<LowerStack> {
-        let key = top.unwrap_or("").to_string();
+        let key = top.map_or("", |t| self.resolve(t)).to_string();
         if let Some(s) = self.stacks.get(&key) {
             return Arc::clone(s);
         }
@@ -296,10 +306,13 @@ impl Store {
             return Err(StepError::LayerExists(spec.id.clone()));
         }
         if let Some(p) = &spec.parent {
-            if !self.layers.contains_key(p) {
+            if !self.layers.contains_key(self.resolve(p)) {
                 return Err(StepError::NoLayer(p.clone()));
             }
         }
+        let mut spec = spec.clone();
+        spec.parent = spec.parent.map(|p| self.resolve(&p).to_string());
+        let spec = &spec;
         let policy = Policy {
             backing: self.backing,
             kernel: self.kernel,
@@ -420,10 +433,11 @@ impl Store {
                     return Err(StepError::ContainerExists(id.clone()));
                 }
                 if let Some(i) = image {
-                    if !self.layers.contains_key(i) {
+                    if !self.layers.contains_key(self.resolve(i)) {
                         return Err(StepError::NoLayer(i.clone()));
                     }
                 }
+                let image = &image.as_ref().map(|i| self.resolve(i).to_string());
                 if self.dm.as_ref().is_some_and(|dm| dm.has_device(id)) {
                     return Err(StepError::ContainerExists(id.clone()));
                 }
@@ -506,6 +520,20 @@ impl Store {
                 self.check_naive_diff(c)?;
                 let image = self.image_tree(c);
                 let mut new = c.commit_layer(layer, &image);
+                if let (true, Some(top), true) = (
+                    self.init_layers,
+                    &c.image,
+                    new.tree.get(ROOT).children().is_some_and(|c| c.is_empty()),
+                ) {
+                    // Docker adds no layer for a commit without changes: the new image
+                    // has the old one's layers (moby 20.10.24 `image/image.go`
+                    // `NewChildImage`: a `layer.IsEmpty` diff is not appended to the
+                    // RootFS; seen on dockerd 20.10.24, `fuzz --backend docker --seed 1`,
+                    // trace 0; DOCK7).
+                    let top = top.clone();
+                    self.aliases.insert(layer.clone(), top);
+                    return Ok(Ok(Value::Unit));
+                }
                 // The layer's files are written whole (Docker's applier writes a tar's
                 // bytes): no hole is left in them.
                 let files: Vec<Ino> = new.tree.inodes().map(|(i, _)| i).collect();

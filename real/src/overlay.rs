@@ -54,6 +54,9 @@ pub struct OverlayDriver {
     kernel: KernelVersion,
     /// Whether containers get Docker's `-init` layer (`layerspec_model::init_layer_setup`).
     init_layers: bool,
+    /// Image ids naming an existing layer: commits without changes (with init layers,
+    /// Docker adds no layer for them; `layerspec_model::Store::resolve`).
+    aliases: BTreeMap<String, String>,
 }
 
 impl OverlayDriver {
@@ -97,7 +100,16 @@ impl OverlayDriver {
             sandbox,
             kernel,
             init_layers: false,
+            aliases: BTreeMap::new(),
         })
+    }
+
+    /// The layer image id `id` names.
+    fn resolve(&self, id: &str) -> String {
+        self.aliases
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
     }
 
     /// The layers under container `c`'s writable layer, lowest first: its image's, then
@@ -112,7 +124,7 @@ impl OverlayDriver {
 
     fn chain(&self, top: Option<&str>) -> Vec<String> {
         let mut out = Vec::new();
-        let mut cur = top.map(String::from);
+        let mut cur = top.map(|t| self.resolve(t));
         while let Some(id) = cur {
             cur = self.layers.get(&id).cloned().flatten();
             out.push(id);
@@ -143,11 +155,11 @@ impl OverlayDriver {
         fixed_times: bool,
     ) -> Result<Result<(), Errno>, DriverError> {
         layerspec_model::validate_layer(&spec)?;
-        if self.layers.contains_key(&spec.id) {
+        if self.taken(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()).into());
         }
         if let Some(p) = &spec.parent {
-            if !self.layers.contains_key(p) {
+            if !self.layers.contains_key(&self.resolve(p)) {
                 return Err(StepError::NoLayer(p.clone()).into());
             }
         }
@@ -246,10 +258,12 @@ impl OverlayDriver {
             return Err(StepError::ContainerExists(id.to_string()).into());
         }
         if let Some(i) = image {
-            if !self.layers.contains_key(i) {
+            if !self.layers.contains_key(&self.resolve(i)) {
                 return Err(StepError::NoLayer(i.to_string()).into());
             }
         }
+        let image = image.map(|i| self.resolve(i));
+        let image = image.as_deref();
         let init = (self.init_layers && image.is_some()).then(|| init_layer_id(id));
         if let Some(init) = &init {
             if self.taken(init) {
@@ -302,6 +316,7 @@ impl OverlayDriver {
     /// Whether `id` names a layer, a container or a container's init layer.
     fn taken(&self, id: &str) -> bool {
         self.layers.contains_key(id)
+            || self.aliases.contains_key(id)
             || self
                 .containers
                 .iter()
@@ -490,7 +505,7 @@ impl OverlayDriver {
 
     fn commit(&mut self, c: &ContainerRec, layer: &str) -> Result<Result<(), Errno>, DriverError> {
         layerspec_model::check_id(layer).map_err(StepError::BadId)?;
-        if self.layers.contains_key(layer) {
+        if self.taken(layer) {
             return Err(StepError::LayerExists(layer.to_string()).into());
         }
         let kind = self.kind;
@@ -509,6 +524,13 @@ impl OverlayDriver {
         });
         let entries = entries
             .map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
+        // The first entry is the root's own (mode and xattrs), which Docker's tar leaves out.
+        let no_changes = entries.iter().all(|e| e.path == "/");
+        if let (true, Some(top), true) = (self.init_layers, &parent, no_changes) {
+            // Docker adds no layer for a commit without changes (the model's rule).
+            self.aliases.insert(id, top.clone());
+            return Ok(Ok(()));
+        }
         self.write_layer(
             LayerSpec {
                 id,

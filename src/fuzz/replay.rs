@@ -129,6 +129,10 @@ pub fn replay(trace: &Trace, other: &mut dyn Driver) -> Replay {
     if let Err(e) = other.set_init_layers(trace.init) {
         return Replay::Invalid(e);
     }
+    if trace.init && trace.layers.is_empty() {
+        // Docker makes no container without an image (a shrunk trace may lose them all).
+        return Replay::Invalid("a container with an init layer needs an image".into());
+    }
     replay_with(trace, &mut model, other)
 }
 

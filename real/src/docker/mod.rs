@@ -30,6 +30,8 @@ struct ImageRec {
     /// `layerspec:<tag>`.
     reference: String,
     diff_ids: Vec<String>,
+    /// Made as the n-th image (a layer shared by two images keeps the first one's name).
+    seq: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +153,7 @@ impl Driver for DockerDriver {
         self.layers.insert(
             spec.id.clone(),
             ImageRec {
+                seq: self.layers.len(),
                 reference,
                 diff_ids,
             },
@@ -215,6 +218,7 @@ impl Driver for DockerDriver {
                 self.layers.insert(
                     layer.clone(),
                     ImageRec {
+                        seq: self.layers.len(),
                         reference,
                         diff_ids,
                     },
@@ -240,9 +244,10 @@ impl Driver for DockerDriver {
     }
 
     fn observe(&mut self) -> Result<Observation, DriverError> {
-        let layers: Vec<(String, Vec<String>)> = self
-            .layers
-            .iter()
+        let mut made: Vec<(&String, &ImageRec)> = self.layers.iter().collect();
+        made.sort_by_key(|(_, l)| l.seq);
+        let layers: Vec<(String, Vec<String>)> = made
+            .into_iter()
             .map(|(id, l)| (id.clone(), l.diff_ids.clone()))
             .collect();
         let containers: Vec<(String, String, PathBuf, u64)> = self

@@ -49,7 +49,11 @@ pub fn observe(
             let chain = chain_ids(diff_ids);
             let top = chain.last().expect("an image has a layer");
             let cache = read(db.join("sha256").join(&top[7..]).join("cache-id"))?;
-            ids.push((cache, id.clone()));
+            // An image committed without changes has its parent's layer: the layer keeps
+            // the name of the image that made it.
+            if !ids.iter().any(|(c, _)| *c == cache) {
+                ids.push((cache, id.clone()));
+            }
         }
         for (id, docker_id, _, _) in &containers {
             let m = db.join("mounts").join(docker_id);
