@@ -29,6 +29,21 @@ impl Container {
         out
     }
 
+    /// Docker 20.10's `docker diff` of a container on an init layer, for overlay and overlay2:
+    /// moby's naive walker (`graphdriver.NaiveDiffDriver.Changes` → `archive.ChangesDirs`;
+    /// overlay2's `Changes` calls it always since 20.10) over the container's merged view
+    /// against the init layer's (`init`). An entry is changed when its type or mode
+    /// differs, or for a non-directory its size or modification time (`statDifferent`);
+    /// xattrs other than `security.capability`, which the model has not, are not looked
+    /// at. A new entry is added with all below it, a gone one deleted alone, and a
+    /// directory with changes below it is changed itself (`addChanges`). Sorted by path.
+    pub fn naive_changes(&self, init: &Container) -> Vec<Change> {
+        let mut out = Vec::new();
+        naive_walk(init, Some(init.root()), self, self.root(), "/", &mut out);
+        out.sort();
+        out
+    }
+
     fn in_any_layer(&self, path: &str) -> bool {
         if self.policy.farm_links {
             // overlay: the one lower directory is the image's flattened root.
@@ -242,6 +257,93 @@ impl Container {
             }
         }
     }
+}
+
+/// moby `FileInfo.addChanges` for the merged directory `nd` of `new` at `path`, against
+/// `od` of `old` (`None`: none there).
+fn naive_walk(
+    old: &Container,
+    od: Option<crate::container::Dentry>,
+    new: &Container,
+    nd: crate::container::Dentry,
+    path: &str,
+    out: &mut Vec<Change>,
+) {
+    use crate::step::Kind;
+    let is_dir = new.kind(nd) == Kind::Dir;
+    let olds = match od {
+        Some(o) if is_dir && old.kind(o) == Kind::Dir => old.list(o),
+        _ => BTreeMap::new(),
+    };
+    let mut recorded = BTreeSet::new();
+    for (name, nc) in new.list(nd) {
+        let p = crate::path::join(path, &name);
+        let oc = olds.get(&name).copied();
+        match oc {
+            Some(oc) if stat_different(old.inode(oc), new.inode(nc)) => {
+                out.push(Change {
+                    path: p.clone(),
+                    kind: ChangeKind::C,
+                });
+                recorded.insert(p.clone());
+            }
+            Some(_) => {}
+            None => {
+                out.push(Change {
+                    path: p.clone(),
+                    kind: ChangeKind::A,
+                });
+                recorded.insert(p.clone());
+            }
+        }
+        if new.kind(nc) == Kind::Dir {
+            naive_walk_child(old, oc, new, nc, &p, recorded.contains(&p), out);
+        }
+    }
+    let new_names = new.list(nd);
+    for name in olds.keys().filter(|n| !new_names.contains_key(*n)) {
+        out.push(Change {
+            path: crate::path::join(path, name),
+            kind: ChangeKind::D,
+        });
+    }
+}
+
+/// A directory's own walk: its changes, and itself as changed when something below it
+/// changed and it was not recorded already (`added`), the root excepted.
+fn naive_walk_child(
+    old: &Container,
+    od: Option<crate::container::Dentry>,
+    new: &Container,
+    nd: crate::container::Dentry,
+    path: &str,
+    recorded: bool,
+    out: &mut Vec<Change>,
+) {
+    let at_entry = out.len();
+    naive_walk(old, od, new, nd, path, out);
+    if out.len() > at_entry && !recorded {
+        out.insert(
+            at_entry,
+            Change {
+                path: path.to_string(),
+                kind: ChangeKind::C,
+            },
+        );
+    }
+}
+
+/// moby `statDifferent`: type and mode, and for a non-directory size and modification
+/// time (owners and device numbers, which the model does not vary, left out).
+fn stat_different(old: &Inode, new: &Inode) -> bool {
+    let size = |i: &Inode| match &i.body {
+        Body::File { data, .. } => data.len(),
+        Body::Symlink(t) => t.len() as u64,
+        _ => 0,
+    };
+    old.kind() != new.kind()
+        || old.mode != new.mode
+        || (!new.is_dir() && (size(old) != size(new) || old.mtime != new.mtime))
 }
 
 /// Whether an inode changed between the image's filesystem and the container's.

@@ -63,6 +63,8 @@ pub struct Container {
     /// Pages the upper filesystem has free while a step runs, when the store accounts for
     /// them (a tmpfs with a size, `crate::space`); `None`: not accounted, never full.
     pub space: Option<u64>,
+    /// The store's clock while a step runs: the last modification time handed out.
+    pub clock: u64,
 }
 
 impl Container {
@@ -94,6 +96,7 @@ impl Container {
             own_whiteouts: BTreeSet::new(),
             farm_roots: Arc::new(BTreeMap::new()),
             space: None,
+            clock: 0,
         };
         // The upper root is the merged root: it has the image root's mode where the driver
         // makes it so (`Policy::upper_root_from_image`), Docker's 0755 otherwise.

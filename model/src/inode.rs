@@ -14,8 +14,40 @@ const XATTR_NAME_MAX: usize = 255;
 const XATTR_SIZE_MAX: usize = 65536;
 
 impl Container {
-    /// Runs one file operation. On error nothing has changed.
+    /// Runs one file operation. On error nothing has changed. A file or directory it makes,
+    /// and a file whose data it writes or truncates, gets a new modification time.
     pub fn apply(&mut self, op: &FileOp) -> Outcome {
+        let stamp = match op {
+            FileOp::Create { path, .. } | FileOp::Mkdir { path, .. } => Some((path, false)),
+            FileOp::Symlink { path, .. } => Some((path, false)),
+            FileOp::Write { path, data, .. } if data.len() > 0 => Some((path, true)),
+            FileOp::Append { path, data } if !data.is_empty() => Some((path, true)),
+            FileOp::Truncate { path, .. } => Some((path, true)),
+            FileOp::Open { path, flags, .. }
+                if flags.trunc
+                    || (flags.creat
+                        && self.resolve(path, true).is_ok_and(|r| r.target.is_none())) =>
+            {
+                Some((path, true))
+            }
+            _ => None,
+        };
+        let out = self.apply_op(op);
+        if let (Ok(_), Some((path, follow))) = (&out, stamp) {
+            let ino = self
+                .resolve(path, follow)
+                .ok()
+                .and_then(|r| r.target)
+                .and_then(|d| d.upper);
+            if let Some(ino) = ino {
+                self.clock += 1;
+                self.upper.set_mtime(ino, self.clock);
+            }
+        }
+        out
+    }
+
+    fn apply_op(&mut self, op: &FileOp) -> Outcome {
         match op {
             FileOp::Create { path, mode } => self.create(path, *mode).map(unit),
             FileOp::Open { path, flags, mode } => self.open(path, *flags, *mode).map(unit),

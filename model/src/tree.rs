@@ -73,6 +73,11 @@ pub struct Inode {
     /// Monotonic change counter, bumped on every change of this inode's data, metadata or
     /// entries; Docker's change walker compares it in place of mtime.
     pub version: u64,
+    /// The modification time, as the model tells times apart: 0 for what a layer applier
+    /// wrote (every layer entry has the same time, `Store` docs), else the tick of the
+    /// store's clock at which a container made the inode or last changed its data
+    /// (copy-up keeps it, as the kernel does). Docker's naive change walker compares it.
+    pub mtime: u64,
 }
 
 impl Inode {
@@ -153,6 +158,14 @@ impl Tree {
         let inode = self.inodes.get_mut(&ino).expect("inode of this tree");
         inode.version += 1;
         inode
+    }
+
+    /// Sets the modification time of `ino` (a change of ctime only: not counted in
+    /// `version`).
+    pub fn set_mtime(&mut self, ino: Ino, mtime: u64) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.mtime = mtime;
+        }
     }
 
     /// Every inode, in number order.
@@ -280,6 +293,7 @@ pub fn new_inode(mode: u32, body: Body) -> Inode {
         pinned: false,
         impure: false,
         version: 0,
+        mtime: 0,
     }
 }
 

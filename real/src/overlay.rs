@@ -304,13 +304,45 @@ impl OverlayDriver {
         Ok(Ok(()))
     }
 
-    /// overlay's naive diff against an init layer is not modelled: refused, as the model
-    /// refuses it.
+    /// overlay's naive export (its commit) against an init layer is not modelled: refused,
+    /// as the model refuses it.
     fn check_naive_diff(&self, c: &ContainerRec) -> Result<(), StepError> {
         if self.kind == DriverKind::Overlay && c.init.is_some() {
             return Err(StepError::Unsupported(NAIVE_DIFF_WITH_INIT.into()));
         }
         Ok(())
+    }
+
+    /// `docker diff` of a container on init layer `init` (Docker 20.10, overlay and
+    /// overlay2): the init layer mounted (`Get`, its `merged` made: overlay2 read-only, as
+    /// the init layer has `committed`; overlay with its upper), moby's naive walker over
+    /// both merged views, the init layer unmounted and its `merged` removed (`Put`).
+    fn naive_changes(
+        &self,
+        c: &ContainerRec,
+        init: &str,
+    ) -> Result<Vec<layerspec_model::Change>, DriverError> {
+        let rec = ContainerRec {
+            id: init.to_string(),
+            image: c.image.clone(),
+            init: None,
+        };
+        let merged = format!("{init}/merged");
+        let m2 = merged.clone();
+        self.in_driver_dir(format!("making `{merged}`"), move |cf, top| {
+            cf.mkdir(&top.join(&m2), 0o700)
+        })?;
+        self.mount_as(&rec, self.kind == DriverKind::Overlay2)?;
+        let (kind, cid, iid) = (self.kind, c.id.clone(), init.to_string());
+        let walked = self.sandbox.run(move |inside| {
+            let top = inside.root.join(kind.name());
+            changes::naive_changes(&top.join(iid).join("merged"), &top.join(cid).join("merged"))
+        });
+        self.unmount(&rec)?;
+        self.in_driver_dir(format!("removing `{merged}`"), move |cf, top| {
+            cf.remove(&top.join(&merged))
+        })?;
+        walked.map_err(|e| DriverError::Backend(format!("computing changes: {e}")))
     }
 
     /// Whether `id` names a layer, a container or a container's init layer.
@@ -390,6 +422,12 @@ impl OverlayDriver {
     }
 
     fn mount(&self, c: &ContainerRec) -> Result<(), DriverError> {
+        self.mount_as(c, false)
+    }
+
+    /// Mounts `c` at its `merged`; `readonly` (overlay2): as Docker's `Get` mounts a layer
+    /// that has `committed`, its `diff` as the topmost lower, no upper or work directory.
+    fn mount_as(&self, c: &ContainerRec, readonly: bool) -> Result<(), DriverError> {
         let kind = self.kind;
         let imp = self.imp;
         let options = self.options;
@@ -399,8 +437,20 @@ impl OverlayDriver {
         self.sandbox.run(move |inside| -> Result<(), DriverError> {
             let top = inside.root.join(kind.name());
             let root_s = inside.root.display().to_string();
-            let data =
-                overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount");
+            let data = if readonly {
+                // moby overlay2 `Get`: `indexOff + "lowerdir=" + diffDir + ":" + lowers`.
+                let lowers: Vec<String> = chain
+                    .iter()
+                    .rev()
+                    .map(|l| format!("{root_s}/overlay2/l/{}", short_name(l)))
+                    .collect();
+                format!(
+                    "index=off,lowerdir={root_s}/overlay2/{id}/diff:{}",
+                    lowers.join(":")
+                )
+            } else {
+                overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount")
+            };
             let merged = PathBuf::from(format!("{id}/merged"));
             let log = &mut inside.log;
             let r = (|| -> io::Result<()> {
@@ -522,8 +572,12 @@ impl OverlayDriver {
             let top = Path::new("/").join(kind.name());
             changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))
         });
-        let entries = entries
+        let mut entries = entries
             .map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
+        // Docker's tar writer carries no `user.*` xattrs (the model's rule).
+        for e in &mut entries {
+            e.xattrs.clear();
+        }
         // The first entry is the root's own (mode and xattrs), which Docker's tar leaves out.
         let no_changes = entries.iter().all(|e| e.path == "/");
         if let (true, Some(top), true) = (self.init_layers, &parent, no_changes) {
@@ -542,6 +596,9 @@ impl OverlayDriver {
     }
 
     fn changes(&self, c: &ContainerRec) -> Result<Vec<layerspec_model::Change>, DriverError> {
+        if let Some(init) = &c.init {
+            return self.naive_changes(c, init);
+        }
         let kind = self.kind;
         let chain = self.lower_chain(c);
         let (id, has_image) = (c.id.clone(), c.image.is_some());
@@ -774,7 +831,6 @@ impl Driver for OverlayDriver {
             }
             Op::Changes { container } => {
                 let c = self.container(container.as_deref())?;
-                self.check_naive_diff(&c)?;
                 Ok(Ok(Value::Changes(self.changes(&c)?)))
             }
         }

@@ -89,8 +89,8 @@ pub fn generate(
 
 /// Like [`generate`], for containers with Docker's `-init` layer (`init`): as Docker makes
 /// them, every container has an image (a trace without layers gets one), and overlay's
-/// `changes` and `commit`, which the model does not answer with an init layer, become
-/// remounts. Without `init` the traces are [`generate`]'s, draw for draw.
+/// `commit`, which the model does not answer with an init layer, becomes a remount.
+/// Without `init` the traces are [`generate`]'s, draw for draw.
 pub fn generate_as(
     driver: DriverKind,
     options: OverlayOptions,

@@ -363,7 +363,7 @@ impl Gen {
 
     fn driver_step(&mut self) {
         let cur = self.current();
-        // overlay with init layers: no `commit` or `changes` (`generate_as`).
+        // overlay with init layers: no `commit` (`generate_as`).
         let no_diff = self.docker == Some(DriverKind::Overlay);
         match self.below(100) {
             0..=24 if no_diff => {
@@ -410,11 +410,7 @@ impl Gen {
             }
             _ => {
                 let container = self.chance(30).then_some(cur);
-                self.steps.push(if no_diff {
-                    Op::Remount { container }
-                } else {
-                    Op::Changes { container }
-                });
+                self.steps.push(Op::Changes { container });
             }
         }
     }
