@@ -20,7 +20,7 @@ impl Container {
         let stamp = match op {
             FileOp::Create { path, .. } | FileOp::Mkdir { path, .. } => Some((path, false)),
             FileOp::Symlink { path, .. } => Some((path, false)),
-            FileOp::Write { path, data, .. } if data.len() > 0 => Some((path, true)),
+            FileOp::Write { path, data, .. } if !data.is_empty() => Some((path, true)),
             FileOp::Append { path, data } if !data.is_empty() => Some((path, true)),
             FileOp::Truncate { path, .. } => Some((path, true)),
             FileOp::Open { path, flags, .. }
