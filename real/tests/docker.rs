@@ -216,3 +216,160 @@ fn sigkill_leaves_no_daemon_after_a_sweep() {
     );
     assert!(docker_dirs(pid).is_empty(), "{:?}", docker_dirs(pid));
 }
+
+/// A listing of `dir` (path, type and mode, size of files, symlink target), recursively;
+/// empty when it does not exist.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let size = if m.is_file() { m.len() } else { 0 };
+            let target = std::fs::read_link(&p).map(|t| t.display().to_string());
+            out.push(format!(
+                "{} {:o} {size} {}",
+                p.display(),
+                m.mode(),
+                target.unwrap_or_default()
+            ));
+            if m.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A user's own Docker: a canary dockerd with its own data root and socket, outside any
+/// layerspec directory, plus the machine's default paths. A docker run of layerspec (a
+/// layer, a container, a write, a commit, the driver dropped) and a sweep leave the
+/// canary running, answering on its socket, its data root as it was, and `/var/lib/docker`
+/// and `/run/docker.sock` as they were.
+#[test]
+fn the_machines_own_docker_is_untouched() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let t = std::env::temp_dir().join(format!("canary-docker-{}", std::process::id()));
+    std::fs::create_dir_all(&t).unwrap();
+    let sock = t.join("sock");
+    // In a mount namespace of its own, as a user's daemon would have its own mounts.
+    let mut canary = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "dockerd"])
+        .arg("--data-root")
+        .arg(t.join("data"))
+        .arg("--exec-root")
+        .arg(t.join("exec"))
+        .arg("--pidfile")
+        .arg(t.join("pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args([
+            "--storage-driver",
+            "overlay2",
+            "--iptables=false",
+            "--ip6tables=false",
+        ])
+        .arg("--bridge=none")
+        .stdout(std::fs::File::create(t.join("log")).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cleanup = |canary: &mut std::process::Child| {
+        let _ = Command::new("kill").arg(canary.id().to_string()).status();
+        for _ in 0..400 {
+            if matches!(canary.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = canary.kill();
+        let _ = canary.wait();
+        // Its containerd, named by the canary's directory.
+        let needle = t.display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&t);
+    };
+    let mut up = false;
+    for _ in 0..400 {
+        if sock.exists() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !up {
+        cleanup(&mut canary);
+        panic!("the canary dockerd did not start");
+    }
+    // Let it settle: its data root is written at start.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let daemon_pid: u32 = std::fs::read_to_string(t.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let canary_before = listing(&t.join("data"));
+    let default_root = std::path::Path::new("/var/lib/docker");
+    let machine_before = (listing(default_root), default_root.exists());
+    let sock_before = std::path::Path::new("/run/docker.sock").exists();
+    let run = std::panic::catch_unwind(|| {
+        let mut d =
+            open_backend(DriverKind::Overlay2, "docker", OverlayOptions::default()).unwrap();
+        base(d.as_mut());
+        let write = FileOp::Write {
+            path: "/etc/os-release".into(),
+            offset: 0,
+            data: Content::Bytes(b"X".to_vec()),
+        };
+        d.apply(&fop(None, write)).unwrap().unwrap();
+        d.apply(&Op::Commit {
+            container: None,
+            layer: "k".into(),
+        })
+        .unwrap()
+        .unwrap();
+        drop(d);
+        sweep();
+    });
+    let canary_alive = alive(daemon_pid);
+    let canary_after = listing(&t.join("data"));
+    let answers = std::os::unix::net::UnixStream::connect(&sock).is_ok();
+    let machine_after = (listing(default_root), default_root.exists());
+    let sock_after = std::path::Path::new("/run/docker.sock").exists();
+    cleanup(&mut canary);
+    run.unwrap();
+    assert!(canary_alive, "the canary dockerd was killed");
+    assert!(answers, "the canary dockerd's socket does not answer");
+    assert_eq!(
+        canary_before, canary_after,
+        "the canary's data root changed"
+    );
+    assert_eq!(machine_before, machine_after, "/var/lib/docker changed");
+    assert_eq!(sock_before, sock_after, "/run/docker.sock appeared or went");
+}
