@@ -90,6 +90,8 @@ pub struct Store {
     aliases: BTreeMap<String, String>,
     /// The last modification time handed out (`Inode::mtime`).
     clock: u64,
+    /// With init layers: each container's last commit, as (its tree, the layer it made).
+    last_commit: BTreeMap<String, (Tree, String)>,
 }
 
 impl Store {
@@ -113,6 +115,7 @@ impl Store {
             inits: BTreeMap::new(),
             aliases: BTreeMap::new(),
             clock: 0,
+            last_commit: BTreeMap::new(),
         }
     }
 
@@ -526,6 +529,7 @@ impl Store {
                 let c = self.container(container.as_deref())?;
                 self.check_naive_diff(c)?;
                 let image = self.image_tree(c);
+                let c_flat = c.policy.flat;
                 let mut new = c.commit_layer(layer, &image);
                 if let (true, Some(top), true) = (
                     self.init_layers,
@@ -548,6 +552,13 @@ impl Store {
                 // `user.*` ones (seen on dockerd 20.10.24: `fuzz --backend docker --seed 1`,
                 // traces 10, 11, 16).
                 let strip = self.driver != DriverKind::Devicemapper;
+                if self.init_layers && !c_flat {
+                    // The tar leaves out the writable layer's root (moby `TarWithOptions`:
+                    // `IncludeSourceDir` false): the new layer's root is the directory the
+                    // driver makes for it, 0755 (moby overlay2 `create`, aufs `Create`;
+                    // seen on dockerd 20.10.24: `fuzz --backend docker --seed 1`, trace 77).
+                    new.tree.get_mut(ROOT).mode = 0o755;
+                }
                 let files: Vec<Ino> = new.tree.inodes().map(|(i, _)| i).collect();
                 for i in files {
                     let inode = new.tree.get_mut(i);
@@ -565,6 +576,23 @@ impl Store {
                         // Docker removes the half-made layer.
                         return Ok(Err(crate::errno::Errno::ENOSPC));
                     }
+                }
+                if self.init_layers {
+                    let cid = self.container(container.as_deref())?.id.clone();
+                    if let Some((tree, made)) = self.last_commit.get(&cid) {
+                        if *tree == new.tree {
+                            // The same tar again: Docker's layer store has that layer (same
+                            // chain id) and makes no other (moby `layer_store.go` `Register`
+                            // returns the existing layer; seen on dockerd 20.10.24: two
+                            // commits without a change between, `fuzz --backend docker
+                            // --seed 1`, traces 34, 49, 112, 119).
+                            let made = made.clone();
+                            self.aliases.insert(layer.clone(), made);
+                            return Ok(Ok(Value::Unit));
+                        }
+                    }
+                    self.last_commit
+                        .insert(cid, (new.tree.clone(), layer.clone()));
                 }
                 self.insert_layer(new)?;
                 Ok(Ok(Value::Unit))

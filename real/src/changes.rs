@@ -335,3 +335,26 @@ fn stat_different(o: &fs::Metadata, n: &fs::Metadata) -> bool {
             && (!same_time((o.mtime(), o.mtime_nsec()), (n.mtime(), n.mtime_nsec()))
                 || o.size() != n.size()))
 }
+
+/// Each entry below `upper` with its modification time as a tar header carries it (Go's
+/// `archive/tar` rounds to the nearest second), in path order.
+pub fn tar_times(upper: &Path) -> io::Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    let mut todo = vec![(upper.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = todo.pop() {
+        for e in sorted(&dir)? {
+            let p = e.path();
+            let path = format!("{rel}/{}", e.file_name().to_string_lossy());
+            let m = fs::symlink_metadata(&p)?;
+            out.push((
+                path.clone(),
+                m.mtime() + i64::from(m.mtime_nsec() >= 500_000_000),
+            ));
+            if m.is_dir() {
+                todo.push((p, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

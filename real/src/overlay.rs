@@ -57,7 +57,14 @@ pub struct OverlayDriver {
     /// Image ids naming an existing layer: commits without changes (with init layers,
     /// Docker adds no layer for them; `layerspec_model::Store::resolve`).
     aliases: BTreeMap<String, String>,
+    /// With init layers: each container's last commit, as (its entries and the times its
+    /// tar would carry, the layer it made).
+    last_commit: BTreeMap<String, (CommitPrint, String)>,
 }
+
+/// What makes two commits the same tar: the entries, and each upper entry's modification
+/// time in whole seconds (Go's tar writer rounds it).
+type CommitPrint = (Vec<Entry>, Vec<(String, i64)>);
 
 impl OverlayDriver {
     /// A fresh driver root of `kind` (overlay or overlay2) on `backing`.
@@ -101,6 +108,7 @@ impl OverlayDriver {
             kernel,
             init_layers: false,
             aliases: BTreeMap::new(),
+            last_commit: BTreeMap::new(),
         })
     }
 
@@ -566,17 +574,24 @@ impl OverlayDriver {
         };
         let merged_rel = self.merged_rel(c);
         let (id, parent) = (layer.to_string(), c.image.clone());
-        let entries = self.sandbox.run(move |inside| -> io::Result<Vec<Entry>> {
-            let root = inside.root.clone();
-            let _confined = inside.confine(&root)?;
-            let top = Path::new("/").join(kind.name());
-            changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))
-        });
-        let mut entries = entries
-            .map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
-        // Docker's tar writer carries no `user.*` xattrs (the model's rule).
+        let read = self.sandbox.run(
+            move |inside| -> io::Result<(Vec<Entry>, Vec<(String, i64)>)> {
+                let root = inside.root.clone();
+                let _confined = inside.confine(&root)?;
+                let top = Path::new("/").join(kind.name());
+                let entries = changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))?;
+                Ok((entries, changes::tar_times(&top.join(&upper_rel))?))
+            },
+        );
+        let (mut entries, times) =
+            read.map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
+        // Docker's tar writer carries no `user.*` xattrs, and leaves out the root, which the
+        // driver makes 0755 (the model's rules).
         for e in &mut entries {
             e.xattrs.clear();
+            if e.path == "/" && self.init_layers {
+                e.mode = Some(0o755);
+            }
         }
         // The first entry is the root's own (mode and xattrs), which Docker's tar leaves out.
         let no_changes = entries.iter().all(|e| e.path == "/");
@@ -584,6 +599,19 @@ impl OverlayDriver {
             // Docker adds no layer for a commit without changes (the model's rule).
             self.aliases.insert(id, top.clone());
             return Ok(Ok(()));
+        }
+        if self.init_layers {
+            // The same tar as the container's last commit: Docker's layer store has that
+            // layer already (the model's rule).
+            let print = (entries.clone(), times);
+            if let Some((last, made)) = self.last_commit.get(&c.id) {
+                if *last == print {
+                    let made = made.clone();
+                    self.aliases.insert(id, made);
+                    return Ok(Ok(()));
+                }
+            }
+            self.last_commit.insert(c.id.clone(), (print, id.clone()));
         }
         self.write_layer(
             LayerSpec {
