@@ -574,15 +574,13 @@ impl OverlayDriver {
         };
         let merged_rel = self.merged_rel(c);
         let (id, parent) = (layer.to_string(), c.image.clone());
-        let read = self.sandbox.run(
-            move |inside| -> io::Result<(Vec<Entry>, Vec<(String, i64)>)> {
-                let root = inside.root.clone();
-                let _confined = inside.confine(&root)?;
-                let top = Path::new("/").join(kind.name());
-                let entries = changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))?;
-                Ok((entries, changes::tar_times(&top.join(&upper_rel))?))
-            },
-        );
+        let read = self.sandbox.run(move |inside| -> io::Result<CommitPrint> {
+            let root = inside.root.clone();
+            let _confined = inside.confine(&root)?;
+            let top = Path::new("/").join(kind.name());
+            let entries = changes::diff_entries(&top.join(&upper_rel), &top.join(&merged_rel))?;
+            Ok((entries, changes::tar_times(&top.join(&upper_rel))?))
+        });
         let (mut entries, times) =
             read.map_err(|e| DriverError::Backend(format!("reading the container's diff: {e}")))?;
         // Docker's tar writer carries no `user.*` xattrs, and leaves out the root, which the
