@@ -78,7 +78,7 @@ pub use digest::{
 };
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
-pub use init_layer::{init_layer_id, init_layer_paths, setup as init_layer_setup};
+pub use init_layer::{init_layer_id, setup as init_layer_setup, start as container_start};
 pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{lower_chain, mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};

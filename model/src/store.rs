@@ -599,7 +599,15 @@ impl Store {
             }
             Op::Remount { container } => {
                 let id = self.container_id(container.as_deref())?;
-                self.containers.get_mut(&id).expect("exists").remount();
+                let has_init = self.inits.contains_key(&id);
+                let c = self.containers.get_mut(&id).expect("exists");
+                c.remount();
+                if has_init {
+                    // Docker's stop and start: the runtime makes missing mount points.
+                    c.clock = self.clock;
+                    crate::init_layer::start(|op| c.apply(op));
+                    self.clock = c.clock;
+                }
                 if let Some(dm) = &mut self.dm {
                     dm.remount(&id);
                 }

@@ -168,8 +168,10 @@ fn set_layer_xattr(c: &mut Confined, p: &Path, name: &str, value: &[u8]) -> io::
 }
 
 /// Copies `from` to `to` the way Docker's overlay driver builds a layer root from its
-/// parent's: regular files hard-linked, directories and symlinks made anew, xattrs of
-/// every directory (the root's too) copied (DOCK1).
+/// parent's (`copy.DirCopy(..., copy.Hardlink, true)`): regular files hard-linked,
+/// directories and symlinks made anew, with no `user.*` xattrs below the root (DirCopy
+/// carries `security.capability` and `trusted.overlay.opaque` only; DOCK1). The root's
+/// are copied.
 pub fn farm_copy(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
     copy_xattrs(c, from, to)?;
     farm_copy_dir(c, from, to)
@@ -185,7 +187,6 @@ fn farm_copy_dir(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
         let ft = m.file_type();
         if ft.is_dir() {
             c.mkdir(&dst, m.mode() & 0o7777)?;
-            copy_xattrs(c, &src, &dst)?;
             farm_copy_dir(c, &src, &dst)?;
         } else if ft.is_symlink() {
             c.symlink(&fs::read_link(&src)?, &dst)?;

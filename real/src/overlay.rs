@@ -303,11 +303,9 @@ impl OverlayDriver {
             self.mount(&rec)?;
         }
         if rec.init.is_some() {
-            // Docker starts the container: the runtime looks up each path the init layer
-            // made, to mount over it (what the model's `Container::on_init` expects).
-            for path in layerspec_model::init_layer_paths() {
-                let _ = self.file_op(&rec, layerspec_model::FileOp::Stat { path: path.into() });
-            }
+            // Docker starts the container: the runtime looks up each of its mount points
+            // (what the model's `Container::on_init` expects of a merge directory).
+            self.start(&rec);
         }
         Ok(Ok(()))
     }
@@ -351,6 +349,12 @@ impl OverlayDriver {
             cf.remove(&top.join(&merged))
         })?;
         walked.map_err(|e| DriverError::Backend(format!("computing changes: {e}")))
+    }
+
+    /// Docker's start of container `c` as its root sees it (`layerspec_model::container_start`).
+    fn start(&mut self, c: &ContainerRec) {
+        let c = c.clone();
+        layerspec_model::container_start(|op| self.file_op(&c, op.clone()));
     }
 
     /// Whether `id` names a layer, a container or a container's init layer.
@@ -852,6 +856,9 @@ impl Driver for OverlayDriver {
                 self.unmount(&c)?;
                 if c.image.is_some() {
                     self.mount(&c)?;
+                }
+                if c.init.is_some() {
+                    self.start(&c);
                 }
                 Ok(Ok(Value::Unit))
             }
