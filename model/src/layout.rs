@@ -331,14 +331,9 @@ pub fn overlay_mount_data(
                 "index=off,"
             };
             let form = |base: &str| {
-                let lowers: Vec<String> = chain
-                    .iter()
-                    .rev()
-                    .map(|l| format!("{base}l/{}", short_name(l)))
-                    .collect();
                 format!(
                     "{index}lowerdir={},upperdir={base}{id}/diff,workdir={base}{id}/work{opts}",
-                    lowers.join(":")
+                    l_paths(chain, base)
                 )
             };
             let absolute = form(&format!("{data_root}/overlay2/"));
@@ -357,6 +352,27 @@ pub fn overlay_mount_data(
         }
         _ => None,
     }
+}
+
+/// The `l/` paths of `chain` (lowest first), topmost first, below `base`.
+fn l_paths(chain: &[String], base: &str) -> String {
+    let lowers: Vec<String> = chain
+        .iter()
+        .rev()
+        .map(|l| format!("{base}l/{}", short_name(l)))
+        .collect();
+    lowers.join(":")
+}
+
+/// The mount data of overlay2's read-only mount of layer `id` on `chain`, which moby's
+/// `Get` makes of a layer that has `committed` (an init layer Docker's naive diff mounts):
+/// `index=off,lowerdir=<id>/diff:<lowers>`, absolute under `data_root`.
+pub fn overlay2_readonly_mount_data(chain: &[String], id: &str, data_root: &str) -> String {
+    let base = format!("{data_root}/overlay2/");
+    format!(
+        "index=off,lowerdir={base}{id}/diff:{}",
+        l_paths(chain, &base)
+    )
 }
 
 /// The inode a filesystem's own whiteouts share (`key`, plus the mount generation that made

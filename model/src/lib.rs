@@ -81,7 +81,9 @@ pub use errno::{Errno, UnknownErrno};
 pub use init_layer::{init_layer_id, setup as init_layer_setup, start as container_start};
 pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
-pub use layout::{lower_chain, mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE};
+pub use layout::{
+    lower_chain, mount_data, overlay2_readonly_mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE,
+};
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
 pub use params::{

@@ -450,16 +450,7 @@ impl OverlayDriver {
             let top = inside.root.join(kind.name());
             let root_s = inside.root.display().to_string();
             let data = if readonly {
-                // moby overlay2 `Get`: `indexOff + "lowerdir=" + diffDir + ":" + lowers`.
-                let lowers: Vec<String> = chain
-                    .iter()
-                    .rev()
-                    .map(|l| format!("{root_s}/overlay2/l/{}", short_name(l)))
-                    .collect();
-                format!(
-                    "index=off,lowerdir={root_s}/overlay2/{id}/diff:{}",
-                    lowers.join(":")
-                )
+                layerspec_model::overlay2_readonly_mount_data(&chain, &id, &root_s)
             } else {
                 overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount")
             };
