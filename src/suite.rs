@@ -403,11 +403,7 @@ impl Driver for Relabel<dyn Driver + Send> {
 /// or a space limit the model predicts for the driver root alone.
 fn docker_cannot_run(s: &Scenario) -> Option<String> {
     if !s.options.init {
-        return Some(
-            "Docker makes an `-init` layer for every container; the file states containers \
-             without one (`[options] init = true` states Docker's)"
-                .into(),
-        );
+        return Some(layerspec_real::NO_INIT_LAYER_ON_DOCKER.into());
     }
     if s.has_imageless_container() {
         return Some("Docker makes no container without an image".into());

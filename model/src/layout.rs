@@ -290,7 +290,7 @@ pub fn mount_data(store: &Store, c: &Container) -> Option<String> {
 /// The layers under container `c`'s writable layer as its driver stacks them, lowest
 /// first: its image's, then its init layer (overlay2 and aufs; overlay's container sits
 /// on the image's root, a copy of the init layer in its upper).
-pub fn lower_chain(store: &Store, c: &Container) -> Vec<String> {
+fn lower_chain(store: &Store, c: &Container) -> Vec<String> {
     let mut chain = store.chain(c.image.as_deref());
     if let Some(init) = store.init_of(&c.id) {
         if store.driver() != DriverKind::Overlay {

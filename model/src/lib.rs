@@ -82,7 +82,7 @@ pub use init_layer::{init_layer_id, setup as init_layer_setup, start as containe
 pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{
-    lower_chain, mount_data, overlay2_readonly_mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE,
+    mount_data, overlay2_readonly_mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE,
 };
 pub use lower::{Layer, LowerStack};
 pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};

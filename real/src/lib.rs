@@ -76,6 +76,10 @@ pub fn cannot_run(kind: DriverKind, backend: &str, options: OverlayOptions) -> O
     None
 }
 
+/// Why the `docker` backend runs no container without Docker's `-init` layer.
+pub const NO_INIT_LAYER_ON_DOCKER: &str = "Docker makes an `-init` layer for every container; \
+    the file states containers without one (`[options] init = true` states Docker's)";
+
 /// Like [`open_backend`], on the given backing filesystem.
 pub fn open_backend_on(
     kind: DriverKind,

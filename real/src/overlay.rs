@@ -39,6 +39,17 @@ struct ContainerRec {
     init: Option<String>,
 }
 
+impl ContainerRec {
+    /// Init layer `id` on `image`, as a read-write layer to mount.
+    fn init_layer(id: &str, image: Option<&str>) -> ContainerRec {
+        ContainerRec {
+            id: id.to_string(),
+            image: image.map(String::from),
+            init: None,
+        }
+    }
+}
+
 /// A real overlay or overlay2 driver root in its own sandbox.
 pub struct OverlayDriver {
     kind: DriverKind,
@@ -328,11 +339,7 @@ impl OverlayDriver {
         c: &ContainerRec,
         init: &str,
     ) -> Result<Vec<layerspec_model::Change>, DriverError> {
-        let rec = ContainerRec {
-            id: init.to_string(),
-            image: c.image.clone(),
-            init: None,
-        };
+        let rec = ContainerRec::init_layer(init, c.image.as_deref());
         let merged = format!("{init}/merged");
         let m2 = merged.clone();
         self.in_driver_dir(format!("making `{merged}`"), move |cf, top| {
@@ -376,11 +383,7 @@ impl OverlayDriver {
         init: &str,
         image: Option<&str>,
     ) -> Result<Result<(), Errno>, DriverError> {
-        let rec = ContainerRec {
-            id: init.to_string(),
-            image: image.map(String::from),
-            init: None,
-        };
+        let rec = ContainerRec::init_layer(init, image);
         let (kind, chain) = (self.kind, self.chain(image));
         let id2 = init.to_string();
         let what = format!("creating init layer `{id2}`");

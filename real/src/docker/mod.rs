@@ -123,11 +123,7 @@ impl Driver for DockerDriver {
         if on {
             Ok(())
         } else {
-            Err(
-                "Docker makes an `-init` layer for every container; the file states \
-                 containers without one (`[options] init = true` states Docker's)"
-                    .into(),
-            )
+            Err(crate::NO_INIT_LAYER_ON_DOCKER.into())
         }
     }
 
