@@ -65,6 +65,9 @@ pub struct Container {
     pub space: Option<u64>,
     /// The store's clock while a step runs: the last modification time handed out.
     pub clock: u64,
+    /// Docker could not start it (`crate::start`): its root is not mounted, and no process
+    /// runs in it.
+    pub stopped: bool,
 }
 
 impl Container {
@@ -97,6 +100,7 @@ impl Container {
             farm_roots: Arc::new(BTreeMap::new()),
             space: None,
             clock: 0,
+            stopped: false,
         };
         // The upper root is the merged root: it has the image root's mode where the driver
         // makes it so (`Policy::upper_root_from_image`), Docker's 0755 otherwise.

@@ -159,10 +159,14 @@ pub fn observe_store(store: &Store) -> Observation {
     }
     let mut merged = std::collections::BTreeMap::new();
     for c in store.containers() {
-        merged.insert(c.id.clone(), c.merged_view());
         accounting
             .copied_up_bytes
             .insert(c.id.clone(), c.copied_up_bytes);
+        if c.stopped {
+            // Not mounted: no merged view, no mount data.
+            continue;
+        }
+        merged.insert(c.id.clone(), c.merged_view());
         if let Some(data) = crate::layout::mount_data(store, c) {
             accounting.mount_data_len.insert(c.id.clone(), data.len());
         }

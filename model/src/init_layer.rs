@@ -49,47 +49,6 @@ const SETUP: [(&str, Make); 10] = [
     ("/etc/mtab", Make::Symlink("/proc/mounts")),
 ];
 
-/// Where the runtime mounts over a container's root when Docker starts it, and what it
-/// makes there when nothing is: runc's `mountToRootfs` (`os.MkdirAll` of a directory, or
-/// of the parent and an empty file, mode 0755, for a bind mount of a file) for the mounts of
-/// Docker's OCI spec that lie in the root filesystem itself: `proc`, the `/dev` tmpfs,
-/// `sysfs`, and the bind mount of `/etc/hostname` (the others lie inside `/dev` and
-/// `/sys`; a container with `--network none`, as layerspec runs them, gets no
-/// `/etc/hosts` or `/etc/resolv.conf` mount). Seen on dockerd 20.10.24: a container that
-/// moved its `/etc` away gets `/etc/hostname` again at its next start, and only that, and
-/// a removed `/proc` or `/sys` comes back (`fuzz --driver overlay --backend docker --seed
-/// 1`, trace 67; `scenarios/init/start_makes_missing_mount_points`).
-const START: [(&str, Make); 4] = [
-    ("/proc", Make::Dir),
-    ("/dev", Make::Dir),
-    ("/sys", Make::Dir),
-    ("/etc/hostname", Make::File),
-];
-
-/// Docker's start of a container, as its root filesystem sees it ([`START`]): each mount
-/// point looked up, and made when missing, through `run`, a step runner on the container.
-/// Its errors are the runtime's, not the step's: ignored.
-pub fn start(mut run: impl FnMut(&FileOp) -> Outcome) {
-    for (path, make) in START {
-        if run(&FileOp::Stat { path: path.into() }) != Err(Errno::ENOENT) {
-            continue;
-        }
-        if mkdir_all(&mut run, crate::path::parent(path)).is_err() {
-            continue;
-        }
-        let _ = run(&match make {
-            Make::Dir => FileOp::Mkdir {
-                path: path.into(),
-                mode: Some(MODE),
-            },
-            _ => FileOp::Create {
-                path: path.into(),
-                mode: Some(MODE),
-            },
-        });
-    }
-}
-
 /// The mode `Setup` gives what it makes (0755, under the daemon's umask 022).
 const MODE: u32 = 0o755;
 
@@ -137,7 +96,7 @@ pub fn setup(mut run: impl FnMut(&FileOp) -> Outcome) -> Result<(), Errno> {
 
 /// Go's `os.MkdirAll(path, 0755)`: each missing component made, an existing non-directory
 /// ENOTDIR.
-fn mkdir_all(run: &mut impl FnMut(&FileOp) -> Outcome, path: &str) -> Result<(), Errno> {
+pub(crate) fn mkdir_all(run: &mut impl FnMut(&FileOp) -> Outcome, path: &str) -> Result<(), Errno> {
     let mut prefix = String::new();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         prefix.push('/');

@@ -483,7 +483,10 @@ fn overlay(store: &Store, disk: &mut Disk) {
             Some(image) => {
                 disk.file(format!("{at}/lower-id"), 0o600, image.as_bytes());
                 upper_work(disk, c, &at, "upper");
-                disk.dir(format!("{at}/merged"), 0o700);
+                if !c.stopped {
+                    // Docker's `Put` removes it (a container it could not start).
+                    disk.dir(format!("{at}/merged"), 0o700);
+                }
             }
             None => {
                 // No parent: Docker makes a plain `root` and mounts nothing.
@@ -675,7 +678,10 @@ fn overlay2(store: &Store, disk: &mut Disk) {
         let at = skeleton(disk, &c.id, &lower_chain(store, c));
         if c.image.is_some() {
             upper_work(disk, c, &at, "diff");
-            disk.dir(format!("{at}/merged"), 0o700);
+            if !c.stopped {
+                // Docker's `Put` removes it (a container it could not start).
+                disk.dir(format!("{at}/merged"), 0o700);
+            }
         } else {
             // No lower layers: Docker bind-mounts `diff` itself as the root filesystem.
             root_dir(disk, format!("{at}/diff"), c.upper.get(ROOT));

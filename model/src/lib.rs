@@ -61,6 +61,7 @@ mod params;
 mod path;
 mod readdir;
 mod space;
+mod start;
 mod step;
 mod store;
 mod thin;
@@ -78,7 +79,7 @@ pub use digest::{
 };
 pub use driver::{observe_store, Driver, DriverError, ModelDriver};
 pub use errno::{Errno, UnknownErrno};
-pub use init_layer::{init_layer_id, setup as init_layer_setup, start as container_start};
+pub use init_layer::{init_layer_id, setup as init_layer_setup};
 pub use inode::{write_calls, WRITE_PIECE};
 pub use invariants::{check as check_invariants, Violation, INVARIANTS};
 pub use layout::{
@@ -92,6 +93,9 @@ pub use params::{
 };
 pub use path::{
     check_id, validate_scenario_path, BadId, BadPath, ID_MAX, MAX_SYMLINKS, NAME_MAX, PATH_MAX,
+};
+pub use start::{
+    refused as container_start_refused, start as container_start, StartError, DEV_SYMLINK,
 };
 pub use step::{
     Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,

@@ -5,6 +5,7 @@ use crate::container::Container;
 use crate::devmapper::DeviceSet;
 use crate::lower::{Layer, LowerStack};
 use crate::params::{DriverKind, OverlayOptions, Policy};
+use crate::start::StartError;
 use crate::step::{EntryKind, LayerSpec, Op, Outcome, Value};
 use crate::tree::{empty_dir, file_body, new_inode, Body, Ino, Tree, ROOT};
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ pub enum StepError {
     BadId(crate::path::BadId),
     /// The image layers do not fit the driver root's filesystem.
     NoSpace(String),
+    /// A file step on a container Docker could not start: no process runs in it.
+    NotRunning(String),
 }
 
 impl fmt::Display for StepError {
@@ -55,6 +58,10 @@ impl fmt::Display for StepError {
             StepError::Unsupported(s) => write!(f, "unsupported: {s}"),
             StepError::BadId(b) => b.fmt(f),
             StepError::NoSpace(s) => f.write_str(s),
+            StepError::NotRunning(c) => write!(
+                f,
+                "container `{c}` is not running (its start failed): no file step can run in it"
+            ),
         }
     }
 }
@@ -397,7 +404,8 @@ impl Store {
         }
     }
 
-    /// The transition: runs `op`, returning its outcome; on an errno nothing has changed.
+    /// The transition: runs `op`, returning its outcome; on an errno nothing has changed,
+    /// except after Docker's failed start ([`crate::start`]).
     pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
         let out = self.transition(op)?;
         let (may_take_space, touched) = match op {
@@ -426,6 +434,9 @@ impl Store {
                     None
                 };
                 let c = self.containers.get_mut(&id).expect("exists");
+                if c.stopped {
+                    return Err(StepError::NotRunning(id));
+                }
                 c.space = free;
                 c.clock = self.clock;
                 let out = c.apply(op);
@@ -491,6 +502,7 @@ impl Store {
                 if let Some(i) = image {
                     self.built_upon.insert(i.clone());
                 }
+                let has_init = init.is_some();
                 if let Some(ic) = init {
                     self.built_upon.insert(ic.id.clone());
                     self.inits.insert(id.clone(), ic);
@@ -498,16 +510,19 @@ impl Store {
                 if let Some(dm) = &mut self.dm {
                     dm.create_container(id, image.as_deref(), &c);
                 }
+                let first = self.containers.is_empty();
                 if let Some(other) = self.containers.values().next() {
                     c.farm_roots = Arc::clone(&other.farm_roots);
-                } else if policy.farm_links {
-                    self.containers.insert(id.clone(), c);
-                    self.container_order.push(id.clone());
-                    self.refresh_farm_roots();
-                    return Ok(Ok(Value::Unit));
                 }
                 self.containers.insert(id.clone(), c);
                 self.container_order.push(id.clone());
+                if first && policy.farm_links {
+                    self.refresh_farm_roots();
+                }
+                if has_init {
+                    // `docker start` after `docker create`.
+                    return self.start(id);
+                }
                 Ok(Ok(Value::Unit))
             }
             Op::RemoveContainer { id } => {
@@ -528,6 +543,9 @@ impl Store {
                 }
                 let c = self.container(container.as_deref())?;
                 self.check_naive_diff(c)?;
+                let id = c.id.clone();
+                self.get_put(&id);
+                let c = self.container(Some(&id))?;
                 let image = self.image_tree(c);
                 let c_flat = c.policy.flat;
                 let mut new = c.commit_layer(layer, &image);
@@ -602,19 +620,19 @@ impl Store {
                 let has_init = self.inits.contains_key(&id);
                 let c = self.containers.get_mut(&id).expect("exists");
                 c.remount();
-                if has_init {
-                    // Docker's stop and start: the runtime makes missing mount points.
-                    c.clock = self.clock;
-                    crate::init_layer::start(|op| c.apply(op));
-                    self.clock = c.clock;
-                }
                 if let Some(dm) = &mut self.dm {
                     dm.remount(&id);
+                }
+                if has_init {
+                    // Docker's stop and start.
+                    return self.start(&id);
                 }
                 Ok(Ok(Value::Unit))
             }
             Op::Changes { container } => {
-                let c = self.container(container.as_deref())?;
+                let id = self.container_id(container.as_deref())?;
+                self.get_put(&id);
+                let c = self.container(Some(&id))?;
                 if let (true, Some(init)) = (self.driver.is_overlayfs(), self.inits.get(&c.id)) {
                     // Docker's naive walker against the init layer, which it mounts for
                     // that (`Get(parent)`): overlay2 read-only (the init layer has
@@ -631,6 +649,31 @@ impl Store {
                 let image = self.image_tree(c);
                 Ok(Ok(Value::Changes(c.changes(&image))))
             }
+        }
+    }
+
+    /// Docker's start of container `id` ([`crate::start`]). When it fails, the container
+    /// is stopped and the step's outcome is the errno; what runc made before the failure
+    /// stays (the one errno after which the state has changed).
+    fn start(&mut self, id: &str) -> Result<Outcome, StepError> {
+        let c = self.containers.get_mut(id).expect("exists");
+        c.clock = self.clock;
+        let r = crate::start::start(|op| c.apply(op));
+        self.clock = c.clock;
+        c.stopped = r.is_err();
+        match r {
+            Ok(()) => Ok(Ok(Value::Unit)),
+            Err(StartError::Errno(e)) => Ok(Err(e)),
+            Err(StartError::Unmodelled(why)) => Err(StepError::Unsupported(why.into())),
+        }
+    }
+
+    /// Docker's `Get` and `Put` of a container it did not start, around `docker commit` and
+    /// `docker diff` (moby `exportContainerRw`, `NaiveDiffDriver.Changes`): a mount, which
+    /// empties `work/work`. A running container is mounted already.
+    fn get_put(&mut self, id: &str) {
+        if let Some(c) = self.containers.get_mut(id).filter(|c| c.stopped) {
+            c.remount();
         }
     }
 

@@ -10,8 +10,8 @@ use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys;
 use layerspec_model::{
     init_layer_id, overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind,
-    Entry, Errno, KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StepError,
-    Value, DATA_ROOT, NAIVE_DIFF_WITH_INIT,
+    Entry, Errno, KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StartError,
+    StepError, Value, DATA_ROOT, NAIVE_DIFF_WITH_INIT,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -37,6 +37,8 @@ struct ContainerRec {
     image: Option<String>,
     /// Its `-init` layer, when the driver makes them.
     init: Option<String>,
+    /// Docker could not start it: its root is not mounted (`layerspec_model::container_start`).
+    stopped: bool,
 }
 
 impl ContainerRec {
@@ -46,6 +48,7 @@ impl ContainerRec {
             id: id.to_string(),
             image: image.map(String::from),
             init: None,
+            stopped: false,
         }
     }
 }
@@ -296,6 +299,7 @@ impl OverlayDriver {
             id: id.to_string(),
             image: image.map(String::from),
             init: init.clone(),
+            stopped: false,
         };
         let (kind, chain) = (self.kind, self.lower_chain(&rec));
         let id2 = id.to_string();
@@ -314,9 +318,8 @@ impl OverlayDriver {
             self.mount(&rec)?;
         }
         if rec.init.is_some() {
-            // Docker starts the container: the runtime looks up each of its mount points
-            // (what the model's `Container::on_init` expects of a merge directory).
-            self.start(&rec);
+            // `docker start` after `docker create`.
+            return self.start(&rec);
         }
         Ok(Ok(()))
     }
@@ -359,9 +362,57 @@ impl OverlayDriver {
     }
 
     /// Docker's start of container `c` as its root sees it (`layerspec_model::container_start`).
-    fn start(&mut self, c: &ContainerRec) {
+    /// When it fails, Docker unmounts the root (`Put`: unmount, remove `merged`) and the
+    /// container is stopped; the step's outcome is the errno.
+    fn start(&mut self, c: &ContainerRec) -> Result<Result<(), Errno>, DriverError> {
         let c = c.clone();
-        layerspec_model::container_start(|op| self.file_op(&c, op.clone()));
+        let r = layerspec_model::container_start(|op| self.file_op(&c, op.clone()));
+        let failed = r.is_err();
+        if failed {
+            self.put(&c)?;
+        }
+        if let Some(x) = self.containers.iter_mut().find(|x| x.id == c.id) {
+            x.stopped = failed;
+        }
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(StartError::Errno(e)) => Ok(Err(e)),
+            Err(StartError::Unmodelled(why)) => Err(StepError::Unsupported(why.into()).into()),
+        }
+    }
+
+    /// Docker's `Get` of a container it did not start: `merged` made, the root mounted.
+    fn get(&self, c: &ContainerRec) -> Result<(), DriverError> {
+        let merged = format!("{}/merged", c.id);
+        self.in_driver_dir(format!("making `{merged}`"), move |cf, top| {
+            cf.mkdir(&top.join(&merged), 0o700)
+        })?;
+        self.mount(c)
+    }
+
+    /// Docker's `Put`: the root unmounted and `merged` removed.
+    fn put(&self, c: &ContainerRec) -> Result<(), DriverError> {
+        self.unmount(c)?;
+        let merged = format!("{}/merged", c.id);
+        self.in_driver_dir(format!("removing `{merged}`"), move |cf, top| {
+            cf.remove(&top.join(&merged))
+        })
+    }
+
+    /// Runs `f` on `c` mounted: a stopped container is mounted for it and unmounted after,
+    /// as Docker's `docker commit` and `docker diff` do (`Get`, then `Put`).
+    fn mounted<T>(
+        &mut self,
+        c: &ContainerRec,
+        f: impl FnOnce(&mut Self) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        if !c.stopped {
+            return f(self);
+        }
+        self.get(c)?;
+        let r = f(self);
+        self.put(c)?;
+        r
     }
 
     /// Whether `id` names a layer, a container or a container's init layer.
@@ -824,6 +875,9 @@ impl Driver for OverlayDriver {
         match op {
             Op::File { container, op } => {
                 let c = self.container(container.as_deref())?;
+                if c.stopped {
+                    return Err(StepError::NotRunning(c.id).into());
+                }
                 Ok(self.file_op(&c, op.clone()))
             }
             Op::CreateContainer { id, image } => {
@@ -831,7 +885,9 @@ impl Driver for OverlayDriver {
             }
             Op::RemoveContainer { id } => {
                 let c = self.container(Some(id))?;
-                self.unmount(&c)?;
+                if !c.stopped {
+                    self.unmount(&c)?;
+                }
                 // moby `ReleaseRWLayer`: the container's layer, then its init layer.
                 self.remove_dirs(id)?;
                 if let Some(init) = &c.init {
@@ -843,22 +899,27 @@ impl Driver for OverlayDriver {
             Op::Commit { container, layer } => {
                 let c = self.container(container.as_deref())?;
                 self.check_naive_diff(&c)?;
-                Ok(self.commit(&c, layer)?.map(unit))
+                Ok(self.mounted(&c, |d| d.commit(&c, layer))?.map(unit))
             }
             Op::Remount { container } => {
                 let c = self.container(container.as_deref())?;
-                self.unmount(&c)?;
-                if c.image.is_some() {
-                    self.mount(&c)?;
+                if c.stopped {
+                    // `docker start` again.
+                    self.get(&c)?;
+                } else {
+                    self.unmount(&c)?;
+                    if c.image.is_some() {
+                        self.mount(&c)?;
+                    }
                 }
                 if c.init.is_some() {
-                    self.start(&c);
+                    return Ok(self.start(&c)?.map(unit));
                 }
                 Ok(Ok(Value::Unit))
             }
             Op::Changes { container } => {
                 let c = self.container(container.as_deref())?;
-                Ok(Ok(Value::Changes(self.changes(&c)?)))
+                Ok(Ok(Value::Changes(self.mounted(&c, |d| d.changes(&c))?)))
             }
         }
     }
@@ -890,10 +951,13 @@ impl Driver for OverlayDriver {
                     ..Accounting::default()
                 };
                 for (c, merged_rel, chain) in &containers {
-                    let root = top.join(merged_rel);
-                    merged.insert(c.id.clone(), observe::merged_view(&root)?);
                     let copied = copied.get(&c.id).map_or(0, |(_, b)| *b);
                     accounting.copied_up_bytes.insert(c.id.clone(), copied);
+                    if c.stopped {
+                        continue;
+                    }
+                    let root = top.join(merged_rel);
+                    merged.insert(c.id.clone(), observe::merged_view(&root)?);
                     if let Some(data) = overlay_mount_data(kind, options, chain, &c.id, DATA_ROOT) {
                         accounting.mount_data_len.insert(c.id.clone(), data.len());
                     }

@@ -12,7 +12,9 @@
 //! fuse difference beyond them is a divergence, to be written up, not normalised away.
 
 use super::generate::Trace;
-use layerspec_model::{Driver, DriverError, FileOp, KernelVersion, ModelDriver, Op, Outcome};
+use layerspec_model::{
+    Driver, DriverError, FileOp, KernelVersion, ModelDriver, Op, Outcome, StepError,
+};
 use std::cell::Cell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -20,6 +22,9 @@ use std::sync::Once;
 
 /// What [`Divergence::real`] says when the model failed first and the other side was not run.
 pub const NOT_RUN: &str = "(not run)";
+
+/// What the model gives for a file step in a container Docker could not start.
+const NOT_RUNNING: &str = "(not running: its start failed)";
 
 /// Where in a trace a divergence shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +210,15 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
     for (phase, op) in steps {
         let want = match guarded(|| model.apply(op)) {
             Err(p) => return diverged(phase, &p, NOT_RUN),
+            Ok(Err(DriverError::Step(StepError::NotRunning(_)))) => {
+                // Docker could not start the container: no step runs in it, on either side.
+                match guarded(|| other.apply(op)) {
+                    Ok(Err(DriverError::Step(StepError::NotRunning(_)))) => continue,
+                    Err(p) => return diverged(phase, NOT_RUNNING, &p),
+                    Ok(Err(e)) => return diverged(phase, NOT_RUNNING, &driver_error(&e)),
+                    Ok(Ok(got)) => return diverged(phase, NOT_RUNNING, &show_outcome(&got)),
+                }
+            }
             Ok(Err(e)) => return Replay::Invalid(format!("{phase}: {e}")),
             Ok(Ok(o)) => o,
         };

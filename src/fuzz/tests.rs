@@ -369,3 +369,83 @@ fn an_unknown_backend_cannot_run() {
     let e = run(&args, OPTS, false).unwrap_err();
     assert!(e.contains("nonesuch"), "{e}");
 }
+
+/// The trace of `fuzz --driver overlay --backend docker --seed 1`, trace 180, shrunk: `/etc`
+/// made a file, then a remount (Docker's start fails), then file steps.
+fn failed_start_trace(driver: DriverKind) -> generate::Trace {
+    let file = |op| Op::File {
+        container: None,
+        op,
+    };
+    generate::Trace {
+        seed: 1,
+        index: 180,
+        driver,
+        options: OPTS,
+        init: true,
+        layers: vec![LayerSpec {
+            id: "l0".into(),
+            parent: None,
+            entries: vec![layerspec_model::Entry {
+                path: "/a".into(),
+                kind: layerspec_model::EntryKind::File(layerspec_model::Content::Bytes(
+                    b"9t\n".to_vec(),
+                )),
+                mode: None,
+                xattrs: Default::default(),
+            }],
+        }],
+        container: "c0".into(),
+        steps: vec![
+            file(FileOp::Rename {
+                from: "/etc".into(),
+                to: "/x".into(),
+            }),
+            file(FileOp::Link {
+                from: "/a".into(),
+                to: "/etc".into(),
+            }),
+            Op::Remount { container: None },
+            file(FileOp::Stat { path: "/a".into() }),
+            Op::Changes { container: None },
+            Op::Remount { container: None },
+        ],
+    }
+}
+
+#[test]
+fn a_failed_start_is_an_errno_and_later_file_steps_are_refused_on_both_sides() {
+    let t = failed_start_trace(DriverKind::Overlay);
+    let mut model = ModelDriver::new(DriverKind::Overlay, OPTS).with_init_layers(true);
+    let mut other = ModelDriver::new(DriverKind::Overlay, OPTS).with_init_layers(true);
+    match replay::replay(&t, &mut other) {
+        Replay::Agree { steps } => assert_eq!(steps, 6),
+        r => panic!("{r:?}"),
+    }
+    model.add_layer(&t.layers[0]).unwrap();
+    let create = Op::CreateContainer {
+        id: "c0".into(),
+        image: Some("l0".into()),
+    };
+    assert!(matches!(model.apply(&create), Ok(Ok(Value::Unit))));
+    let outcomes: Vec<_> = t.steps.iter().map(|op| model.apply(op)).collect();
+    assert!(
+        matches!(outcomes[2], Ok(Err(Errno::ENOTDIR))),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(
+            outcomes[3],
+            Err(DriverError::Step(layerspec_model::StepError::NotRunning(_)))
+        ),
+        "{:?}",
+        outcomes[3]
+    );
+    assert!(matches!(outcomes[4], Ok(Ok(Value::Changes(_)))));
+    assert!(
+        matches!(outcomes[5], Ok(Err(Errno::ENOTDIR))),
+        "{:?}",
+        outcomes[5]
+    );
+}

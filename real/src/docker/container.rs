@@ -9,7 +9,7 @@ use bollard::container::{
 use bollard::image::{CommitContainerOptions, ImportImageOptions};
 use bollard::models::{ChangeType, HostConfig};
 use futures_util::StreamExt;
-use layerspec_model::{Change, ChangeKind, FileOp, Outcome};
+use layerspec_model::{Change, ChangeKind, Errno, FileOp, Outcome};
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,14 +40,14 @@ pub fn load(d: &Daemon, archive: Vec<u8>) -> io::Result<()> {
     })
 }
 
-/// The merged root and the writable layer of a running container (inspect's
-/// `GraphDriver.Data.MergedDir` and `UpperDir`).
-fn dirs(d: &Daemon, id: &str) -> io::Result<Dirs> {
+/// The merged root and the writable layer of a container (inspect's
+/// `GraphDriver.Data.MergedDir` and `UpperDir`); `running`: it must be running.
+fn dirs(d: &Daemon, id: &str, must_run: bool) -> io::Result<Dirs> {
     let c =
         d.rt.block_on(d.client.inspect_container(id, None))
             .map_err(api)?;
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-    if !running {
+    if must_run && !running {
         return Err(io::Error::other(format!(
             "the container is not running: {:?}",
             c.state
@@ -75,8 +75,8 @@ pub struct Dirs {
 }
 
 /// `docker create --network none -v <busybox>:/dev/busybox:ro <image> /dev/busybox sleep
-/// infinity` and `docker start`; returns the container's id and directories.
-pub fn create_and_start(d: &Daemon, image: &str, busybox: &Path) -> io::Result<(String, Dirs)> {
+/// infinity`; returns the container's id.
+pub fn create(d: &Daemon, image: &str, busybox: &Path) -> io::Result<String> {
     let config = Config {
         image: Some(image.to_string()),
         cmd: Some(vec![IDLE.into(), "sleep".into(), "infinity".into()]),
@@ -95,13 +95,58 @@ pub fn create_and_start(d: &Daemon, image: &str, busybox: &Path) -> io::Result<(
         )
         .map_err(api)?
         .id;
-    d.rt.block_on(
+    Ok(id)
+}
+
+/// A start the daemon refused: its message, and the errno it names.
+#[derive(Debug)]
+pub struct StartFailed {
+    /// The daemon's message.
+    pub message: String,
+    /// The errno the message names ([`errno_of`]), if any.
+    pub errno: Option<Errno>,
+}
+
+/// `docker start`: the container's directories, or the daemon's refusal (status 500 or 400:
+/// the start itself failed, in dockerd or runc) with the container left stopped and its
+/// directories.
+pub fn start(d: &Daemon, id: &str) -> io::Result<Result<Dirs, (StartFailed, Dirs)>> {
+    let r = d.rt.block_on(
         d.client
-            .start_container(&id, None::<StartContainerOptions<String>>),
-    )
-    .map_err(api)?;
-    let dirs = dirs(d, &id)?;
-    Ok((id, dirs))
+            .start_container(id, None::<StartContainerOptions<String>>),
+    );
+    match r {
+        Ok(()) => Ok(Ok(dirs(d, id, true)?)),
+        // 400 when runc's message asks "Are you trying to mount a directory onto a file",
+        // which moby classes as the caller's error (`daemon/errors.go`: `translateContainerdStartErr`).
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 400 | 500,
+            message,
+        }) => {
+            let errno = errno_of(&message);
+            Ok(Err((StartFailed { message, errno }, dirs(d, id, false)?)))
+        }
+        Err(e) => Err(api(e)),
+    }
+}
+
+/// The errno a failed start's message names. dockerd's and runc's messages end in Go's
+/// text of the system call's errno (`syscall.Errno.Error`, the C library's `strerror`);
+/// three have no errno and are read as the model names them: moby's "evalSymlinksInScope:
+/// too many links" (ELOOP), runc's "must be mounted on ordinary directory" (ENOTDIR).
+pub fn errno_of(message: &str) -> Option<Errno> {
+    const TEXTS: [(&str, Errno); 6] = [
+        ("too many links in", Errno::ELOOP),
+        ("too many levels of symbolic links", Errno::ELOOP),
+        ("must be mounted on ordinary directory", Errno::ENOTDIR),
+        ("is a directory", Errno::EISDIR),
+        ("not a directory", Errno::ENOTDIR),
+        ("no such file or directory", Errno::ENOENT),
+    ];
+    TEXTS
+        .iter()
+        .find(|(text, _)| message.contains(text))
+        .map(|(_, e)| *e)
 }
 
 /// `docker commit` (not paused: the container's process does nothing) tagged `reference`;
@@ -148,20 +193,13 @@ pub fn changes(d: &Daemon, id: &str) -> io::Result<Vec<Change>> {
     Ok(out)
 }
 
-/// `docker stop -t 0` and `docker start`: Docker unmounts the container's root and mounts
-/// it again. Returns the container's directories.
-pub fn restart(d: &Daemon, id: &str) -> io::Result<Dirs> {
+/// `docker stop -t 0`: Docker unmounts the container's root.
+pub fn stop(d: &Daemon, id: &str) -> io::Result<()> {
     d.rt.block_on(
         d.client
             .stop_container(id, Some(StopContainerOptions { t: 0 })),
     )
-    .map_err(api)?;
-    d.rt.block_on(
-        d.client
-            .start_container(id, None::<StartContainerOptions<String>>),
-    )
-    .map_err(api)?;
-    dirs(d, id)
+    .map_err(api)
 }
 
 /// `docker rm -f`.
@@ -199,4 +237,26 @@ pub fn file_op(
         };
         crate::copy_up::watched_step(inside, &dirs.merged, &backing, &upper, &op, true, &counted)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refusals dockerd 20.10.24 and runc 1.1.5 gave here (paths shortened).
+    #[test]
+    fn start_refusals_seen_here_name_their_errno() {
+        let seen = [
+            ("lstat /d/merged/etc/passwd: not a directory", Errno::ENOTDIR),
+            ("evalSymlinksInScope: too many links in /d/merged/etc/passwd", Errno::ELOOP),
+            ("unable to find user 0: read /d/merged/etc/passwd: is a directory", Errno::EISDIR),
+            ("failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: unable to setup user: unable to find groups for spec : read /etc/group: is a directory: unknown", Errno::EISDIR),
+            ("failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error mounting \"proc\" to rootfs at \"/proc\": filesystem \"proc\" must be mounted on ordinary directory: unknown", Errno::ENOTDIR),
+            ("error mounting \"tmpfs\" to rootfs at \"/dev\": mount tmpfs:/dev (via /proc/self/fd/6), flags: 0x1000002, data: mode=755,size=65536k: not a directory: unknown: Are you trying to mount a directory onto a file (or vice-versa)? Check if the specified host path exists and is the expected type", Errno::ENOTDIR),
+        ];
+        for (message, errno) in seen {
+            assert_eq!(errno_of(message), Some(errno), "{message}");
+        }
+        assert_eq!(errno_of("context deadline exceeded"), None);
+    }
 }

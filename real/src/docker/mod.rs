@@ -18,8 +18,8 @@ pub use daemon::PID_FILE;
 use crate::sandbox::BackingFs;
 use daemon::Daemon;
 use layerspec_model::{
-    Driver, DriverError, DriverKind, KernelVersion, LayerSpec, Observation, Op, Outcome, StepError,
-    Value,
+    Driver, DriverError, DriverKind, FileOp, KernelVersion, LayerSpec, Observation, Op, Outcome,
+    StepError, Value,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -41,6 +41,8 @@ struct ContainerRec {
     docker_id: String,
     /// Its merged root and writable layer.
     dirs: container::Dirs,
+    /// Its start failed: not running, its root not mounted.
+    stopped: bool,
 }
 
 /// A real Docker daemon's overlay or overlay2 driver.
@@ -96,6 +98,35 @@ impl DockerDriver {
 
     fn container(&self, id: Option<&str>) -> Result<ContainerRec, StepError> {
         crate::pick_container(&self.containers, id, |c| c.id.as_str())
+    }
+
+    /// A file step in running container `c`, its copy-up counted.
+    fn file_op(&mut self, c: &ContainerRec, op: &FileOp) -> Outcome {
+        let counted = self.copied.entry(c.id.clone()).or_default().clone();
+        let (out, copied) = container::file_op(&self.daemon, &c.dirs, op.clone(), counted);
+        if let Some((ino, bytes)) = copied {
+            let set = self.copied.get_mut(&c.id).expect("entry made above");
+            set.0.insert(ino);
+            set.1 += bytes;
+        }
+        out
+    }
+
+    /// The outcome of a start of container `id`: a refusal the daemon gave with an errno is
+    /// that errno (the container stays, stopped); one without is the backend's error.
+    fn started(
+        &self,
+        id: &str,
+        out: Result<(), container::StartFailed>,
+    ) -> Result<Outcome, DriverError> {
+        match out {
+            Ok(()) => Ok(Ok(Value::Unit)),
+            Err(container::StartFailed { errno: Some(e), .. }) => Ok(Err(e)),
+            Err(container::StartFailed { message, .. }) => Err(self.backend_err(
+                &format!("docker start `{id}`"),
+                format!("a refusal naming no errno: {message}"),
+            )),
+        }
     }
 
     fn backend_err(&self, what: &str, e: impl std::fmt::Display) -> DriverError {
@@ -162,14 +193,12 @@ impl Driver for DockerDriver {
         match op {
             Op::File { container, op } => {
                 let c = self.container(container.as_deref())?;
-                let counted = self.copied.entry(c.id.clone()).or_default().clone();
-                let (out, copied) = container::file_op(&self.daemon, &c.dirs, op.clone(), counted);
-                if let Some((ino, bytes)) = copied {
-                    let set = self.copied.get_mut(&c.id).expect("entry made above");
-                    set.0.insert(ino);
-                    set.1 += bytes;
+                if c.stopped {
+                    // Its merged directory is not mounted: a step there would write to the
+                    // backing filesystem.
+                    return Err(StepError::NotRunning(c.id).into());
                 }
-                Ok(out)
+                Ok(self.file_op(&c, op))
             }
             Op::CreateContainer { id, image } => {
                 if self.containers.iter().any(|c| c.id == *id) || self.layers.contains_key(id) {
@@ -184,15 +213,25 @@ impl Driver for DockerDriver {
                     Some(l) => l.reference.clone(),
                     None => return Err(StepError::NoLayer(image.clone()).into()),
                 };
-                let (docker_id, dirs) =
-                    container::create_and_start(&self.daemon, &reference, &self.busybox)
-                        .map_err(|e| self.backend_err(&format!("creating `{id}`"), e))?;
+                let docker_id = container::create(&self.daemon, &reference, &self.busybox)
+                    .map_err(|e| self.backend_err(&format!("creating `{id}`"), e))?;
+                let started = container::start(&self.daemon, &docker_id)
+                    .map_err(|e| self.backend_err(&format!("starting `{id}`"), e));
+                let (dirs, out) = match started {
+                    Ok(Ok(dirs)) => (dirs, Ok(())),
+                    Ok(Err((failed, dirs))) => (dirs, Err(failed)),
+                    Err(e) => {
+                        let _ = container::remove(&self.daemon, &docker_id);
+                        return Err(e);
+                    }
+                };
                 self.containers.push(ContainerRec {
                     id: id.clone(),
                     docker_id,
                     dirs,
+                    stopped: out.is_err(),
                 });
-                Ok(Ok(Value::Unit))
+                self.started(id, out)
             }
             Op::RemoveContainer { id } => {
                 let c = self.container(Some(id))?;
@@ -223,12 +262,26 @@ impl Driver for DockerDriver {
             }
             Op::Remount { container } => {
                 let c = self.container(container.as_deref())?;
-                let dirs = container::restart(&self.daemon, &c.docker_id)
-                    .map_err(|e| self.backend_err(&format!("restarting `{}`", c.id), e))?;
+                if !c.stopped {
+                    // A start that would reach outside the container is not let run.
+                    let mut run = |op: &FileOp| self.file_op(&c, op);
+                    if let Some(why) = layerspec_model::container_start_refused(&mut run) {
+                        return Err(StepError::Unsupported(why.into()).into());
+                    }
+                    container::stop(&self.daemon, &c.docker_id)
+                        .map_err(|e| self.backend_err(&format!("docker stop `{}`", c.id), e))?;
+                }
+                let started = container::start(&self.daemon, &c.docker_id)
+                    .map_err(|e| self.backend_err(&format!("docker start `{}`", c.id), e))?;
+                let (dirs, out) = match started {
+                    Ok(dirs) => (dirs, Ok(())),
+                    Err((failed, dirs)) => (dirs, Err(failed)),
+                };
                 if let Some(x) = self.containers.iter_mut().find(|x| x.id == c.id) {
                     x.dirs = dirs;
+                    x.stopped = out.is_err();
                 }
-                Ok(Ok(Value::Unit))
+                self.started(&c.id, out)
             }
             Op::Changes { container } => {
                 let c = self.container(container.as_deref())?;
@@ -246,7 +299,7 @@ impl Driver for DockerDriver {
             .into_iter()
             .map(|(id, l)| (id.clone(), l.diff_ids.clone()))
             .collect();
-        let containers: Vec<(String, String, PathBuf, u64)> = self
+        let containers: Vec<(String, String, Option<PathBuf>, u64)> = self
             .containers
             .iter()
             .map(|c| {
@@ -254,7 +307,7 @@ impl Driver for DockerDriver {
                 (
                     c.id.clone(),
                     c.docker_id.clone(),
-                    c.dirs.merged.clone(),
+                    (!c.stopped).then(|| c.dirs.merged.clone()),
                     copied,
                 )
             })

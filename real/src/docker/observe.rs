@@ -22,12 +22,12 @@ use std::io;
 use std::path::PathBuf;
 
 /// Observes the daemon's driver root: `layers` are (model id, diff ids), `containers`
-/// (model id, Docker id, merged root, bytes copied up).
+/// (model id, Docker id, merged root (`None`: not running), bytes copied up).
 pub fn observe(
     d: &Daemon,
     kind: DriverKind,
     layers: &[(String, Vec<String>)],
-    containers: &[(String, String, PathBuf, u64)],
+    containers: &[(String, String, Option<PathBuf>, u64)],
 ) -> io::Result<Observation> {
     let data = d.data_root.clone();
     let mountinfo = d
@@ -130,8 +130,10 @@ pub fn observe(
             None => String::new(),
         };
         for (id, _, root, copied) in &containers {
-            merged.insert(id.clone(), observe::merged_view(root)?);
             accounting.copied_up_bytes.insert(id.clone(), *copied);
+            // A container Docker could not start has no merged root.
+            let Some(root) = root else { continue };
+            merged.insert(id.clone(), observe::merged_view(root)?);
             let data_root = data.display().to_string();
             if let Some(len) = mount_data_len(&mounts, kind, root, &data_root, &replace) {
                 accounting.mount_data_len.insert(id.clone(), len);
