@@ -119,14 +119,6 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
             observation: None,
         };
     }
-    if s.options.init && driver == DriverKind::Devicemapper {
-        return RunResult {
-            status: Status::Skip(
-                "`init = true`: devicemapper's `-init` device is not modelled yet".into(),
-            ),
-            observation: None,
-        };
-    }
     run(s, &mut model_driver(s, driver, kernel))
 }
 

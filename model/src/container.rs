@@ -119,6 +119,7 @@ impl Container {
 
     /// A container created on init layer `init` (the container `Setup` ran in, on the
     /// image stack `image`), as the driver makes it (`crate::init_layer`):
+    /// - devicemapper: the init device's filesystem, snapshotted;
     /// - overlay2 and aufs: the init layer's writable tree is one more lower layer, the
     ///   topmost (moby overlay2 `getLower`: the parent's `l/` name first);
     /// - overlay: the container sits on the image's root like the init layer, and its upper
@@ -127,6 +128,17 @@ impl Container {
     ///   `security.capability` and `trusted.overlay.opaque` xattrs (moby
     ///   `daemon/graphdriver/copy` `doCopyXattrs`) and makes its whiteouts anew.
     pub fn on_init(id: &str, init: &Container, image: Arc<LowerStack>, policy: Policy) -> Self {
+        if policy.flat {
+            // devicemapper: a snapshot of the init device, its whole filesystem.
+            let mut c = Container::new(id, init.image.clone(), image, policy);
+            c.upper = init.upper.clone();
+            // Unchanged since the snapshot, as `new` leaves a snapshot of the image.
+            let inos: Vec<Ino> = c.upper.inodes().map(|(i, _)| i).collect();
+            for i in inos {
+                c.upper.get_mut(i).version = 0;
+            }
+            return c;
+        }
         if !policy.farm_links {
             let mut layers = image.layers().to_vec();
             layers.push(Arc::new(crate::lower::Layer {

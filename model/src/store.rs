@@ -126,12 +126,12 @@ impl Store {
         }
     }
 
-    /// Whether containers made from now on get Docker's `-init` layer, as Docker makes one
-    /// for every container (devicemapper's is not modelled yet). Off (the default, which
+    /// Whether containers made from now on get Docker's `-init` layer (devicemapper: an
+    /// `-init` device), as Docker makes one for every container. Off (the default, which
     /// scenario files written before it rely on), a container sits right on its image: a
     /// bare union mount, as the kernel mechanisms alone make it.
     pub fn set_init_layers(&mut self, on: bool) {
-        self.init_layers = on && self.driver != DriverKind::Devicemapper;
+        self.init_layers = on;
     }
 
     /// The init layer of container `id`: the container `Setup` ran in.
@@ -474,9 +474,26 @@ impl Store {
                         }
                         let mut ic = Container::new(&init_id, image.clone(), stack.clone(), policy);
                         ic.clock = self.clock;
-                        if let Err(e) = crate::init_layer::setup(|op| ic.apply(op)) {
+                        // devicemapper: the init device, a snapshot of the image's, mounted
+                        // for `Setup` (`Get`) and unmounted after (`Put`).
+                        let mut dm = self.dm.clone();
+                        if let Some(dm) = &mut dm {
+                            dm.create_container(&init_id, image.as_deref(), &ic);
+                        }
+                        let made = crate::init_layer::setup(|op| {
+                            let out = ic.apply(op);
+                            if let Some(dm) = &mut dm {
+                                dm.file_step(&ic, op, &out);
+                            }
+                            out
+                        });
+                        if let Err(e) = made {
                             return Ok(Err(e));
                         }
+                        if let Some(dm) = &mut dm {
+                            dm.put_device(&init_id);
+                        }
+                        self.dm = dm;
                         self.clock = ic.clock;
                         Some(ic)
                     }
@@ -503,12 +520,15 @@ impl Store {
                     self.built_upon.insert(i.clone());
                 }
                 let has_init = init.is_some();
+                let init_id = init.as_ref().map(|ic| ic.id.clone());
                 if let Some(ic) = init {
                     self.built_upon.insert(ic.id.clone());
                     self.inits.insert(id.clone(), ic);
                 }
                 if let Some(dm) = &mut self.dm {
-                    dm.create_container(id, image.as_deref(), &c);
+                    // On its init device when it has one.
+                    let origin = init_id.as_deref().or(image.as_deref());
+                    dm.create_container(id, origin, &c);
                 }
                 let first = self.containers.is_empty();
                 if let Some(other) = self.containers.values().next() {
@@ -530,9 +550,12 @@ impl Store {
                     return Err(StepError::NoContainer(Some(id.clone())));
                 }
                 // moby `ReleaseRWLayer` removes the container's layer, then its init layer.
-                self.inits.remove(id);
+                let init = self.inits.remove(id);
                 if let Some(dm) = &mut self.dm {
                     dm.remove_container(id);
+                    if let Some(ic) = init {
+                        dm.remove_container(&ic.id);
+                    }
                 }
                 self.container_order.retain(|c| c != id);
                 Ok(Ok(Value::Unit))
@@ -546,7 +569,7 @@ impl Store {
                 let id = c.id.clone();
                 self.get_put(&id);
                 let c = self.container(Some(&id))?;
-                let image = self.image_tree(c);
+                let image = self.parent_tree(c);
                 let c_flat = c.policy.flat;
                 let mut new = c.commit_layer(layer, &image);
                 if let (true, Some(top), true) = (
@@ -646,7 +669,7 @@ impl Store {
                     }
                     return Ok(Ok(Value::Changes(changes)));
                 }
-                let image = self.image_tree(c);
+                let image = self.parent_tree(c);
                 Ok(Ok(Value::Changes(c.changes(&image))))
             }
         }
@@ -658,9 +681,20 @@ impl Store {
     fn start(&mut self, id: &str) -> Result<Outcome, StepError> {
         let c = self.containers.get_mut(id).expect("exists");
         c.clock = self.clock;
-        let r = crate::start::start(|op| c.apply(op));
+        let dm = &mut self.dm;
+        let r = crate::start::start(|op| {
+            let out = c.apply(op);
+            if let Some(dm) = dm.as_mut() {
+                dm.file_step(c, op, &out);
+            }
+            out
+        });
         self.clock = c.clock;
         c.stopped = r.is_err();
+        if let (true, Some(dm)) = (c.stopped, &mut self.dm) {
+            // Docker's `Put` of the container it could not start.
+            dm.put_device(id);
+        }
         match r {
             Ok(()) => Ok(Ok(Value::Unit)),
             Err(StartError::Errno(e)) => Ok(Err(e)),
@@ -674,6 +708,9 @@ impl Store {
     fn get_put(&mut self, id: &str) {
         if let Some(c) = self.containers.get_mut(id).filter(|c| c.stopped) {
             c.remount();
+            if let Some(dm) = &mut self.dm {
+                dm.get_put(id);
+            }
         }
     }
 
@@ -688,6 +725,16 @@ impl Store {
             return Err(StepError::Unsupported(NAIVE_DIFF_WITH_INIT.into()));
         }
         Ok(())
+    }
+
+    /// What devicemapper's naive diff (`docker diff`, `docker commit`) compares a
+    /// container with: its parent device's whole filesystem, the init device's when it has
+    /// one (moby `NaiveDiffDriver` against `Get(parent)`), else the image's.
+    fn parent_tree(&self, c: &Container) -> Tree {
+        match self.inits.get(&c.id) {
+            Some(init) if c.policy.flat => init.upper.clone(),
+            _ => self.image_tree(c),
+        }
     }
 
     /// The image's whole filesystem under a container (what devicemapper compares with).

@@ -12,8 +12,9 @@
 //! - Devices (S20): at start the base device (id 1, 10 GiB) with an ext4 filesystem (the
 //!   model's `FsImage`), `initialized` once mkfs ran. Every image layer is a snapshot of
 //!   its parent, the lowest of the base device; every container a snapshot of its image
-//!   (of the base device without one). No `-init` layer: the model's containers sit on their
-//!   image directly. Device ids count up from the last one handed out (`NextDeviceID`,
+//!   (of the base device without one), or with `init = true` of its `-init` device: a
+//!   snapshot of the image's, mounted while Docker's `Setup` runs in it (DOCK4), then
+//!   unmounted; removed after the container. Device ids count up from the last one handed out (`NextDeviceID`,
 //!   24-bit, freed ids are not reused before wrapping); every create and every delete is one
 //!   transaction: the pool's transaction id goes up by one (`set_transaction_id`).
 //! - Metadata (S21): per device `metadata/<hash>` (`base` for the base device), the JSON
@@ -259,8 +260,12 @@ impl DeviceSet {
         self.write(id, &blocks);
     }
 
-    /// Docker's Get: mount on `mnt/<hash>`, `rootfs/` and `id` the first time.
+    /// Docker's Get: mount on `mnt/<hash>`, `rootfs/` and `id` the first time. A mounted
+    /// device is only counted again (moby `MountDevice`: `info.mountCount`).
     fn get(&mut self, hash: &str) {
+        if self.devices.get(hash).is_none_or(|d| d.mounted) {
+            return;
+        }
         self.mnt_made = true;
         let len = hash.len();
         self.on_fs(hash, |d| {
@@ -271,8 +276,11 @@ impl DeviceSet {
         });
     }
 
-    /// Docker's Put: unmount, `mnt/<hash>` removed.
+    /// Docker's Put: unmount, `mnt/<hash>` removed (nothing for a device not mounted).
     fn put(&mut self, hash: &str) {
+        if self.devices.get(hash).is_none_or(|d| !d.mounted) {
+            return;
+        }
         self.on_fs(hash, |d| {
             d.mounted = false;
             d.fs.unmount()
@@ -309,8 +317,22 @@ impl DeviceSet {
         }
     }
 
-    /// Removing container `id`: Put, then `DeleteDevice`: the whole device discarded,
-    /// then deleted, in a transaction of its own.
+    /// Docker's Put of device `id` (a container it could not start, an init device after
+    /// `Setup`).
+    pub(crate) fn put_device(&mut self, id: &str) {
+        self.put(&device_hash(id));
+    }
+
+    /// Docker's Get and Put of device `id` around `docker diff` or `docker commit` of a
+    /// container it could not start.
+    pub(crate) fn get_put(&mut self, id: &str) {
+        let hash = device_hash(id);
+        self.get(&hash);
+        self.put(&hash);
+    }
+
+    /// Removing container `id` (or an init device): Put, then `DeleteDevice`: the whole
+    /// device discarded, then deleted, in a transaction of its own.
     pub(crate) fn remove_container(&mut self, id: &str) {
         let hash = device_hash(id);
         self.put(&hash);

@@ -33,7 +33,11 @@ enum Node {
         data: Content,
         inode: usize,
     },
-    Symlink(String),
+    /// A symlink; `inode` as for files (Docker's tar keeps a symlink's hard links, DOCK6).
+    Symlink {
+        target: String,
+        inode: usize,
+    },
     Whiteout,
 }
 
@@ -133,9 +137,15 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                 }
                 continue;
             }
-            EntryKind::Symlink(t) => Node::Symlink(t.clone()),
+            EntryKind::Symlink(t) => {
+                inodes += 1;
+                Node::Symlink {
+                    target: t.clone(),
+                    inode: inodes,
+                }
+            }
             EntryKind::HardLink(to) => match lookup(&root, to) {
-                Some(n @ Node::File { .. }) => n.clone(),
+                Some(n @ (Node::File { .. } | Node::Symlink { .. })) => n.clone(),
                 Some(_) => return Err(io::Error::from_raw_os_error(libc::EPERM)),
                 None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
             },
@@ -194,9 +204,15 @@ fn apply_dir(
                 set_xattrs(log, &dst, xattrs)?;
                 apply_dir(log, children, &dst, seen)?;
             }
-            Node::Symlink(t) => {
+            Node::Symlink { target, inode } => {
                 remove_any(log, &dst)?;
-                log.symlink(Path::new(t), &dst)?;
+                match seen.get(inode) {
+                    Some(first) => log.hard_link(first, &dst)?,
+                    None => {
+                        log.symlink(Path::new(target), &dst)?;
+                        seen.insert(*inode, dst.clone());
+                    }
+                }
             }
             Node::File {
                 mode,

@@ -182,11 +182,14 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
                 mode: Some(m.mode() & 0o7777),
                 xattrs: user_xattrs(&p)?,
             });
+        } else if let Some(first) = links.get(&m.ino()) {
+            // Any non-directory, a symlink too (moby `addTarFile`: a second name of an
+            // inode with more than one link is a `TypeLink`; DOCK6).
+            out.push(plain(ch.path, EntryKind::HardLink(first.clone())));
         } else if ft.is_symlink() {
+            links.insert(m.ino(), ch.path.clone());
             let t = fs::read_link(&p)?.to_string_lossy().into_owned();
             out.push(plain(ch.path, EntryKind::Symlink(t)));
-        } else if let Some(first) = links.get(&m.ino()) {
-            out.push(plain(ch.path, EntryKind::HardLink(first.clone())));
         } else {
             links.insert(m.ino(), ch.path.clone());
             out.push(Entry {

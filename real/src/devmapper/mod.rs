@@ -11,7 +11,10 @@
 //!   mounted on `mnt/<hash>` while its entries are written ([`apply`]: the overlay drivers'
 //!   layer semantics; whiteouts delete, opaque directories replace), then unmounted and
 //!   deactivated (Docker's Get/Put). Every container a snapshot of its image's device (of
-//!   the base device without one), mounted on `mnt/<hash>` from creation to removal; its
+//!   the base device without one), or with init layers of its `-init` device (a snapshot
+//!   of the image's, mounted while moby's `Setup` runs in it, then put; its changes and
+//!   commits are taken against it; removed after the container), mounted on `mnt/<hash>`
+//!   from creation to removal (or to a failed start: `layerspec_model::container_start`); its
 //!   root is `mnt/<hash>/rootfs` (made with the `id` file at the first Get), where file
 //!   steps run chrooted. Removal: Put, the whole device discarded (`BLKDISCARD`, Docker's
 //!   `dm.blkdiscard`), then deleted. Remount: Put, Get. Commit: the container's changes
@@ -64,8 +67,9 @@ use crate::sandbox::{BackingFs, Inside, Sandbox};
 use crate::sys::{self, Log};
 use layerspec_model::devmapper::{device_hash, BASE_DEVICE_BYTES, PREFIX};
 use layerspec_model::{
-    Accounting, DeviceObservation, Driver, DriverError, DriverKind, KernelVersion, LayerSpec,
-    Observation, Op, Outcome, PoolObservation, PoolStatus, StepError, ThinId, Value,
+    init_layer_id, Accounting, DeviceObservation, Driver, DriverError, DriverKind, Errno,
+    KernelVersion, LayerSpec, Observation, Op, Outcome, PoolObservation, PoolStatus, StartError,
+    StepError, ThinId, Value,
 };
 use pool::Pool;
 use std::collections::BTreeMap;
@@ -472,12 +476,40 @@ fn quietly<R>(
     Ok(r)
 }
 
+/// A container of the driver.
+#[derive(Clone, Debug)]
+struct ContainerRec {
+    id: String,
+    image: Option<String>,
+    /// Its `-init` device, when the driver makes them.
+    init: Option<String>,
+    /// Docker could not start it: its device is not mounted.
+    stopped: bool,
+}
+
+impl ContainerRec {
+    /// The device its changes are taken against: its init device, else its image's.
+    fn parent_hash(&self) -> String {
+        self.init
+            .as_deref()
+            .or(self.image.as_deref())
+            .map(device_hash)
+            .unwrap_or_default()
+    }
+}
+
 /// A real devicemapper driver root in its own sandbox.
 pub struct DmDriver {
     /// Scenario layer id -> parent.
     layers: BTreeMap<String, Option<String>>,
-    /// Containers (id, image), in creation order.
-    containers: Vec<(String, Option<String>)>,
+    /// Layer ids a commit without a new layer gave, and the layer they name (DOCK7).
+    aliases: BTreeMap<String, String>,
+    /// Per container: the entries of its last commit and the layer made (DOCK7).
+    last_commit: BTreeMap<String, (Vec<layerspec_model::Entry>, String)>,
+    /// Containers, in creation order.
+    containers: Vec<ContainerRec>,
+    /// Whether containers get Docker's `-init` device.
+    init_layers: bool,
     set: Arc<Mutex<Option<DeviceSet>>>,
     sandbox: Sandbox,
     /// The kernel it runs on: the model side of a differential run follows its rules.
@@ -508,7 +540,10 @@ impl DmDriver {
         })?;
         Ok(DmDriver {
             layers: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            last_commit: BTreeMap::new(),
             containers: Vec::new(),
+            init_layers: false,
             set: Arc::new(Mutex::new(Some(set))),
             sandbox,
             kernel,
@@ -537,8 +572,20 @@ impl DmDriver {
         set.as_ref().is_some_and(|s| s.devices.contains_key(&hash))
     }
 
-    fn container(&self, id: Option<&str>) -> Result<(String, Option<String>), StepError> {
-        crate::pick_container(&self.containers, id, |c| c.0.as_str())
+    fn container(&self, id: Option<&str>) -> Result<ContainerRec, StepError> {
+        crate::pick_container(&self.containers, id, |c| c.id.as_str())
+    }
+
+    /// The layer a layer id names (itself, or the layer a commit without one aliased).
+    fn resolve(&self, id: &str) -> String {
+        self.aliases
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    fn taken(&self, id: &str) -> bool {
+        self.layers.contains_key(id) || self.aliases.contains_key(id) || self.has_device(id)
     }
 
     fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
@@ -561,15 +608,16 @@ impl DmDriver {
         Ok(())
     }
 
-    fn create_container(&mut self, id: &str, image: Option<&str>) -> Result<(), DriverError> {
+    fn create_container(&mut self, id: &str, image: Option<&str>) -> Result<Outcome, DriverError> {
         layerspec_model::check_op_ids(&Op::CreateContainer {
             id: id.to_string(),
             image: image.map(String::from),
         })?;
-        if self.containers.iter().any(|c| c.0 == id) {
+        if self.containers.iter().any(|c| c.id == id) {
             return Err(StepError::ContainerExists(id.to_string()).into());
         }
-        if let Some(i) = image {
+        let image = image.map(|i| self.resolve(i));
+        if let Some(i) = &image {
             if !self.layers.contains_key(i) {
                 return Err(StepError::NoLayer(i.to_string()).into());
             }
@@ -578,14 +626,97 @@ impl DmDriver {
             return Err(StepError::ContainerExists(id.to_string()).into());
         }
         let hash = device_hash(id);
-        let origin = image.map(device_hash).unwrap_or_default();
+        let mut origin = image.as_deref().map(device_hash).unwrap_or_default();
+        let init = (self.init_layers && image.is_some()).then(|| init_layer_id(id));
+        if let Some(init) = &init {
+            if self.taken(init) {
+                return Err(StepError::LayerExists(init.clone()).into());
+            }
+            // moby `initMount`: the init device made, mounted, `Setup` run in it, unmounted.
+            let (ih, o) = (device_hash(init), origin.clone());
+            let made = self.with(format!("making `{init}`"), move |ds, inside| {
+                ds.add_device(&mut inside.log, &inside.root, &ih, &o)?;
+                let rootfs = ds.get(&mut inside.log, &inside.root, &ih)?;
+                inside.real_root.enter(&rootfs)?;
+                let r = layerspec_model::init_layer_setup(ops::run);
+                inside.real_root.leave()?;
+                ds.put(&mut inside.log, &inside.root, &ih)?;
+                Ok(r)
+            })?;
+            if let Err(e) = made {
+                return Ok(Err(e));
+            }
+            origin = device_hash(init);
+        }
         self.with(format!("creating container `{id}`"), move |ds, inside| {
             ds.add_device(&mut inside.log, &inside.root, &hash, &origin)?;
             ds.get(&mut inside.log, &inside.root, &hash).map(|_| ())
         })?;
-        self.containers
-            .push((id.to_string(), image.map(String::from)));
-        Ok(())
+        let rec = ContainerRec {
+            id: id.to_string(),
+            image,
+            init,
+            stopped: false,
+        };
+        self.containers.push(rec.clone());
+        if rec.init.is_some() {
+            // `docker start` after `docker create`.
+            return self.start(&rec);
+        }
+        Ok(Ok(Value::Unit))
+    }
+
+    /// Docker's start of container `c` as its root sees it (`layerspec_model::container_start`).
+    /// When it fails, Docker puts the device (unmounted, deactivated) and the container is
+    /// stopped; the step's outcome is the errno.
+    fn start(&mut self, c: &ContainerRec) -> Result<Outcome, DriverError> {
+        let mut failed_call = None;
+        let r = layerspec_model::container_start(|op| match self.file_op(&c.id, op.clone()) {
+            Ok(out) => out,
+            Err(e) => {
+                failed_call.get_or_insert(e);
+                Err(Errno::EIO)
+            }
+        });
+        if let Some(e) = failed_call {
+            return Err(e);
+        }
+        let stopped = r.is_err();
+        if stopped {
+            let hash = device_hash(&c.id);
+            self.with(format!("putting `{}`", c.id), move |ds, inside| {
+                ds.put(&mut inside.log, &inside.root, &hash)
+            })?;
+        }
+        if let Some(x) = self.containers.iter_mut().find(|x| x.id == c.id) {
+            x.stopped = stopped;
+        }
+        match r {
+            Ok(()) => Ok(Ok(Value::Unit)),
+            Err(StartError::Errno(e)) => Ok(Err(e)),
+            Err(StartError::Unmodelled(why)) => Err(StepError::Unsupported(why.into()).into()),
+        }
+    }
+
+    /// Runs `f` with container `c`'s device mounted: a stopped container is mounted for it
+    /// and put after, as `docker diff` and `docker commit` do (`Get`, then `Put`).
+    fn mounted<R: Send + 'static>(
+        &self,
+        c: &ContainerRec,
+        what: String,
+        f: impl FnOnce(&mut DeviceSet, &mut Inside) -> io::Result<R> + Send + 'static,
+    ) -> Result<R, DriverError> {
+        let (hash, stopped) = (device_hash(&c.id), c.stopped);
+        self.with(what, move |ds, inside| {
+            if stopped {
+                ds.get(&mut inside.log, &inside.root, &hash)?;
+            }
+            let r = f(ds, inside);
+            if stopped {
+                ds.put(&mut inside.log, &inside.root, &hash)?;
+            }
+            r
+        })
     }
 
     fn file_op(&self, id: &str, op: layerspec_model::FileOp) -> Result<Outcome, DriverError> {
@@ -617,67 +748,97 @@ impl Driver for DmDriver {
         self.write_layer(spec.clone())
     }
 
+    fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
+        self.init_layers = on;
+        Ok(())
+    }
+
     fn apply(&mut self, op: &Op) -> Result<Outcome, DriverError> {
         layerspec_model::check_op_ids(op)?;
         match op {
             Op::File { container, op } => {
-                let (id, _) = self.container(container.as_deref())?;
-                self.file_op(&id, op.clone())
+                let c = self.container(container.as_deref())?;
+                if c.stopped {
+                    return Err(StepError::NotRunning(c.id).into());
+                }
+                self.file_op(&c.id, op.clone())
             }
-            Op::CreateContainer { id, image } => {
-                self.create_container(id, image.as_deref())?;
-                Ok(Ok(Value::Unit))
-            }
+            Op::CreateContainer { id, image } => self.create_container(id, image.as_deref()),
             Op::RemoveContainer { id } => {
-                let (id, _) = self.container(Some(id))?;
-                let hash = device_hash(&id);
+                let c = self.container(Some(id))?;
+                let hash = device_hash(&c.id);
+                let init = c.init.as_deref().map(device_hash);
+                let stopped = c.stopped;
+                // moby `ReleaseRWLayer`: the container's device, then its init device.
                 self.with(format!("removing `{id}`"), move |ds, inside| {
-                    ds.put(&mut inside.log, &inside.root, &hash)?;
-                    ds.delete_device(&mut inside.log, &inside.root, &hash)
+                    if !stopped {
+                        ds.put(&mut inside.log, &inside.root, &hash)?;
+                    }
+                    ds.delete_device(&mut inside.log, &inside.root, &hash)?;
+                    match init {
+                        Some(ih) => ds.delete_device(&mut inside.log, &inside.root, &ih),
+                        None => Ok(()),
+                    }
                 })?;
-                self.containers.retain(|c| c.0 != id);
+                self.containers.retain(|x| x.id != c.id);
                 Ok(Ok(Value::Unit))
             }
             Op::Commit { container, layer } => {
-                if self.layers.contains_key(layer) {
+                if self.taken(layer) {
                     return Err(StepError::LayerExists(layer.clone()).into());
                 }
-                let (id, image) = self.container(container.as_deref())?;
-                let hash = device_hash(&id);
-                let image_hash = image.as_deref().map(device_hash).unwrap_or_default();
-                let entries = self.with(format!("reading `{id}`'s diff"), move |ds, inside| {
-                    ds.with_image(&mut inside.log, &inside.root, &image_hash, &hash, |o, n| {
+                let c = self.container(container.as_deref())?;
+                let hash = device_hash(&c.id);
+                let parent = c.parent_hash();
+                let what = format!("reading `{}`'s diff", c.id);
+                let entries = self.mounted(&c, what, move |ds, inside| {
+                    ds.with_image(&mut inside.log, &inside.root, &parent, &hash, |o, n| {
                         diff::commit_entries(o, n)
                     })
                 })?;
+                if let (true, Some(top)) = (self.init_layers, &c.image) {
+                    // Docker adds no layer for a commit without changes, nor for the same
+                    // tar again (the model's rules, DOCK7).
+                    let same = self.last_commit.get(&c.id).filter(|(e, _)| *e == entries);
+                    if let Some((_, made)) = same {
+                        self.aliases.insert(layer.clone(), made.clone());
+                        return Ok(Ok(Value::Unit));
+                    }
+                    if entries.iter().all(|e| e.path == "/") {
+                        self.aliases.insert(layer.clone(), top.clone());
+                        return Ok(Ok(Value::Unit));
+                    }
+                    self.last_commit
+                        .insert(c.id.clone(), (entries.clone(), layer.clone()));
+                }
                 self.write_layer(LayerSpec {
                     id: layer.clone(),
-                    parent: image,
+                    parent: c.image.clone(),
                     entries,
                 })?;
                 Ok(Ok(Value::Unit))
             }
             Op::Remount { container } => {
-                let (id, _) = self.container(container.as_deref())?;
-                let hash = device_hash(&id);
-                self.with(format!("remounting `{id}`"), move |ds, inside| {
-                    ds.put(&mut inside.log, &inside.root, &hash)?;
+                let c = self.container(container.as_deref())?;
+                let (hash, stopped) = (device_hash(&c.id), c.stopped);
+                self.with(format!("remounting `{}`", c.id), move |ds, inside| {
+                    if !stopped {
+                        ds.put(&mut inside.log, &inside.root, &hash)?;
+                    }
                     ds.get(&mut inside.log, &inside.root, &hash).map(|_| ())
                 })?;
+                if c.init.is_some() {
+                    return self.start(&c);
+                }
                 Ok(Ok(Value::Unit))
             }
             Op::Changes { container } => {
-                let (id, image) = self.container(container.as_deref())?;
-                let hash = device_hash(&id);
-                let image_hash = image.as_deref().map(device_hash).unwrap_or_default();
-                let changes = self.with(format!("`{id}`'s changes"), move |ds, inside| {
-                    ds.with_image(
-                        &mut inside.log,
-                        &inside.root,
-                        &image_hash,
-                        &hash,
-                        diff::changes,
-                    )
+                let c = self.container(container.as_deref())?;
+                let hash = device_hash(&c.id);
+                let parent = c.parent_hash();
+                let what = format!("`{}`'s changes", c.id);
+                let changes = self.mounted(&c, what, move |ds, inside| {
+                    ds.with_image(&mut inside.log, &inside.root, &parent, &hash, diff::changes)
                 })?;
                 Ok(Ok(Value::Changes(changes)))
             }
@@ -685,7 +846,11 @@ impl Driver for DmDriver {
     }
 
     fn observe(&mut self) -> Result<Observation, DriverError> {
-        let containers: Vec<String> = self.containers.iter().map(|c| c.0.clone()).collect();
+        let containers: Vec<(String, bool)> = self
+            .containers
+            .iter()
+            .map(|c| (c.id.clone(), c.stopped))
+            .collect();
         self.with("observing".into(), move |ds, inside| {
             // The driver's directory as it is on disk, without the devices mounted on it.
             let view = inside.root.parent().expect("sandbox dir").join("view");
@@ -711,7 +876,12 @@ impl Driver for DmDriver {
                 inodes_used,
                 ..Accounting::default()
             };
-            for c in &containers {
+            for (c, stopped) in &containers {
+                accounting.copied_up_bytes.insert(c.clone(), 0);
+                if *stopped {
+                    // A container Docker could not start has no mounted root.
+                    continue;
+                }
                 let rootfs = top(&inside.root)
                     .join("mnt")
                     .join(device_hash(c))
@@ -719,7 +889,6 @@ impl Driver for DmDriver {
                 let quiet = inside.root.parent().expect("sandbox dir").join("quiet");
                 let view = quietly(&mut inside.log, &rootfs, &quiet, observe::merged_view)?;
                 merged.insert(c.clone(), view);
-                accounting.copied_up_bytes.insert(c.clone(), 0);
             }
             // Last: the pool after a sync of everything above.
             accounting.pool = Some(ds.observe_pool(&mut inside.log)?);
