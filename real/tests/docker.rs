@@ -373,3 +373,92 @@ fn the_machines_own_docker_is_untouched() {
     assert_eq!(machine_before, machine_after, "/var/lib/docker changed");
     assert_eq!(sock_before, sock_after, "/run/docker.sock appeared or went");
 }
+
+/// runc makes `/dev/ptmx` through a `/dev` symlink as the host resolves it: the backend
+/// refuses such a start before Docker runs it, and nothing appears at the symlink's target
+/// on the host. A failed start (here `/etc` a file) is the errno, the container stopped:
+/// file steps refused, `docker diff` and removal still work.
+#[test]
+fn a_start_through_a_dev_symlink_is_refused_and_a_failed_start_stops_the_container() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let canary = std::env::temp_dir().join(format!("ls-canary-{}", std::process::id()));
+    std::fs::create_dir_all(&canary).unwrap();
+    {
+        let mut d = open_backend(DriverKind::Overlay2, "docker", OverlayOptions::default())
+            .expect("the probe said docker runs here");
+        d.set_init_layers(true).unwrap();
+        base(d.as_mut());
+        let step = |op| fop(None, op);
+        for op in [
+            FileOp::Rmdir {
+                path: "/dev/pts".into(),
+            },
+            FileOp::Rmdir {
+                path: "/dev/shm".into(),
+            },
+            FileOp::Unlink {
+                path: "/dev/console".into(),
+            },
+            FileOp::Rmdir {
+                path: "/dev".into(),
+            },
+            FileOp::Symlink {
+                target: canary.display().to_string(),
+                path: "/dev".into(),
+            },
+        ] {
+            assert_eq!(d.apply(&step(op)).unwrap(), Ok(Value::Unit));
+        }
+        let r = d.apply(&Op::Remount { container: None });
+        assert!(
+            matches!(r, Err(DriverError::Step(StepError::Unsupported(ref w))) if w == DEV_SYMLINK),
+            "{r:?}"
+        );
+        // Still running: the start was not tried. Make it fail on `/etc` instead.
+        for path in [
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+            "/etc/mtab",
+            "/etc/os-release",
+        ] {
+            d.apply(&step(FileOp::Unlink { path: path.into() }))
+                .unwrap()
+                .unwrap();
+        }
+        d.apply(&step(FileOp::Unlink { path: "/dev".into() }))
+            .unwrap()
+            .unwrap();
+        d.apply(&step(FileOp::Rmdir { path: "/etc".into() }))
+            .unwrap()
+            .unwrap();
+        d.apply(&step(FileOp::Create {
+            path: "/etc".into(),
+            mode: None,
+        }))
+        .unwrap()
+        .unwrap();
+        let r = d.apply(&Op::Remount { container: None }).unwrap();
+        assert_eq!(r, Err(Errno::ENOTDIR));
+        let r = d.apply(&step(FileOp::Stat { path: "/".into() }));
+        assert!(
+            matches!(r, Err(DriverError::Step(StepError::NotRunning(_)))),
+            "{r:?}"
+        );
+        assert!(matches!(
+            d.apply(&Op::Changes { container: None }),
+            Ok(Ok(Value::Changes(_)))
+        ));
+        let obs = d.observe().unwrap();
+        assert!(!obs.merged.contains_key("c1"), "a stopped container has no merged view");
+        d.apply(&Op::RemoveContainer { id: "c1".into() })
+            .unwrap()
+            .unwrap();
+    }
+    let left: Vec<_> = std::fs::read_dir(&canary).unwrap().flatten().collect();
+    std::fs::remove_dir(&canary).unwrap();
+    assert!(left.is_empty(), "written at the symlink's target: {left:?}");
+}
