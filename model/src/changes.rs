@@ -346,17 +346,6 @@ fn stat_different(old: &Inode, new: &Inode) -> bool {
         || (!new.is_dir() && (size(old) != size(new) || old.mtime != new.mtime))
 }
 
-/// Whether an inode changed between the image's filesystem and the container's.
-fn differs(old: &Inode, new: &Inode, same_ino: bool) -> bool {
-    if old.kind() != new.kind() || old.mode != new.mode || old.xattrs != new.xattrs {
-        return true;
-    }
-    if new.is_dir() {
-        return false;
-    }
-    !same_ino || new.version != 0 || old.body != new.body
-}
-
 /// moby's `ChangesDirs` over two whole filesystems (devicemapper).
 fn diff_trees(old: &Tree, od: Ino, new: &Tree, nd: Ino, path: &str, out: &mut Vec<Change>) {
     let at_entry = out.len();
@@ -368,7 +357,7 @@ fn diff_trees(old: &Tree, od: Ino, new: &Tree, nd: Ino, path: &str, out: &mut Ve
         match oc.get(name) {
             Some(&o) => {
                 let (oi, ni) = (old.get(o), new.get(n));
-                if differs(oi, ni, o == n) {
+                if stat_different(oi, ni) {
                     out.push(Change {
                         path: p.clone(),
                         kind: ChangeKind::C,

@@ -46,7 +46,20 @@ pub struct LowerStack {
     layers: Vec<Arc<Layer>>,
     nodes: Vec<LowerNode>,
     synthetic: Vec<Inode>,
-    accumulate_dir_xattrs: bool,
+    dir_xattrs: DirXattrs,
+}
+
+/// Whose xattrs a directory that several layers list has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DirXattrs {
+    /// The topmost layer's that lists it (a union mount).
+    Top,
+    /// The root accumulates every layer's, the others have the top layer's own
+    /// ([`LowerStack::flattened`]).
+    RootAccumulates,
+    /// Every directory accumulates those of each layer that lists it, for as long as it
+    /// stays a directory ([`LowerStack::applied`]).
+    Accumulate,
 }
 
 impl LowerStack {
@@ -55,7 +68,18 @@ impl LowerStack {
 
     /// Builds the stack and its index from layers given lowest first.
     pub fn new(layers: Vec<Arc<Layer>>) -> LowerStack {
-        Self::build(layers, false)
+        Self::build(layers, DirXattrs::Top)
+    }
+
+    /// The stack as Docker's applier leaves it when it unpacks each layer's tar onto a
+    /// snapshot of its parent (devicemapper): a directory already there stays, takes the
+    /// header's mode and has the header's xattrs set, none removed (moby 20.10.24
+    /// `pkg/archive/archive.go` `createTarFile`: an existing directory is kept, `Lsetxattr`
+    /// for each of `hdr.Xattrs`), so it accumulates the xattrs of every layer listing it; an
+    /// opaque marker removes its entries, not it (`UnpackLayer`). Found by `fuzz --driver
+    /// devicemapper --backend vm --seed 1`, trace 39.
+    pub fn applied(layers: Vec<Arc<Layer>>) -> LowerStack {
+        Self::build(layers, DirXattrs::Accumulate)
     }
 
     /// The stack as Docker's overlay driver flattens it into one layer root. Each layer's
@@ -68,10 +92,10 @@ impl LowerStack {
     /// root keeps the xattrs of every layer (the applier sets a directory's xattrs on the
     /// copy, it never clears them).
     pub fn flattened(layers: Vec<Arc<Layer>>) -> LowerStack {
-        Self::build(layers, true)
+        Self::build(layers, DirXattrs::RootAccumulates)
     }
 
-    fn build(layers: Vec<Arc<Layer>>, accumulate_dir_xattrs: bool) -> LowerStack {
+    fn build(layers: Vec<Arc<Layer>>, dir_xattrs: DirXattrs) -> LowerStack {
         let mut stack = LowerStack {
             nodes: vec![LowerNode {
                 layer: 0,
@@ -82,7 +106,7 @@ impl LowerStack {
             }],
             layers: Vec::new(),
             synthetic: Vec::new(),
-            accumulate_dir_xattrs,
+            dir_xattrs,
         };
         stack.layers = layers;
         for i in 0..stack.layers.len() {
@@ -90,7 +114,7 @@ impl LowerStack {
             stack.nodes[0].layer = i;
             stack.nodes[0].merged = i > 0;
             stack.nodes[0].synthetic = None;
-            if let (true, Some(before)) = (stack.accumulate_dir_xattrs, before) {
+            if let (true, Some(before)) = (dir_xattrs != DirXattrs::Top, before) {
                 let root = stack.layers[i].tree.get(ROOT).clone();
                 let mut xattrs = before.xattrs;
                 xattrs.extend(root.xattrs.clone());
@@ -102,7 +126,7 @@ impl LowerStack {
             let layer = Arc::clone(&stack.layers[i]);
             stack.apply(i, &layer.tree, ROOT, Self::ROOT);
         }
-        if accumulate_dir_xattrs && !stack.layers.is_empty() {
+        if dir_xattrs == DirXattrs::RootAccumulates && !stack.layers.is_empty() {
             let top = stack.layers.len() - 1;
             for id in 1..stack.nodes.len() {
                 let n = &stack.nodes[id];
@@ -136,8 +160,12 @@ impl LowerStack {
                     self.children_mut(node).remove(name);
                 }
                 Body::Dir { opaque, .. } => {
-                    let keep =
-                        existing.filter(|&e| !*opaque && self.nodes[e as usize].children.is_some());
+                    let is_dir = |e: NodeId| self.nodes[e as usize].children.is_some();
+                    let accumulate = self.dir_xattrs == DirXattrs::Accumulate;
+                    let before = existing
+                        .filter(|&e| accumulate && is_dir(e))
+                        .and_then(|e| self.node_inode(e));
+                    let keep = existing.filter(|&e| !*opaque && is_dir(e));
                     let id = match keep {
                         Some(e) => {
                             let n = &mut self.nodes[e as usize];
@@ -149,6 +177,18 @@ impl LowerStack {
                         }
                         None => self.push(layer, ino, true, name, node),
                     };
+                    if let Some(before) = before {
+                        let mut xattrs = before.xattrs;
+                        xattrs.extend(inode.xattrs.clone());
+                        if xattrs != inode.xattrs {
+                            self.synthetic.push(Inode {
+                                xattrs,
+                                ..inode.clone()
+                            });
+                            self.nodes[id as usize].synthetic =
+                                Some(self.synthetic.len() as u32 - 1);
+                        }
+                    }
                     self.apply(layer, tree, ino, id);
                 }
                 _ => {

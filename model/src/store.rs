@@ -303,8 +303,11 @@ impl Store {
             .iter()
             .map(|id| Arc::clone(&self.layers[id]))
             .collect();
-        let s = Arc::new(if Policy::new(self.driver, self.options).farm_links {
+        let policy = Policy::new(self.driver, self.options);
+        let s = Arc::new(if policy.farm_links {
             LowerStack::flattened(layers)
+        } else if policy.flat {
+            LowerStack::applied(layers)
         } else {
             LowerStack::new(layers)
         });
@@ -747,7 +750,7 @@ impl Store {
             .iter()
             .map(|id| Arc::clone(&self.layers[id]))
             .collect();
-        let flat = LowerStack::new(layers).flatten();
+        let flat = LowerStack::applied(layers).flatten();
         // Same inode numbers as the container's snapshot: both flatten the same stack.
         flat
     }

@@ -336,8 +336,14 @@ fn stat_different(o: &fs::Metadata, n: &fs::Metadata) -> bool {
                 || o.size() != n.size()))
 }
 
-/// Each entry below `upper` with its modification time as a tar header carries it (Go's
-/// `archive/tar` rounds to the nearest second), in path order.
+/// A modification time as a tar header carries it (Go's `archive/tar` rounds to the
+/// nearest second).
+pub fn tar_mtime(m: &fs::Metadata) -> i64 {
+    m.mtime() + i64::from(m.mtime_nsec() >= 500_000_000)
+}
+
+/// Each entry below `upper` with its modification time as a tar header carries it
+/// ([`tar_mtime`]), in path order.
 pub fn tar_times(upper: &Path) -> io::Result<Vec<(String, i64)>> {
     let mut out = Vec::new();
     let mut todo = vec![(upper.to_path_buf(), String::new())];
@@ -346,10 +352,7 @@ pub fn tar_times(upper: &Path) -> io::Result<Vec<(String, i64)>> {
             let p = e.path();
             let path = format!("{rel}/{}", e.file_name().to_string_lossy());
             let m = fs::symlink_metadata(&p)?;
-            out.push((
-                path.clone(),
-                m.mtime() + i64::from(m.mtime_nsec() >= 500_000_000),
-            ));
+            out.push((path.clone(), tar_mtime(&m)));
             if m.is_dir() {
                 todo.push((p, path));
             }

@@ -429,12 +429,16 @@ fn a_start_through_a_dev_symlink_is_refused_and_a_failed_start_stops_the_contain
                 .unwrap()
                 .unwrap();
         }
-        d.apply(&step(FileOp::Unlink { path: "/dev".into() }))
-            .unwrap()
-            .unwrap();
-        d.apply(&step(FileOp::Rmdir { path: "/etc".into() }))
-            .unwrap()
-            .unwrap();
+        d.apply(&step(FileOp::Unlink {
+            path: "/dev".into(),
+        }))
+        .unwrap()
+        .unwrap();
+        d.apply(&step(FileOp::Rmdir {
+            path: "/etc".into(),
+        }))
+        .unwrap()
+        .unwrap();
         d.apply(&step(FileOp::Create {
             path: "/etc".into(),
             mode: None,
@@ -453,7 +457,10 @@ fn a_start_through_a_dev_symlink_is_refused_and_a_failed_start_stops_the_contain
             Ok(Ok(Value::Changes(_)))
         ));
         let obs = d.observe().unwrap();
-        assert!(!obs.merged.contains_key("c1"), "a stopped container has no merged view");
+        assert!(
+            !obs.merged.contains_key("c1"),
+            "a stopped container has no merged view"
+        );
         d.apply(&Op::RemoveContainer { id: "c1".into() })
             .unwrap()
             .unwrap();

@@ -1,14 +1,13 @@
 //! devicemapper's change list and commit diff: the container's whole filesystem compared
-//! with its image's (moby `archive.ChangesDirs`, used through the naive diff driver), as
-//! the model's `changes::diff_trees` does it.
+//! with its parent's (its init device's, else its image's; moby `archive.ChangesDirs`, used
+//! through the naive diff driver), as the model's `changes::diff_trees` does it.
 //!
-//! What counts as changed, on the real filesystems: another file type, permission bits or
-//! `user.*` xattrs; for a non-directory also another inode number (a snapshot keeps every
-//! inode's number, so the same number is the same file), size, symlink target, or ctime.
-//! The model counts a file as changed when the container changed its inode at all
-//! (`version != 0`); ctime is the kernel's record of exactly that (every write, chmod,
-//! link and xattr change sets it). moby compares mtime and size, which differ from this
-//! only for an inode whose metadata alone changed in ways the bits above do not show.
+//! What counts as changed is moby's `statDifferent` ([`differs`]): another file type,
+//! permission bits, owner or device number; for a non-directory also another size or
+//! modification time. A layer's files carry one time (the applier's, [`super::apply`]),
+//! a commit's the container's; the model tells times apart by its clock
+//! (`Inode::mtime`). Two distinct files the kernel stamped within one clock tick would
+//! look the same here and different to the model: the model's abstraction of time.
 
 use crate::changes::user_xattrs;
 use layerspec_model::{Change, ChangeKind, Content, Entry, EntryKind};
@@ -34,26 +33,17 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-fn differs(op: &Path, o: &fs::Metadata, np: &Path, n: &fs::Metadata) -> io::Result<bool> {
-    if o.file_type() != n.file_type()
-        || o.mode() & 0o7777 != n.mode() & 0o7777
-        || user_xattrs(op)? != user_xattrs(np)?
-    {
-        return Ok(true);
-    }
-    if n.is_dir() {
-        return Ok(false);
-    }
-    if o.ino() != n.ino()
-        || o.size() != n.size()
-        || (o.ctime(), o.ctime_nsec()) != (n.ctime(), n.ctime_nsec())
-    {
-        return Ok(true);
-    }
-    if n.file_type().is_symlink() {
-        return Ok(fs::read_link(op)? != fs::read_link(np)?);
-    }
-    Ok(false)
+/// moby `statDifferent` (pkg/archive/changes_unix.go, 20.10): type and permission bits,
+/// owner, device number, and for a non-directory its size and modification time (seconds
+/// and nanoseconds). xattrs other than `security.capability`, which scenarios cannot set,
+/// inode numbers and ctime are not looked at.
+fn differs(o: &fs::Metadata, n: &fs::Metadata) -> bool {
+    o.mode() != n.mode()
+        || o.uid() != n.uid()
+        || o.gid() != n.gid()
+        || o.rdev() != n.rdev()
+        || (!n.is_dir()
+            && ((o.mtime(), o.mtime_nsec()) != (n.mtime(), n.mtime_nsec()) || o.size() != n.size()))
 }
 
 fn add_all(dir: &Path, path: &str, out: &mut Vec<Change>) -> io::Result<()> {
@@ -87,7 +77,7 @@ fn diff_dirs(old: Option<&Path>, new: &Path, path: &str, out: &mut Vec<Change>) 
             Some(o) => {
                 let op = o.join(name);
                 let om = fs::symlink_metadata(&op)?;
-                if differs(&op, &om, &np, &n)? {
+                if differs(&om, &n) {
                     out.push(Change {
                         path: p.clone(),
                         kind: ChangeKind::C,
@@ -199,6 +189,20 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
                 xattrs: user_xattrs(&p)?,
             });
         }
+    }
+    Ok(out)
+}
+
+/// The modification time each entry of a commit carries in Docker's tar: the container's,
+/// in whole seconds (`changes::tar_mtime`), for every entry but whiteouts.
+pub(crate) fn entry_times(new: &Path, entries: &[Entry]) -> io::Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    for e in entries {
+        if matches!(e.kind, EntryKind::Whiteout) {
+            continue;
+        }
+        let m = fs::symlink_metadata(new.join(e.path.trim_start_matches('/')))?;
+        out.push((e.path.clone(), crate::changes::tar_mtime(&m)));
     }
     Ok(out)
 }

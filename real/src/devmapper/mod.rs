@@ -319,20 +319,40 @@ impl DeviceSet {
     }
 
     /// A layer: a snapshot of `origin`, mounted, `spec`'s entries applied (chrooted in the
-    /// device's `rootfs/`, through [`crate::confined`]), unmounted.
+    /// device's `rootfs/`, through [`crate::confined`]) with their modification times as
+    /// Docker's applier sets them from the tar headers: `times` for a commit (the
+    /// container's), else the one time every scenario layer's entries carry
+    /// ([`crate::layer::ENTRY_MTIME`]); unmounted.
     fn add_layer(
         &mut self,
         inside: &mut crate::sandbox::Inside,
         hash: &str,
         origin: &str,
         spec: &LayerSpec,
+        times: Option<&[(String, i64)]>,
     ) -> io::Result<()> {
         let root = inside.root.clone();
         self.add_device(&mut inside.log, &root, hash, origin)?;
         let rootfs = self.get(&mut inside.log, &root, hash)?;
-        let applied = inside
-            .confine(&rootfs)
-            .and_then(|mut c| apply::apply_layer(&mut c, spec, Path::new("/")));
+        let applied = inside.confine(&rootfs).and_then(|mut c| {
+            apply::apply_layer(&mut c, spec, Path::new("/"))?;
+            let entry_times: Vec<(String, i64)> = match times {
+                Some(t) => t.to_vec(),
+                None => spec
+                    .entries
+                    .iter()
+                    .filter(|e| !matches!(e.kind, layerspec_model::EntryKind::Whiteout))
+                    .map(|e| (e.path.clone(), crate::layer::ENTRY_MTIME))
+                    .collect(),
+            };
+            for (path, t) in entry_times {
+                let p = Path::new("/").join(path.trim_start_matches('/'));
+                if fs::symlink_metadata(&p).is_ok() {
+                    c.set_times(&p, t)?;
+                }
+            }
+            Ok(())
+        });
         applied?;
         self.put(&mut inside.log, &root, hash)
     }
@@ -588,7 +608,11 @@ impl DmDriver {
         self.layers.contains_key(id) || self.aliases.contains_key(id) || self.has_device(id)
     }
 
-    fn write_layer(&mut self, spec: LayerSpec) -> Result<(), DriverError> {
+    fn write_layer(
+        &mut self,
+        spec: LayerSpec,
+        times: Option<Vec<(String, i64)>>,
+    ) -> Result<(), DriverError> {
         layerspec_model::validate_layer(&spec)?;
         if self.layers.contains_key(&spec.id) || self.has_device(&spec.id) {
             return Err(StepError::LayerExists(spec.id.clone()).into());
@@ -602,7 +626,7 @@ impl DmDriver {
         let hash = device_hash(&spec.id);
         let origin = spec.parent.as_deref().map(device_hash).unwrap_or_default();
         self.with(format!("building layer `{id}`"), move |ds, inside| {
-            ds.add_layer(inside, &hash, &origin, &spec)
+            ds.add_layer(inside, &hash, &origin, &spec, times.as_deref())
         })?;
         self.layers.insert(id, parent);
         Ok(())
@@ -745,7 +769,7 @@ impl Driver for DmDriver {
     }
 
     fn add_layer(&mut self, spec: &LayerSpec) -> Result<(), DriverError> {
-        self.write_layer(spec.clone())
+        self.write_layer(spec.clone(), None)
     }
 
     fn set_init_layers(&mut self, on: bool) -> Result<(), String> {
@@ -791,9 +815,11 @@ impl Driver for DmDriver {
                 let hash = device_hash(&c.id);
                 let parent = c.parent_hash();
                 let what = format!("reading `{}`'s diff", c.id);
-                let entries = self.mounted(&c, what, move |ds, inside| {
+                let (entries, times) = self.mounted(&c, what, move |ds, inside| {
                     ds.with_image(&mut inside.log, &inside.root, &parent, &hash, |o, n| {
-                        diff::commit_entries(o, n)
+                        let entries = diff::commit_entries(o, n)?;
+                        let times = diff::entry_times(n, &entries)?;
+                        Ok((entries, times))
                     })
                 })?;
                 if let (true, Some(top)) = (self.init_layers, &c.image) {
@@ -811,11 +837,14 @@ impl Driver for DmDriver {
                     self.last_commit
                         .insert(c.id.clone(), (entries.clone(), layer.clone()));
                 }
-                self.write_layer(LayerSpec {
-                    id: layer.clone(),
-                    parent: c.image.clone(),
-                    entries,
-                })?;
+                self.write_layer(
+                    LayerSpec {
+                        id: layer.clone(),
+                        parent: c.image.clone(),
+                        entries,
+                    },
+                    Some(times),
+                )?;
                 Ok(Ok(Value::Unit))
             }
             Op::Remount { container } => {
