@@ -134,6 +134,17 @@ pub fn open_thin(
         .map_err(|e| format!("cannot make a thin pool: {e}"))
 }
 
+/// A container of a kernel-side driver (overlay, overlay2 and fuse; devicemapper in the VM).
+#[derive(Clone, Debug)]
+pub(crate) struct ContainerRec {
+    pub(crate) id: String,
+    pub(crate) image: Option<String>,
+    /// Its `-init` layer or device, when the driver makes them.
+    pub(crate) init: Option<String>,
+    /// Docker could not start it: its root is not mounted (`layerspec_model::container_start`).
+    pub(crate) stopped: bool,
+}
+
 /// The container a step names (`None`: the most recently created), from a driver's list,
 /// or the step error the model gives for it. `id_of` reads a record's id.
 pub(crate) fn pick_container<T: Clone>(

@@ -8,6 +8,7 @@ use crate::layer;
 use crate::observe;
 use crate::sandbox::{BackingFs, Sandbox};
 use crate::sys;
+use crate::ContainerRec;
 use layerspec_model::{
     init_layer_id, overlay_mount_data, short_name, Accounting, Driver, DriverError, DriverKind,
     Entry, Errno, KernelVersion, LayerSpec, Observation, Op, Outcome, OverlayOptions, StartError,
@@ -29,16 +30,6 @@ pub enum Implementation {
     Kernel,
     /// fuse-overlayfs.
     Fuse,
-}
-
-#[derive(Clone, Debug)]
-struct ContainerRec {
-    id: String,
-    image: Option<String>,
-    /// Its `-init` layer, when the driver makes them.
-    init: Option<String>,
-    /// Docker could not start it: its root is not mounted (`layerspec_model::container_start`).
-    stopped: bool,
 }
 
 impl ContainerRec {

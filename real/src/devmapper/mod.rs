@@ -65,6 +65,7 @@ use crate::observe;
 use crate::ops;
 use crate::sandbox::{BackingFs, Inside, Sandbox};
 use crate::sys::{self, Log};
+use crate::ContainerRec;
 use layerspec_model::devmapper::{device_hash, BASE_DEVICE_BYTES, PREFIX};
 use layerspec_model::{
     init_layer_id, Accounting, DeviceObservation, Driver, DriverError, DriverKind, Errno,
@@ -494,17 +495,6 @@ fn quietly<R>(
     let r = r?;
     u?;
     Ok(r)
-}
-
-/// A container of the driver.
-#[derive(Clone, Debug)]
-struct ContainerRec {
-    id: String,
-    image: Option<String>,
-    /// Its `-init` device, when the driver makes them.
-    init: Option<String>,
-    /// Docker could not start it: its device is not mounted.
-    stopped: bool,
 }
 
 impl ContainerRec {

@@ -132,7 +132,7 @@ pub fn start(d: &Daemon, id: &str) -> io::Result<Result<Dirs, (StartFailed, Dirs
 
 /// The errno a failed start's message names. dockerd's and runc's messages end in Go's
 /// text of the system call's errno (`syscall.Errno.Error`, the C library's `strerror`);
-/// three have no errno and are read as the model names them: moby's "evalSymlinksInScope:
+/// two have no errno and are read as the model names them: moby's "evalSymlinksInScope:
 /// too many links" (ELOOP), runc's "must be mounted on ordinary directory" (ENOTDIR).
 pub fn errno_of(message: &str) -> Option<Errno> {
     const TEXTS: [(&str, Errno); 6] = [
