@@ -17,7 +17,8 @@
 //! The backends that really ran are printed per test and at the end (a machine without
 //! overlayfs or fuse-overlayfs shows them as skip rows). Two more tests run every
 //! `# expect: runs` file at once on the backends that take a whole run: `vm` (one boot of
-//! the VM tier) and `docker` (private dockerds), with the same canary and checks.
+//! the VM tier) and `docker` (private dockerds; each file given `init = true`, as Docker
+//! makes an `-init` layer for every container), with the same canary and checks.
 
 mod hostile_kit;
 
@@ -123,6 +124,32 @@ fn main() {
     conclusion.exit();
 }
 
+/// `template` with `init = true` in its `[options]` (Docker's `-init` layer), which the
+/// `docker` backend needs to run a file: added to an `[options]` table, or as one before
+/// the first table.
+fn with_init(template: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in template.lines() {
+        if !done && line.trim() == "[options]" {
+            out.push_str(line);
+            out.push_str("\ninit = true\n");
+            done = true;
+            continue;
+        }
+        if !done && line.trim_start().starts_with('[') && !line.contains("[options") {
+            out.push_str("[options]\ninit = true\n\n");
+            done = true;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !done {
+        out.push_str("\n[options]\ninit = true\n");
+    }
+    out
+}
+
 /// Every `# expect: runs` file in one `run` on `backend`, against one canary on the host:
 /// exit 0 or 1, no real row passing over a failed model row, the canary unchanged, nothing
 /// left in the child's TMPDIR. `vm` is one boot of the VM tier (the guest kernel's overlay
@@ -144,6 +171,12 @@ fn every_runs_file_trial(name: &str, backend: &str) -> Result<(), Failed> {
     for f in files {
         let template = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
         if expectation(&template)? == Expect::Runs {
+            // Docker runs only files stating its containers: each gets `init = true`.
+            let template = if backend == "docker" {
+                with_init(&template)
+            } else {
+                template
+            };
             case.write_scenario(
                 &f.file_name().unwrap_or_default().to_string_lossy(),
                 &template,
