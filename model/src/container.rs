@@ -129,14 +129,11 @@ impl Container {
     ///   `daemon/graphdriver/copy` `doCopyXattrs`) and makes its whiteouts anew.
     pub fn on_init(id: &str, init: &Container, image: Arc<LowerStack>, policy: Policy) -> Self {
         if policy.flat {
-            // devicemapper: a snapshot of the init device, its whole filesystem.
-            let mut c = Container::new(id, init.image.clone(), image, policy);
+            // devicemapper: a snapshot of the init device, its whole filesystem (the image
+            // is in it already: nothing to flatten).
+            let empty = Arc::new(LowerStack::new(Vec::new()));
+            let mut c = Container::new(id, init.image.clone(), empty, policy);
             c.upper = init.upper.clone();
-            // Unchanged since the snapshot, as `new` leaves a snapshot of the image.
-            let inos: Vec<Ino> = c.upper.inodes().map(|(i, _)| i).collect();
-            for i in inos {
-                c.upper.get_mut(i).version = 0;
-            }
             return c;
         }
         if !policy.farm_links {

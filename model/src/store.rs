@@ -622,8 +622,7 @@ impl Store {
                     }
                 }
                 if self.init_layers {
-                    let cid = self.container(container.as_deref())?.id.clone();
-                    if let Some((tree, made)) = self.last_commit.get(&cid) {
+                    if let Some((tree, made)) = self.last_commit.get(&id) {
                         if *tree == new.tree {
                             // The same tar again: Docker's layer store has that layer (same
                             // chain id) and makes no other (moby `layer_store.go` `Register`
@@ -636,7 +635,7 @@ impl Store {
                         }
                     }
                     self.last_commit
-                        .insert(cid, (new.tree.clone(), layer.clone()));
+                        .insert(id, (new.tree.clone(), layer.clone()));
                 }
                 self.insert_layer(new)?;
                 Ok(Ok(Value::Unit))

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod changes;
+mod commits;
 mod confined;
 mod content;
 mod copy_up;

@@ -2,6 +2,7 @@
 //! Docker's on-disk layout exactly as the model renders it (`layerspec_model` layout.rs).
 
 use crate::changes;
+use crate::commits::Commits;
 use crate::confined::Confined;
 use crate::copy_up;
 use crate::layer;
@@ -59,12 +60,9 @@ pub struct OverlayDriver {
     kernel: KernelVersion,
     /// Whether containers get Docker's `-init` layer (`layerspec_model::init_layer_setup`).
     init_layers: bool,
-    /// Image ids naming an existing layer: commits without changes (with init layers,
-    /// Docker adds no layer for them; `layerspec_model::Store::resolve`).
-    aliases: BTreeMap<String, String>,
-    /// With init layers: each container's last commit, as (its entries and the times its
-    /// tar would carry, the layer it made).
-    last_commit: BTreeMap<String, (CommitPrint, String)>,
+    /// With init layers, the ids of commits that made no layer (`layerspec_model::Store`'s
+    /// rule) and each container's last commit, by its entries and its tar's times.
+    commits: Commits<CommitPrint>,
 }
 
 /// What makes two commits the same tar: the entries, and each upper entry's modification
@@ -112,17 +110,13 @@ impl OverlayDriver {
             sandbox,
             kernel,
             init_layers: false,
-            aliases: BTreeMap::new(),
-            last_commit: BTreeMap::new(),
+            commits: Commits::new(),
         })
     }
 
     /// The layer image id `id` names.
     fn resolve(&self, id: &str) -> String {
-        self.aliases
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| id.to_string())
+        self.commits.resolve(id)
     }
 
     /// The layers under container `c`'s writable layer, lowest first: its image's, then
@@ -334,21 +328,13 @@ impl OverlayDriver {
         init: &str,
     ) -> Result<Vec<layerspec_model::Change>, DriverError> {
         let rec = ContainerRec::init_layer(init, c.image.as_deref());
-        let merged = format!("{init}/merged");
-        let m2 = merged.clone();
-        self.in_driver_dir(format!("making `{merged}`"), move |cf, top| {
-            cf.mkdir(&top.join(&m2), 0o700)
-        })?;
-        self.mount_as(&rec, self.kind == DriverKind::Overlay2)?;
+        self.get_as(&rec, self.kind == DriverKind::Overlay2)?;
         let (kind, cid, iid) = (self.kind, c.id.clone(), init.to_string());
         let walked = self.sandbox.run(move |inside| {
             let top = inside.root.join(kind.name());
             changes::naive_changes(&top.join(iid).join("merged"), &top.join(cid).join("merged"))
         });
-        self.unmount(&rec)?;
-        self.in_driver_dir(format!("removing `{merged}`"), move |cf, top| {
-            cf.remove(&top.join(&merged))
-        })?;
+        self.put(&rec)?;
         walked.map_err(|e| DriverError::Backend(format!("computing changes: {e}")))
     }
 
@@ -372,13 +358,14 @@ impl OverlayDriver {
         }
     }
 
-    /// Docker's `Get` of a container it did not start: `merged` made, the root mounted.
-    fn get(&self, c: &ContainerRec) -> Result<(), DriverError> {
+    /// Docker's `Get` of a layer not mounted (a container it did not start, an init layer
+    /// for `docker diff`): `merged` made, the root mounted (`readonly`: see [`Self::mount_as`]).
+    fn get_as(&self, c: &ContainerRec, readonly: bool) -> Result<(), DriverError> {
         let merged = format!("{}/merged", c.id);
         self.in_driver_dir(format!("making `{merged}`"), move |cf, top| {
             cf.mkdir(&top.join(&merged), 0o700)
         })?;
-        self.mount(c)
+        self.mount_as(c, readonly)
     }
 
     /// Docker's `Put`: the root unmounted and `merged` removed.
@@ -400,7 +387,7 @@ impl OverlayDriver {
         if !c.stopped {
             return f(self);
         }
-        self.get(c)?;
+        self.get_as(c, false)?;
         let r = f(self);
         self.put(c)?;
         r
@@ -409,7 +396,7 @@ impl OverlayDriver {
     /// Whether `id` names a layer, a container or a container's init layer.
     fn taken(&self, id: &str) -> bool {
         self.layers.contains_key(id)
-            || self.aliases.contains_key(id)
+            || self.commits.is_alias(id)
             || self
                 .containers
                 .iter()
@@ -633,23 +620,11 @@ impl OverlayDriver {
         }
         // The first entry is the root's own (mode and xattrs), which Docker's tar leaves out.
         let no_changes = entries.iter().all(|e| e.path == "/");
-        if let (true, Some(top), true) = (self.init_layers, &parent, no_changes) {
-            // Docker adds no layer for a commit without changes (the model's rule).
-            self.aliases.insert(id, top.clone());
-            return Ok(Ok(()));
-        }
-        if self.init_layers {
-            // The same tar as the container's last commit: Docker's layer store has that
-            // layer already (the model's rule).
+        if let (true, Some(top)) = (self.init_layers, &parent) {
             let print = (entries.clone(), times);
-            if let Some((last, made)) = self.last_commit.get(&c.id) {
-                if *last == print {
-                    let made = made.clone();
-                    self.aliases.insert(id, made);
-                    return Ok(Ok(()));
-                }
+            if self.commits.reuses(&c.id, top, &id, no_changes, print) {
+                return Ok(Ok(()));
             }
-            self.last_commit.insert(c.id.clone(), (print, id.clone()));
         }
         self.write_layer(
             LayerSpec {
@@ -896,7 +871,7 @@ impl Driver for OverlayDriver {
                 let c = self.container(container.as_deref())?;
                 if c.stopped {
                     // `docker start` again.
-                    self.get(&c)?;
+                    self.get_as(&c, false)?;
                 } else {
                     self.unmount(&c)?;
                     if c.image.is_some() {

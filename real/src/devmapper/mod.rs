@@ -60,6 +60,7 @@ mod pool;
 
 pub use pool::remove_template;
 
+use crate::commits::Commits;
 use crate::confined::metadata::{mkdir, write_file};
 use crate::observe;
 use crate::ops;
@@ -512,10 +513,9 @@ impl ContainerRec {
 pub struct DmDriver {
     /// Scenario layer id -> parent.
     layers: BTreeMap<String, Option<String>>,
-    /// Layer ids a commit without a new layer gave, and the layer they name (DOCK7).
-    aliases: BTreeMap<String, String>,
-    /// Per container: the entries of its last commit and the layer made (DOCK7).
-    last_commit: BTreeMap<String, (Vec<layerspec_model::Entry>, String)>,
+    /// With init layers, the ids of commits that made no layer and each container's last
+    /// commit, by its entries (DOCK7).
+    commits: Commits<Vec<layerspec_model::Entry>>,
     /// Containers, in creation order.
     containers: Vec<ContainerRec>,
     /// Whether containers get Docker's `-init` device.
@@ -550,8 +550,7 @@ impl DmDriver {
         })?;
         Ok(DmDriver {
             layers: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-            last_commit: BTreeMap::new(),
+            commits: Commits::new(),
             containers: Vec::new(),
             init_layers: false,
             set: Arc::new(Mutex::new(Some(set))),
@@ -588,14 +587,11 @@ impl DmDriver {
 
     /// The layer a layer id names (itself, or the layer a commit without one aliased).
     fn resolve(&self, id: &str) -> String {
-        self.aliases
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| id.to_string())
+        self.commits.resolve(id)
     }
 
     fn taken(&self, id: &str) -> bool {
-        self.layers.contains_key(id) || self.aliases.contains_key(id) || self.has_device(id)
+        self.layers.contains_key(id) || self.commits.is_alias(id) || self.has_device(id)
     }
 
     fn write_layer(
@@ -813,19 +809,13 @@ impl Driver for DmDriver {
                     })
                 })?;
                 if let (true, Some(top)) = (self.init_layers, &c.image) {
-                    // Docker adds no layer for a commit without changes, nor for the same
-                    // tar again (the model's rules, DOCK7).
-                    let same = self.last_commit.get(&c.id).filter(|(e, _)| *e == entries);
-                    if let Some((_, made)) = same {
-                        self.aliases.insert(layer.clone(), made.clone());
+                    let empty = entries.iter().all(|e| e.path == "/");
+                    if self
+                        .commits
+                        .reuses(&c.id, top, layer, empty, entries.clone())
+                    {
                         return Ok(Ok(Value::Unit));
                     }
-                    if entries.iter().all(|e| e.path == "/") {
-                        self.aliases.insert(layer.clone(), top.clone());
-                        return Ok(Ok(Value::Unit));
-                    }
-                    self.last_commit
-                        .insert(c.id.clone(), (entries.clone(), layer.clone()));
                 }
                 self.write_layer(
                     LayerSpec {
