@@ -283,11 +283,17 @@ fn real_main() -> Result<ExitCode> {
                                     status,
                                     observation: None,
                                 },
-                                kernel: (backend != "vm").then(suite::running_kernel).flatten(),
+                                kernel: (backend != "vm"
+                                    && !layerspec_real::docker_in_vm(m.driver))
+                                .then(suite::running_kernel)
+                                .flatten(),
                                 backend,
                             },
-                            _ if backend == "vm" => {
-                                vm_jobs.push((s, m.driver));
+                            _ if backend == "vm"
+                                || (backend == "docker"
+                                    && layerspec_real::docker_in_vm(m.driver)) =>
+                            {
+                                vm_jobs.push((s, m.driver, backend));
                                 continue;
                             }
                             _ => {

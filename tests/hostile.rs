@@ -26,6 +26,7 @@ use hostile_kit::{
     backends_ran, diff, failed_rows, layerspec, located, passes_over_failed_model, snapshot, Case,
     CHECK_TIMEOUT,
 };
+use layerspec_model::DriverKind;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -185,18 +186,20 @@ fn every_runs_file_trial(name: &str, backend: &str) -> Result<(), Failed> {
         }
     }
     let scenarios = case.work.join("case");
-    let run = hostile_kit::layerspec_limited(
-        &[
-            OsStr::new("run"),
-            OsStr::new("--json"),
-            OsStr::new("--backend"),
-            OsStr::new(backend),
-            scenarios.as_os_str(),
-        ],
-        &case.child_tmp(),
-        Duration::from_secs(1200),
-        false,
-    );
+    let mut args = vec![
+        OsStr::new("run"),
+        OsStr::new("--json"),
+        OsStr::new("--backend"),
+        OsStr::new(backend),
+    ];
+    if backend == "docker" && layerspec_real::docker_in_vm(DriverKind::Devicemapper) {
+        // dockerd's devicemapper runs in the VM's guest, which cannot reach the host's
+        // canary (the `vm` trial covers that boot); the host's own dockerd runs the rest.
+        args.extend([OsStr::new("--driver"), OsStr::new("overlay2,overlay")]);
+    }
+    args.push(scenarios.as_os_str());
+    let run =
+        hostile_kit::layerspec_limited(&args, &case.child_tmp(), Duration::from_secs(1200), false);
     let mut problems = Vec::new();
     if !run.code.is_some_and(|c| c == 0 || c == 1) {
         problems.push(format!(

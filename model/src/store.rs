@@ -367,6 +367,20 @@ impl Store {
         self.check_unpredicted(&format!("layer `{}`", spec.id), None)
     }
 
+    /// devicemapper: the layer a commit that adds no layer registers and removes again
+    /// ([`crate::devmapper`]'s `discarded_layer`), on image `image` with the files of
+    /// image `applied` (the image itself for an empty tar, an earlier commit for the same
+    /// tar again). Nothing on the other drivers: their layer directory comes and goes.
+    fn discarded_layer(&mut self, image: &str, applied: &str) {
+        if self.dm.is_none() {
+            return;
+        }
+        let stack = self.stack(Some(applied));
+        if let Some(dm) = &mut self.dm {
+            dm.discarded_layer(image, &stack);
+        }
+    }
+
     fn insert_layer(&mut self, layer: Layer) -> Result<(), StepError> {
         if let Some(dm) = &self.dm {
             if dm.has_device(&layer.id) {
@@ -574,6 +588,7 @@ impl Store {
                 let c = self.container(Some(&id))?;
                 let image = self.parent_tree(c);
                 let c_flat = c.policy.flat;
+                let image_layer = c.image.as_deref().map(|i| self.resolve(i).to_string());
                 let mut new = c.commit_layer(layer, &image);
                 if let (true, Some(top), true) = (
                     self.init_layers,
@@ -585,7 +600,8 @@ impl Store {
                     // `NewChildImage`: a `layer.IsEmpty` diff is not appended to the
                     // RootFS; seen on dockerd 20.10.24, `fuzz --backend docker --seed 1`,
                     // trace 0; DOCK7).
-                    let top = top.clone();
+                    let top = self.resolve(top).to_string();
+                    self.discarded_layer(&top, &top);
                     self.aliases.insert(layer.clone(), top);
                     return Ok(Ok(Value::Unit));
                 }
@@ -594,8 +610,8 @@ impl Store {
                 // `security.capability` (moby 20.10.24 pkg/archive/archive.go
                 // `ReadSecurityXattrToTarHeader`), so the union drivers' commits lose the
                 // `user.*` ones (seen on dockerd 20.10.24: `fuzz --backend docker --seed 1`,
-                // traces 10, 11, 16).
-                let strip = self.driver != DriverKind::Devicemapper;
+                // traces 10, 11, 16; devicemapper's too, in the VM:
+                // `init/commit_twice_without_a_change_is_one_layer`).
                 if self.init_layers && !c_flat {
                     // The tar leaves out the writable layer's root (moby `TarWithOptions`:
                     // `IncludeSourceDir` false): the new layer's root is the directory the
@@ -606,9 +622,7 @@ impl Store {
                 let files: Vec<Ino> = new.tree.inodes().map(|(i, _)| i).collect();
                 for i in files {
                     let inode = new.tree.get_mut(i);
-                    if strip {
-                        inode.xattrs.clear();
-                    }
+                    inode.xattrs.clear();
                     if let Body::File { data, .. } = &mut inode.body {
                         data.fill_holes();
                     }
@@ -621,8 +635,16 @@ impl Store {
                         return Ok(Err(crate::errno::Errno::ENOSPC));
                     }
                 }
+                // devicemapper's diff is the naive driver's `ExportChanges`, which gives each
+                // whiteout the time of the export (moby 20.10.24 `pkg/archive/changes.go`
+                // `ExportChanges`: `time.Now()` in a PAX header): a commit with a deletion is
+                // never the same tar as another (seen on dockerd's devicemapper in the VM:
+                // `init/commit_twice_without_a_change_is_one_layer`). The union drivers tar
+                // their upper directory, whose whiteouts keep their times.
+                let unique = self.driver == DriverKind::Devicemapper
+                    && new.tree.inodes().any(|(_, i)| i.is_whiteout());
                 if self.init_layers {
-                    if let Some((tree, made)) = self.last_commit.get(&id) {
+                    if let Some((tree, made)) = self.last_commit.get(&id).filter(|_| !unique) {
                         if *tree == new.tree {
                             // The same tar again: Docker's layer store has that layer (same
                             // chain id) and makes no other (moby `layer_store.go` `Register`
@@ -630,6 +652,9 @@ impl Store {
                             // commits without a change between, `fuzz --backend docker
                             // --seed 1`, traces 34, 49, 112, 119).
                             let made = made.clone();
+                            if let Some(image) = image_layer.as_deref() {
+                                self.discarded_layer(image, &made);
+                            }
                             self.aliases.insert(layer.clone(), made);
                             return Ok(Ok(Value::Unit));
                         }

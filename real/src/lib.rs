@@ -34,7 +34,7 @@ pub use devmapper::{remove_template as remove_devmapper_base, DmDriver};
 pub use docker::DockerDriver;
 pub use ops::open_bits;
 pub use overlay::{Implementation, OverlayDriver};
-pub use probe::{backends_for, kernel_version, vm_kit, Backend, HostFacts, VmKit};
+pub use probe::{backends_for, docker_in_vm, kernel_version, vm_kit, Backend, HostFacts, VmKit};
 pub use sandbox::{
     leftovers, owned_temp_dir, parse_size, remove_temp_dir, sweep, BackingFs, Sandbox, MARKER,
     PREFIX,
@@ -97,6 +97,12 @@ pub fn open_backend_on(
              `layerspec fuzz --backend vm`), not a driver in this process"
                 .into(),
         );
+    }
+    if backend == "docker" && docker_in_vm(kind) {
+        return Err(format!(
+            "backend `docker` runs {kind} in the VM tier's guest (this kernel has no \
+             device-mapper): a whole command in one boot (`layerspec run --backend docker`)"
+        ));
     }
     if backend == "docker" {
         return DockerDriver::new(kind, backing).map(|d| Box::new(d) as Box<dyn Driver + Send>);

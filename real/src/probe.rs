@@ -132,16 +132,30 @@ pub fn backends_for(driver: DriverKind) -> Vec<Backend> {
                         .then(|| "thin_dump (thin-provisioning-tools) is not installed".into())
                 })
             };
-            vec![
+            let mut v = vec![
                 Backend {
                     name: "kernel",
-                    unavailable: kernel,
+                    unavailable: kernel.clone(),
                 },
                 Backend {
                     name: "vm",
                     unavailable: vm_kit().err(),
                 },
-            ]
+            ];
+            if driver == DriverKind::Devicemapper {
+                // dockerd's devicemapper here, or in the VM's guest where this kernel has
+                // no device-mapper (the binaries are this machine's either way).
+                let docker = if h.device_mapper {
+                    kernel
+                } else {
+                    vm_kit().err()
+                };
+                v.push(Backend {
+                    name: "docker",
+                    unavailable: docker.or_else(|| docker_missing().err()),
+                });
+            }
+            v
         }
     }
 }
@@ -170,6 +184,12 @@ fn static_busybox(who: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(busybox)
+}
+
+/// Whether backend `docker` runs `driver` in the VM tier's guest: devicemapper, where this
+/// kernel has no device-mapper.
+pub fn docker_in_vm(driver: DriverKind) -> bool {
+    driver == DriverKind::Devicemapper && !HostFacts::read().device_mapper
 }
 
 pub(crate) fn docker_missing() -> Result<PathBuf, String> {

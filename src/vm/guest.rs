@@ -1,10 +1,11 @@
 //! `layerspec guest` (hidden): what runs inside the VM. It prints the [`protocol`] stream on
 //! stdout, which `/init` sends to the results port.
 //!
-//! - `guest run [--driver a,b] PATH...`: each scenario x driver on the guest kernel's real
-//!   backend (`kernel` here, labelled `vm`; see [`crate::suite::run_real_as`]), compared
-//!   with the model's run made here too. One line per run:
-//!   `{"scenario","file","driver","backend":"vm","status","detail","ms"}`.
+//! - `guest run [--driver a,b] [--backend kernel,docker] PATH...`: each scenario x driver
+//!   x backend: the guest kernel's real drivers (`kernel` here, labelled `vm`; see
+//!   [`crate::suite::run_real_as`]) and dockerd in the guest (`docker`), compared with the
+//!   model's run made here too. One line per run:
+//!   `{"scenario","file","driver","backend","status","detail","ms"}`.
 //! - `guest fuzz <fuzz args> --backend vm`: `layerspec fuzz` on the guest kernel; one line
 //!   `{"line": ...}` per summary line, and `{"file": <host path>, "content": ...}` per
 //!   shrunk scenario for the host to write. For `--driver thinpool`, the lines of
@@ -29,6 +30,9 @@ pub enum GuestCmd {
         /// Only these drivers (comma-separated).
         #[arg(long, value_delimiter = ',')]
         driver: Vec<String>,
+        /// The guest's backends: `kernel` (reported as `vm`), `docker`.
+        #[arg(long, value_delimiter = ',', default_value = "kernel")]
+        backend: Vec<String>,
         /// Scenario files or directories.
         paths: Vec<PathBuf>,
     },
@@ -48,7 +52,11 @@ pub fn main(cmd: &GuestCmd) -> u8 {
         }
     };
     let code = match cmd {
-        GuestCmd::Run { driver, paths } => run(&mut w, driver, paths),
+        GuestCmd::Run {
+            driver,
+            backend,
+            paths,
+        } => run(&mut w, driver, backend, paths),
         GuestCmd::Fuzz(args) => fuzz(&mut w, args),
     };
     let code = code.unwrap_or_else(|e| {
@@ -63,7 +71,12 @@ pub fn main(cmd: &GuestCmd) -> u8 {
 
 type W<'a> = Writer<std::io::StdoutLock<'a>>;
 
-fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
+fn run(
+    w: &mut W,
+    driver: &[String],
+    backends: &[String],
+    paths: &[PathBuf],
+) -> std::io::Result<u8> {
     let only: Option<Vec<DriverKind>> = if driver.is_empty() {
         None
     } else {
@@ -91,63 +104,77 @@ fn run(w: &mut W, driver: &[String], paths: &[PathBuf]) -> std::io::Result<u8> {
     let mut reported: Vec<String> = Vec::new();
     for s in &scenarios {
         for m in suite::run_model(s, only.as_deref()) {
-            let start = Instant::now();
-            // A panic fails this run only: the others still run and report.
-            let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                suite::run_real_as(s, m.driver, "kernel", Some("vm"), Some(&m.result))
-            }))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                suite::Outcome {
-                    scenario: s.name(),
-                    driver: m.driver,
-                    backend: "vm".into(),
-                    result: crate::runner::RunResult {
-                        status: Status::Fail(format!("layerspec panicked in the guest: {msg}")),
-                        observation: None,
-                    },
-                    kernel: suite::running_kernel(),
-                }
-            });
-            // Nothing a run makes may outlive it: a dm or loop device it left fails it
-            // (each one is blamed on the first run after which it was seen).
-            let mut o = o;
-            let left: Vec<String> = layerspec_real::leftovers()
-                .into_iter()
-                .filter(|l| !reported.contains(l))
-                .collect();
-            if !left.is_empty() {
-                let was = match &o.result.status {
-                    Status::Fail(d) => format!("; and: {d}"),
-                    _ => String::new(),
+            for open in backends {
+                let label = match open.as_str() {
+                    "kernel" => "vm",
+                    "docker" => "docker",
+                    other => {
+                        eprintln!("layerspec guest: no backend `{other}` in the guest");
+                        return Ok(2);
+                    }
                 };
-                o.result.status = Status::Fail(format!(
-                    "left behind after the run: {}{was}",
-                    left.join(", ")
-                ));
-                reported.extend(left);
-            }
-            let (status, detail) = match &o.result.status {
-                Status::Pass => ("pass", ""),
-                Status::Fail(d) => {
-                    failed = true;
-                    ("fail", d.as_str())
+                if label == "docker" && m.driver != DriverKind::Devicemapper {
+                    // The host's own dockerd judges the overlay drivers.
+                    continue;
                 }
-                Status::Skip(d) => ("skip", d.as_str()),
-            };
-            w.line(&json!({
-                "scenario": o.scenario,
-                "file": s.file,
-                "driver": o.driver.name(),
-                "backend": o.backend,
-                "status": status,
-                "detail": detail,
-                "ms": start.elapsed().as_millis() as u64,
-            }))?;
+                let start = Instant::now();
+                // A panic fails this run only: the others still run and report.
+                let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    suite::run_real_as(s, m.driver, open, Some(label), Some(&m.result))
+                }))
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    suite::Outcome {
+                        scenario: s.name(),
+                        driver: m.driver,
+                        backend: label.into(),
+                        result: crate::runner::RunResult {
+                            status: Status::Fail(format!("layerspec panicked in the guest: {msg}")),
+                            observation: None,
+                        },
+                        kernel: suite::running_kernel(),
+                    }
+                });
+                // Nothing a run makes may outlive it: a dm or loop device it left fails it
+                // (each one is blamed on the first run after which it was seen).
+                let mut o = o;
+                let left: Vec<String> = layerspec_real::leftovers()
+                    .into_iter()
+                    .filter(|l| !reported.contains(l))
+                    .collect();
+                if !left.is_empty() {
+                    let was = match &o.result.status {
+                        Status::Fail(d) => format!("; and: {d}"),
+                        _ => String::new(),
+                    };
+                    o.result.status = Status::Fail(format!(
+                        "left behind after the run: {}{was}",
+                        left.join(", ")
+                    ));
+                    reported.extend(left);
+                }
+                let (status, detail) = match &o.result.status {
+                    Status::Pass => ("pass", ""),
+                    Status::Fail(d) => {
+                        failed = true;
+                        ("fail", d.as_str())
+                    }
+                    Status::Skip(d) => ("skip", d.as_str()),
+                };
+                w.line(&json!({
+                    "scenario": o.scenario,
+                    "file": s.file,
+                    "driver": o.driver.name(),
+                    "backend": o.backend,
+                    "status": status,
+                    "detail": detail,
+                    "ms": start.elapsed().as_millis() as u64,
+                }))?;
+            }
         }
     }
     layerspec_real::remove_devmapper_base();

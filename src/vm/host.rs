@@ -13,30 +13,51 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The default time a `run` boot may take: two minutes to boot and for the slowest run
-/// (a thin pool of 1 GiB blocks zeroes 2 GiB: a minute under TCG), and 30 s per
-/// scenario x driver (most take well under 1 s; on ext4 or xfs a few seconds).
-pub fn run_timeout(jobs: usize) -> Duration {
-    timeout_or(Duration::from_secs(120 + 30 * jobs as u64))
+/// (a thin pool of 1 GiB blocks zeroes 2 GiB: a minute under TCG), 30 s per scenario x
+/// driver on the guest kernel (most take well under 1 s; on ext4 or xfs a few seconds),
+/// and 120 s per run on dockerd (about 30 s under TCG: the daemon's start with its pool
+/// and base device, `docker load`, a container's start).
+pub fn run_timeout(kernel_jobs: usize, docker_jobs: usize) -> Duration {
+    timeout_or(Duration::from_secs(
+        120 + 30 * kernel_jobs as u64 + 120 * docker_jobs as u64,
+    ))
 }
 
-/// Runs each `(scenario, driver)` on backend `vm`, all in one boot. Returns one outcome
-/// per job, in the jobs' order: the guest's result, or a failure saying why there is none
-/// (the VM error is printed in full once, on stderr), or a skip when the VM tier cannot
-/// run here. Prints the boot and per-run times on stderr.
-pub fn run_scenarios(jobs: &[(&Scenario, DriverKind)]) -> Vec<Outcome> {
+/// The guest backend that runs the host's `backend` in the VM: `vm` is the guest kernel's
+/// `kernel` backend; `docker` is dockerd in the guest.
+fn guest_backend(backend: &str) -> &str {
+    if backend == "vm" {
+        "kernel"
+    } else {
+        backend
+    }
+}
+
+/// Runs each `(scenario, driver, backend)` in the VM, all in one boot: backend `vm` (the
+/// guest kernel's real drivers) and `docker` (dockerd in the guest, for devicemapper).
+/// Returns one outcome per job, in the jobs' order: the guest's result, or a failure
+/// saying why there is none (the VM error is printed in full once, on stderr), or a skip
+/// when the VM tier cannot run here. Prints the boot and per-run times on stderr.
+pub fn run_scenarios(jobs: &[(&Scenario, DriverKind, String)]) -> Vec<Outcome> {
     if jobs.is_empty() {
         return Vec::new();
     }
     let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut drivers: Vec<DriverKind> = Vec::new();
-    for (s, d) in jobs {
+    let mut backends: Vec<&str> = Vec::new();
+    for (s, d, b) in jobs {
         if !files.iter().any(|(h, _)| h == &s.file) {
             files.push((s.file.clone(), guest_path(&s.file)));
         }
         if !drivers.contains(d) {
             drivers.push(*d);
         }
+        if !backends.contains(&guest_backend(b)) {
+            backends.push(guest_backend(b));
+        }
     }
+    let docker = backends.contains(&"docker");
+    let docker_jobs = jobs.iter().filter(|(_, _, b)| b == "docker").count();
     let mut args = vec![
         "run".to_string(),
         "--driver".into(),
@@ -45,26 +66,34 @@ pub fn run_scenarios(jobs: &[(&Scenario, DriverKind)]) -> Vec<Outcome> {
             .map(|d| d.name())
             .collect::<Vec<_>>()
             .join(","),
+        "--backend".into(),
+        backends.join(","),
     ];
     args.extend(files.iter().map(|(_, g)| g.display().to_string()));
     eprintln!(
-        "vm: booting for {} scenario(s) x driver ({} file(s))",
+        "vm: booting for {} scenario(s) x driver x backend ({} file(s))",
         jobs.len(),
         files.len()
     );
-    let got = run_guest(&args, &files, run_timeout(jobs.len()));
+    let got = run_guest(
+        &args,
+        &files,
+        run_timeout(jobs.len() - docker_jobs, docker_jobs),
+        docker,
+    );
     let (lines, error): (&[Value], Option<&VmError>) = match &got {
         Ok(out) => (&out.lines, None),
         Err(e) => (&e.partial, Some(e)),
     };
-    // guest file path + driver -> the line.
-    let by_key: BTreeMap<(String, String), &Value> = lines
+    // guest file path + driver + backend -> the line.
+    let by_key: BTreeMap<(String, String, String), &Value> = lines
         .iter()
         .filter_map(|l| {
             Some((
                 (
                     l["file"].as_str()?.to_string(),
                     l["driver"].as_str()?.to_string(),
+                    l["backend"].as_str()?.to_string(),
                 ),
                 l,
             ))
@@ -76,13 +105,16 @@ pub fn run_scenarios(jobs: &[(&Scenario, DriverKind)]) -> Vec<Outcome> {
         .collect();
     let mut timed: Vec<(String, Duration)> = Vec::new();
     let mut out = Vec::new();
-    for (s, d) in jobs {
-        let key = (guest_of[&s.file].clone(), d.name().to_string());
+    for (s, d, b) in jobs {
+        let key = (guest_of[&s.file].clone(), d.name().to_string(), b.clone());
         let status = match (by_key.get(&key), error) {
             (Some(l), _) => {
                 let detail = l["detail"].as_str().unwrap_or_default().to_string();
                 if let Some(ms) = l["ms"].as_u64() {
-                    timed.push((format!("{} [{d}]", s.name()), Duration::from_millis(ms)));
+                    timed.push((
+                        format!("{} [{d}, {b}]", s.name()),
+                        Duration::from_millis(ms),
+                    ));
                 }
                 match l["status"].as_str() {
                     Some("pass") => Status::Pass,
@@ -101,7 +133,7 @@ pub fn run_scenarios(jobs: &[(&Scenario, DriverKind)]) -> Vec<Outcome> {
         out.push(Outcome {
             scenario: s.name(),
             driver: *d,
-            backend: "vm".into(),
+            backend: b.clone(),
             result: RunResult {
                 status,
                 observation: None,
@@ -205,7 +237,7 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if args.init {
         guest_args.push("--init".into());
     }
-    let out = match run_guest(&guest_args, &[], fuzz_timeout(args)) {
+    let out = match run_guest(&guest_args, &[], fuzz_timeout(args), false) {
         Ok(o) => o,
         Err(e) => {
             println!("fuzz: {} on {}: cannot run: {e}", args.driver, args.backend);
@@ -249,7 +281,7 @@ fn fuzz_thin(args: &FuzzArgs) -> u8 {
     let cfg = crate::fuzz::thin::ThinFuzzConfig::from_args(args);
     // `guest_args` starts with `guest`: `run_guest` takes what follows it.
     let guest_args: Vec<String> = cfg.guest_args().into_iter().skip(1).collect();
-    let out = match run_guest(&guest_args, &[], fuzz_timeout(args)) {
+    let out = match run_guest(&guest_args, &[], fuzz_timeout(args), false) {
         Ok(o) => o,
         Err(e) => {
             println!("fuzz: thinpool on {}: cannot run: {e}", args.backend);

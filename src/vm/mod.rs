@@ -167,6 +167,23 @@ const HELPERS: &[(&str, &str, &[&str])] = &[
     ("/usr/sbin/dmsetup", "dmsetup", &[]),
 ];
 
+/// What the `docker` backend runs in the guest (devicemapper, which the host kernel may
+/// lack): guest path and the program's name on the host. Debian's `docker.io` links
+/// `docker-init` to tini's static build; the archive holds the file it names.
+const DOCKER_PROGRAMS: &[(&str, &str)] = &[
+    ("/usr/sbin/dockerd", "dockerd"),
+    ("/usr/bin/containerd", "containerd"),
+    (
+        "/usr/bin/containerd-shim-runc-v2",
+        "containerd-shim-runc-v2",
+    ),
+    ("/usr/sbin/runc", "runc"),
+    ("/usr/bin/docker-init", "docker-init"),
+    // The devicemapper driver reads its base device's UUID with `blkid -s UUID -o value`
+    // (busybox's applet has no options).
+    ("/usr/sbin/blkid", "blkid"),
+];
+
 /// mke2fs's configuration, copied into the guest when the host has one.
 const MKE2FS_CONF: &str = "/etc/mke2fs.conf";
 
@@ -194,9 +211,20 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// What `/init` adds for dockerd: the cgroup2 hierarchy runc puts containers in, `/run`,
+/// and `DOCKER_RAMDISK`, which makes runc move the container's root into place and chroot
+/// (no `pivot_root`, which cannot leave the initramfs's rootfs: moby `daemon/runtime_unix.go`
+/// sets `NoPivotRoot` from it).
+const DOCKER_INIT: &str = r#"mkdir -p /sys/fs/cgroup /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs -o mode=0755 run /run
+export DOCKER_RAMDISK=true
+ulimit -n 1048576
+"#;
+
 /// The guest's `/init`: mounts, modules, then `layerspec guest <args>` with its stdout on
-/// the results port, then power off.
-fn init_script(args: &[String], lib_dirs: &[String]) -> String {
+/// the results port, then power off. `docker`: also what dockerd needs ([`DOCKER_INIT`]).
+fn init_script(args: &[String], lib_dirs: &[String], docker: bool) -> String {
     let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
     format!(
         r#"#!/bin/busybox sh
@@ -212,14 +240,15 @@ mount -t tmpfs -o mode=1777,size=90% tmp /tmp
 while read -r ko params; do
   insmod "$ko" $params || echo "layerspec-vm: insmod $ko failed"
 done < /etc/layerspec-modules
-cd /work
+{docker}cd /work
 /layerspec guest {args} > /dev/ttyS1
 echo "layerspec-vm: guest exit $?"
 sync
 poweroff -f
 "#,
         libs = lib_dirs.join(":"),
-        args = args.join(" ")
+        args = args.join(" "),
+        docker = if docker { DOCKER_INIT } else { "" },
     )
 }
 
@@ -251,6 +280,7 @@ fn build(
     kit: &layerspec_real::VmKit,
     args: &[String],
     files: &[(PathBuf, PathBuf)],
+    docker: bool,
 ) -> std::io::Result<(PathBuf, u64)> {
     let mut a = Archive::default();
     for d in [
@@ -290,6 +320,16 @@ fn build(
         }
         programs.push(p);
     }
+    if docker {
+        for (at, name) in DOCKER_PROGRAMS {
+            // Missing ones fail the docker runs with dockerd's own error.
+            let Some(p) = find_program(name) else {
+                continue;
+            };
+            a.file(Path::new(at), &p)?;
+            programs.push(p);
+        }
+    }
     // mke2fs reads its defaults (features, inode size) from here; without it the
     // compiled-in profile applies, which need not be the host's, where the devicemapper
     // figures were measured.
@@ -316,7 +356,11 @@ fn build(
         };
         a.file(&at, host)?;
     }
-    a.data(Path::new("init"), init_script(args, &lib_dirs), 0o755)?;
+    a.data(
+        Path::new("init"),
+        init_script(args, &lib_dirs, docker),
+        0o755,
+    )?;
     let path = dir.join("initramfs.cpio");
     let size = a.write(&path)?;
     Ok((path, size))
@@ -381,11 +425,13 @@ fn tail(text: &str, n: usize) -> String {
 /// Runs `layerspec guest <args>` in one boot of the VM, with `files` (host path, guest
 /// path; a relative guest path is below the guest's working directory `/work`) in its
 /// initramfs, within `timeout` from qemu's start. Returns the JSON lines the guest command
-/// printed between the markers.
+/// printed between the markers. `docker`: the archive carries dockerd and what it runs
+/// ([`DOCKER_PROGRAMS`]), and `/init` prepares for it.
 pub fn run_guest(
     args: &[String],
     files: &[(PathBuf, PathBuf)],
     timeout: Duration,
+    docker: bool,
 ) -> Result<GuestOutput, VmError> {
     let kit = layerspec_real::vm_kit().map_err(|why| VmError::new(Failure::Unavailable, why))?;
     let setup = |what: &str, e: std::io::Error| {
@@ -393,7 +439,7 @@ pub fn run_guest(
     };
     let dir = RunDir::new().map_err(|e| setup("making the run directory", e))?;
     let (initrd, size) =
-        build(&dir.0, &kit, args, files).map_err(|e| setup("making the initramfs", e))?;
+        build(&dir.0, &kit, args, files, docker).map_err(|e| setup("making the initramfs", e))?;
     let size_mib = size.div_ceil(1 << 20);
     let memory_mib = std::env::var("LAYERSPEC_VM_MEMORY")
         .ok()
@@ -502,7 +548,7 @@ mod tests {
 
     #[test]
     fn init_quotes_arguments() {
-        let s = init_script(&["run".into(), "it's".into()], &["/lib".into()]);
+        let s = init_script(&["run".into(), "it's".into()], &["/lib".into()], false);
         assert!(
             s.contains(r"/layerspec guest 'run' 'it'\''s' > /dev/ttyS1"),
             "{s}"

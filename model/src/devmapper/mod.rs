@@ -55,6 +55,11 @@ use std::sync::Arc;
 /// placeholder (S19): a real driver replaces its `<major>:<minor>-<inode>` by it.
 pub const PREFIX: &str = "docker-<maj>:<min>-<ino>";
 
+/// The hash of the layer a commit that adds no layer makes and deletes again (Docker's
+/// random cache id, which nothing reports: a real driver shows a hash it cannot name as
+/// this).
+pub const DISCARDED_LAYER: &str = "<discarded-layer>";
+
 /// The loop-lvm data file: 100 GiB (`defaultDataLoopbackSize`).
 pub const DATA_FILE_BYTES: u64 = 100 << 30;
 /// The loop-lvm metadata file: 2 GiB (`defaultMetaDataLoopbackSize`).
@@ -336,6 +341,36 @@ impl DeviceSet {
     pub(crate) fn remove_container(&mut self, id: &str) {
         let hash = device_hash(id);
         self.put(&hash);
+        self.delete_device(&hash);
+    }
+
+    /// A `docker commit` that adds no layer (DOCK7) still has the layer store register its
+    /// tar, on the container's image (moby 20.10.24 `layer/layer_store.go`
+    /// `registerWithDescriptor`: `driver.Create`, the tar applied, and `driver.Remove`
+    /// when its chain id exists; `daemon/images/image_commit.go` `CommitImage`: an empty
+    /// layer, which the image leaves out, is released and so removed). On devicemapper
+    /// that is a snapshot of the image's device, mounted while the tar is applied,
+    /// unmounted, discarded and deleted: a device id and two transactions are spent (seen
+    /// on dockerd 20.10.24 in the VM: `init/commit_without_changes_adds_no_layer`). Its
+    /// random cache id is [`DISCARDED_LAYER`] here.
+    pub(crate) fn discarded_layer(&mut self, image: &str, applied: &LowerStack) {
+        let hash = DISCARDED_LAYER.to_string();
+        self.add_device(&hash, &device_hash(image));
+        self.get(&hash);
+        let new = Arc::new(applied.flatten());
+        self.on_fs(&hash, |d| {
+            let w = d.fs.apply_layer(&d.tree, &new, applied);
+            d.tree = new;
+            w
+        });
+        self.put(&hash);
+        self.delete_device(&hash);
+    }
+
+    /// `DeleteDevice` of a device not mounted: discarded whole, then deleted, in a
+    /// transaction of its own.
+    fn delete_device(&mut self, hash: &str) {
+        let hash = hash.to_string();
         let Some((device_id, size)) = self.devices.get(&hash).map(|d| (d.device_id, d.size)) else {
             return;
         };
@@ -515,6 +550,40 @@ mod tests {
         let t = ds(&d).tables();
         assert_eq!(t.len(), 2, "the pool and the mounted container: {t:?}");
         assert_eq!(t["docker-<maj>:<min>-<ino>-c2"], "0 20971520 thin <pool> 5");
+        assert!(crate::thin::check_thin_invariants(&ds(&d).pool).is_empty());
+    }
+
+    #[test]
+    fn a_commit_that_adds_no_layer_spends_a_device_and_two_transactions() {
+        let mut d = driver().with_init_layers(true);
+        d.apply(&Op::CreateContainer {
+            id: "c1".into(),
+            image: Some("app".into()),
+        })
+        .unwrap()
+        .unwrap();
+        // c1-init is device 4, c1 device 5, transactions 4 and 5.
+        assert_eq!(ds(&d).devices["c1"].device_id, 5);
+        let before = used(&d);
+        let commit = |layer: &str| Op::Commit {
+            container: Some("c1".into()),
+            layer: layer.into(),
+        };
+        d.apply(&commit("k0")).unwrap().unwrap();
+        let s = ds(&d);
+        assert!(!s.devices.contains_key("k0"), "no layer: k0 names `app`");
+        assert!(!s.devices.contains_key(DISCARDED_LAYER), "deleted again");
+        assert_eq!(s.open_transaction, (7, DISCARDED_LAYER.to_string(), 6));
+        assert_eq!(s.pool.status().transaction_id, 7);
+        assert_eq!(used(&d), before, "its blocks went back with it");
+        // The next device is 7, not 6.
+        d.apply(&Op::CreateContainer {
+            id: "c2".into(),
+            image: Some("k0".into()),
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(ds(&d).devices["c2-init"].device_id, 7);
         assert!(crate::thin::check_thin_invariants(&ds(&d).pool).is_empty());
     }
 

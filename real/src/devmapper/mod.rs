@@ -67,11 +67,10 @@ use crate::ops;
 use crate::sandbox::{BackingFs, Inside, Sandbox};
 use crate::sys::{self, Log};
 use crate::ContainerRec;
-use layerspec_model::devmapper::{device_hash, BASE_DEVICE_BYTES, PREFIX};
+use layerspec_model::devmapper::{device_hash, BASE_DEVICE_BYTES, DISCARDED_LAYER};
 use layerspec_model::{
-    init_layer_id, Accounting, DeviceObservation, Driver, DriverError, DriverKind, Errno,
-    KernelVersion, LayerSpec, Observation, Op, Outcome, PoolObservation, PoolStatus, StartError,
-    StepError, ThinId, Value,
+    init_layer_id, Accounting, Driver, DriverError, DriverKind, Errno, KernelVersion, LayerSpec,
+    Observation, Op, Outcome, PoolObservation, StartError, StepError, Value,
 };
 use pool::Pool;
 use std::collections::BTreeMap;
@@ -404,60 +403,6 @@ impl DeviceSet {
         Ok(r)
     }
 
-    /// The pool as observed (see the module docs), after a sync.
-    fn observe_pool(&mut self, log: &mut Log) -> io::Result<PoolObservation> {
-        sys::sync(log);
-        let (line, events) = self.pool.status()?;
-        let st: PoolStatus = line
-            .parse()
-            .map_err(|e| io::Error::other(format!("pool status `{line}`: {e}")))?;
-        let dump = self.pool.thin_dump(log)?;
-        let counts = crate::thin::mapped_and_shared(&dump);
-        let mut devices = BTreeMap::new();
-        for (id, ranges) in dump {
-            let (mapped, shared) = counts.get(&id).copied().unwrap_or_default();
-            let highest = ranges.iter().map(|r| r.virt + r.len).max();
-            let status = match highest {
-                Some(h) => format!(
-                    "{} {}",
-                    mapped * pool::BLOCK_SECTORS,
-                    h * pool::BLOCK_SECTORS - 1
-                ),
-                None => "0 -".to_string(),
-            };
-            let tid = ThinId::new(id)
-                .map_err(|_| io::Error::other(format!("thin_dump lists device {id}")))?;
-            devices.insert(
-                tid,
-                DeviceObservation {
-                    status,
-                    mapped_blocks: mapped,
-                    shared_blocks: shared,
-                    mappings: Vec::new(),
-                },
-            );
-        }
-        Ok(PoolObservation::from_status(&st, events, devices))
-    }
-
-    /// The active dm devices as the model names them (see the module docs).
-    fn tables(&self) -> io::Result<BTreeMap<String, String>> {
-        let p = &self.pool;
-        let mut out = BTreeMap::new();
-        for (name, table) in p.tables()? {
-            let name = name
-                .strip_prefix(&p.dm_prefix)
-                .unwrap_or(&name)
-                .replace(&p.docker_prefix, PREFIX);
-            let table = table
-                .replace(&format!(" {} ", pool::maj_min(p.meta_dev)), " <metadata> ")
-                .replace(&format!(" {} ", pool::maj_min(p.data_dev)), " <data> ")
-                .replace(&format!(" {} ", pool::maj_min(p.pool_dev)), " <pool> ");
-            out.insert(name, table);
-        }
-        Ok(out)
-    }
-
     /// Unmounts every mounted device, then closes the pool.
     fn shut_down(self, log: &mut Log, root: &Path) -> io::Result<()> {
         let mounted: Vec<String> = self
@@ -479,9 +424,20 @@ impl DeviceSet {
     }
 }
 
+/// A dockerd's own pool `<docker_prefix>-pool` as observed (the docker backend), and its
+/// devices' tables, named as the model names them.
+pub(crate) fn observe_docker_pool(
+    log: &mut Log,
+    docker_prefix: &str,
+) -> io::Result<(PoolObservation, BTreeMap<String, String>)> {
+    let pool = Pool::attach(docker_prefix)?;
+    let observed = pool.observe(log)?;
+    Ok((observed, pool.model_tables()?))
+}
+
 /// Runs `f` on `dir` seen through a read-only `noatime` bind mount on `at` (made and
 /// removed here): reading there changes nothing below.
-fn quietly<R>(
+pub(crate) fn quietly<R>(
     log: &mut Log,
     dir: &Path,
     at: &Path,
@@ -509,13 +465,30 @@ impl ContainerRec {
     }
 }
 
+/// The tar of a commit, as Docker's layer store tells two apart: by their entries, except
+/// that a tar with a whiteout is like no other (moby 20.10.24 `pkg/archive/changes.go`
+/// `ExportChanges` gives whiteouts the time of the export; the model's rule in its
+/// `Commit`).
+#[derive(Debug)]
+struct DiffTar(Vec<layerspec_model::Entry>);
+
+impl PartialEq for DiffTar {
+    fn eq(&self, other: &DiffTar) -> bool {
+        let timed = |t: &DiffTar| {
+            t.0.iter()
+                .any(|e| matches!(e.kind, layerspec_model::EntryKind::Whiteout))
+        };
+        !timed(self) && !timed(other) && self.0 == other.0
+    }
+}
+
 /// A real devicemapper driver root in its own sandbox.
 pub struct DmDriver {
     /// Scenario layer id -> parent.
     layers: BTreeMap<String, Option<String>>,
     /// With init layers, the ids of commits that made no layer and each container's last
     /// commit, by its entries (DOCK7).
-    commits: Commits<Vec<layerspec_model::Entry>>,
+    commits: Commits<DiffTar>,
     /// Containers, in creation order.
     containers: Vec<ContainerRec>,
     /// Whether containers get Docker's `-init` device.
@@ -812,8 +785,24 @@ impl Driver for DmDriver {
                     let empty = entries.iter().all(|e| e.path == "/");
                     if self
                         .commits
-                        .reuses(&c.id, top, layer, empty, entries.clone())
+                        .reuses(&c.id, top, layer, empty, DiffTar(entries.clone()))
                     {
+                        // Docker's layer store registers the tar all the same, on the
+                        // image, and removes that layer again (the model's
+                        // `discarded_layer`).
+                        let image = device_hash(&self.commits.resolve(top));
+                        let spec = LayerSpec {
+                            // A name for messages: the device is `DISCARDED_LAYER`.
+                            id: "discarded".into(),
+                            parent: None,
+                            entries: if empty { Vec::new() } else { entries },
+                        };
+                        let what = "the layer Docker registers and removes again".to_string();
+                        self.with(what, move |ds, inside| {
+                            ds.add_layer(inside, DISCARDED_LAYER, &image, &spec, Some(&times))?;
+                            let root = inside.root.clone();
+                            ds.delete_device(&mut inside.log, &root, DISCARDED_LAYER)
+                        })?;
                         return Ok(Ok(Value::Unit));
                     }
                 }
@@ -900,8 +889,8 @@ impl Driver for DmDriver {
                 merged.insert(c.clone(), view);
             }
             // Last: the pool after a sync of everything above.
-            accounting.pool = Some(ds.observe_pool(&mut inside.log)?);
-            accounting.dm_tables = ds.tables()?;
+            accounting.pool = Some(ds.pool.observe(&mut inside.log)?);
+            accounting.dm_tables = ds.pool.model_tables()?;
             Ok(Observation {
                 merged,
                 storage,
@@ -925,5 +914,27 @@ impl Drop for DmDriver {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DiffTar;
+    use layerspec_model::{Entry, EntryKind};
+
+    #[test]
+    fn a_commit_tar_with_a_whiteout_is_like_no_other() {
+        let e = |path: &str, kind: EntryKind| Entry {
+            path: path.into(),
+            kind,
+            mode: None,
+            xattrs: Default::default(),
+        };
+        let dir = || e("/d", EntryKind::Dir { opaque: false });
+        let plain = DiffTar(vec![dir()]);
+        assert_eq!(plain, DiffTar(vec![dir()]));
+        let timed = || DiffTar(vec![dir(), e("/d/a", EntryKind::Whiteout)]);
+        assert_ne!(timed(), timed());
+        assert_ne!(plain, DiffTar(vec![]));
     }
 }

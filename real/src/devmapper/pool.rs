@@ -16,7 +16,8 @@
 
 use crate::dm::{Control, DmError, Target};
 use crate::sys::{self, Log};
-use layerspec_model::devmapper::{BASE_DEVICE_BYTES, DATA_FILE_BYTES, LOW_WATER_BLOCKS};
+use layerspec_model::devmapper::{BASE_DEVICE_BYTES, DATA_FILE_BYTES, LOW_WATER_BLOCKS, PREFIX};
+use layerspec_model::{DeviceObservation, PoolObservation, PoolStatus, ThinId};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -120,6 +121,102 @@ impl Pool {
             nodes,
             active: BTreeMap::new(),
         })
+    }
+
+    /// Docker's own pool `<docker_prefix>-pool`, made by a dockerd (the docker backend): for
+    /// looking only. Its metadata device is found from its table; dropping the handle
+    /// leaves the pool and its devices to the daemon.
+    pub(crate) fn attach(docker_prefix: &str) -> io::Result<Pool> {
+        let ctl = Control::open()?;
+        let pool_name = format!("{docker_prefix}-pool");
+        let (info, targets) = ctl.status(&pool_name, true).map_err(dm)?;
+        let params = targets
+            .first()
+            .map(|t| t.params.clone())
+            .ok_or_else(|| io::Error::other(format!("{pool_name} has no table")))?;
+        let dev = |i: usize| -> io::Result<u64> {
+            let mm = params.split(' ').nth(i).unwrap_or_default();
+            let (maj, min) = mm
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .ok_or_else(|| io::Error::other(format!("{pool_name}'s table `{params}`")))?;
+            Ok(libc::makedev(maj, min))
+        };
+        let (meta_dev, data_dev) = (dev(0)?, dev(1)?);
+        // The node: `DEVNAME` of the device in sysfs (devtmpfs makes `/dev/<DEVNAME>`).
+        let uevent = format!("/sys/dev/block/{}/uevent", maj_min(meta_dev));
+        let name = std::fs::read_to_string(&uevent)?
+            .lines()
+            .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+            .ok_or_else(|| io::Error::other(format!("{uevent} names no device")))?;
+        Ok(Pool {
+            ctl,
+            dm_prefix: String::new(),
+            docker_prefix: docker_prefix.to_string(),
+            pool_name,
+            pool_dev: info.dev,
+            meta_dev,
+            data_dev,
+            meta_loop: Path::new("/dev").join(name),
+            loops: Vec::new(),
+            nodes: PathBuf::new(),
+            active: BTreeMap::new(),
+        })
+    }
+
+    /// The pool as observed (see the driver's module docs), after a sync: its status line's
+    /// figures, and each device's from `thin_dump`.
+    pub(crate) fn observe(&self, log: &mut Log) -> io::Result<PoolObservation> {
+        sys::sync(log);
+        let (line, events) = self.status()?;
+        let st: PoolStatus = line
+            .parse()
+            .map_err(|e| io::Error::other(format!("pool status `{line}`: {e}")))?;
+        let dump = self.thin_dump(log)?;
+        let counts = crate::thin::mapped_and_shared(&dump);
+        let mut devices = BTreeMap::new();
+        for (id, ranges) in dump {
+            let (mapped, shared) = counts.get(&id).copied().unwrap_or_default();
+            let highest = ranges.iter().map(|r| r.virt + r.len).max();
+            let status = match highest {
+                Some(h) => format!("{} {}", mapped * BLOCK_SECTORS, h * BLOCK_SECTORS - 1),
+                None => "0 -".to_string(),
+            };
+            let tid = ThinId::new(id)
+                .map_err(|_| io::Error::other(format!("thin_dump lists device {id}")))?;
+            devices.insert(
+                tid,
+                DeviceObservation {
+                    status,
+                    mapped_blocks: mapped,
+                    shared_blocks: shared,
+                    mappings: Vec::new(),
+                },
+            );
+        }
+        Ok(PoolObservation::from_status(&st, events, devices))
+    }
+
+    /// The active dm devices of this pool as the model names them: without the sandbox's
+    /// prefix, the model's placeholder for `<maj>:<min>-<ino>`, and `<metadata>`, `<data>`
+    /// and `<pool>` for the device numbers in their tables.
+    pub(crate) fn model_tables(&self) -> io::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for (name, table) in self.tables()? {
+            if !name[self.dm_prefix.len()..].starts_with(&self.docker_prefix) {
+                continue;
+            }
+            let name = name
+                .strip_prefix(&self.dm_prefix)
+                .unwrap_or(&name)
+                .replace(&self.docker_prefix, PREFIX);
+            let table = table
+                .replace(&format!(" {} ", maj_min(self.meta_dev)), " <metadata> ")
+                .replace(&format!(" {} ", maj_min(self.data_dev)), " <data> ")
+                .replace(&format!(" {} ", maj_min(self.pool_dev)), " <pool> ");
+            out.insert(name, table);
+        }
+        Ok(out)
     }
 
     /// `dmsetup message <pool> 0 <msg>`.

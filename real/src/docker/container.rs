@@ -41,7 +41,9 @@ pub fn load(d: &Daemon, archive: Vec<u8>) -> io::Result<()> {
 }
 
 /// The merged root and the writable layer of a container (inspect's
-/// `GraphDriver.Data.MergedDir` and `UpperDir`); `running`: it must be running.
+/// `GraphDriver.Data.MergedDir` and `UpperDir`; devicemapper: `<data root>/devicemapper/
+/// mnt/<mount id>/rootfs`, the mount id ending `GraphDriver.Data.DeviceName`, and no
+/// writable layer of its own); `must_run`: it must be running.
 fn dirs(d: &Daemon, id: &str, must_run: bool) -> io::Result<Dirs> {
     let c =
         d.rt.block_on(d.client.inspect_container(id, None))
@@ -53,15 +55,33 @@ fn dirs(d: &Daemon, id: &str, must_run: bool) -> io::Result<Dirs> {
             c.state
         )));
     }
-    let data = c.graph_driver.map(|g| g.data).unwrap_or_default();
+    let graph = c.graph_driver.unwrap_or_default();
     let get = |k: &str| {
-        data.get(k)
+        graph
+            .data
+            .get(k)
             .map(PathBuf::from)
             .ok_or_else(|| io::Error::other(format!("inspect gave no GraphDriver.Data.{k}")))
     };
+    if graph.name == "devicemapper" {
+        let device = get("DeviceName")?.display().to_string();
+        let mount_id = device
+            .rsplit('-')
+            .next()
+            .filter(|m| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| io::Error::other(format!("device name `{device}` ends in no id")))?;
+        return Ok(Dirs {
+            merged: d
+                .data_root
+                .join("devicemapper/mnt")
+                .join(mount_id)
+                .join("rootfs"),
+            upper: None,
+        });
+    }
     Ok(Dirs {
         merged: get("MergedDir")?,
-        upper: get("UpperDir")?,
+        upper: Some(get("UpperDir")?),
     })
 }
 
@@ -70,8 +90,9 @@ fn dirs(d: &Daemon, id: &str, must_run: bool) -> io::Result<Dirs> {
 pub struct Dirs {
     /// The merged root, as the sandbox thread sees it.
     pub merged: PathBuf,
-    /// The writable layer.
-    pub upper: PathBuf,
+    /// The writable layer (`None`: devicemapper, where the container's device is its
+    /// root and nothing is copied up).
+    pub upper: Option<PathBuf>,
 }
 
 /// `docker create --network none -v <busybox>:/dev/busybox:ro <image> /dev/busybox sleep
@@ -227,13 +248,21 @@ pub fn file_op(
     let dirs = dirs.clone();
     d.sandbox.run(move |inside| {
         let backing = inside.root.clone();
-        let upper = match dirs.upper.strip_prefix(&backing) {
+        let Some(upper) = &dirs.upper else {
+            // devicemapper: nothing to copy up.
+            let r = inside.real_root.enter(&dirs.merged);
+            if let Err(e) = r {
+                panic!("cannot chroot into {}: {e}", dirs.merged.display());
+            }
+            let out = crate::ops::run(&op);
+            if let Err(e) = inside.real_root.leave() {
+                panic!("cannot leave {}: {e}", dirs.merged.display());
+            }
+            return (out, None);
+        };
+        let upper = match upper.strip_prefix(&backing) {
             Ok(rel) => Path::new("/").join(rel),
-            Err(_) => panic!(
-                "{} is not under {}",
-                dirs.upper.display(),
-                backing.display()
-            ),
+            Err(_) => panic!("{} is not under {}", upper.display(), backing.display()),
         };
         crate::copy_up::watched_step(inside, &dirs.merged, &backing, &upper, &op, true, &counted)
     })

@@ -76,6 +76,7 @@ impl Daemon {
                 .arg("--pidfile")
                 .arg(exec.join("docker.pid"))
                 .args(["--storage-driver", &driver_s])
+                .args(storage_opts(&driver_s))
                 .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
                 .args(["--ip-masq=false", "--userland-proxy=false"])
                 .stdin(Stdio::null())
@@ -151,6 +152,16 @@ impl Daemon {
     /// The daemon's log, its last lines.
     pub fn log_tail(&self) -> String {
         log_tail(self.sandbox.host_dir())
+    }
+}
+
+/// The driver's `--storage-opt`s. devicemapper (loop-lvm, Docker's defaults otherwise):
+/// `dm.override_udev_sync_check`, which Docker documents for setups without udev (the
+/// guest has none; libdevmapper then creates the device nodes itself).
+fn storage_opts(driver: &str) -> Vec<&'static str> {
+    match driver {
+        "devicemapper" => vec!["--storage-opt", "dm.override_udev_sync_check=true"],
+        _ => Vec::new(),
     }
 }
 

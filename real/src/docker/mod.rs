@@ -51,6 +51,9 @@ pub struct DockerDriver {
     daemon: Daemon,
     layers: BTreeMap<String, ImageRec>,
     containers: Vec<ContainerRec>,
+    /// The containers removed: model id and Docker's mount ids (its own, its init
+    /// layer's), to name them where Docker still does.
+    removed: Vec<(String, (String, String))>,
     /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
     copied: BTreeMap<String, (BTreeSet<u64>, u64)>,
     busybox: PathBuf,
@@ -60,7 +63,10 @@ pub struct DockerDriver {
 impl DockerDriver {
     /// Starts a daemon with `--storage-driver <kind>` on `backing`.
     pub fn new(kind: DriverKind, backing: BackingFs) -> Result<Self, String> {
-        if !matches!(kind, DriverKind::Overlay | DriverKind::Overlay2) {
+        if !matches!(
+            kind,
+            DriverKind::Overlay | DriverKind::Overlay2 | DriverKind::Devicemapper
+        ) {
             return Err(format!("the docker backend has no {kind} here"));
         }
         let busybox = crate::probe::docker_missing()?;
@@ -72,6 +78,7 @@ impl DockerDriver {
             daemon,
             layers: BTreeMap::new(),
             containers: Vec::new(),
+            removed: Vec::new(),
             copied: BTreeMap::new(),
             busybox,
             kernel,
@@ -235,6 +242,9 @@ impl Driver for DockerDriver {
             }
             Op::RemoveContainer { id } => {
                 let c = self.container(Some(id))?;
+                let names = observe::mount_ids(&self.daemon, self.kind, &c.docker_id)
+                    .map_err(|e| self.backend_err(&format!("the mount ids of `{id}`"), e))?;
+                self.removed.push((id.clone(), names));
                 container::remove(&self.daemon, &c.docker_id)
                     .map_err(|e| self.backend_err(&format!("docker rm -f `{id}`"), e))?;
                 self.containers.retain(|x| x.id != *id);
@@ -312,7 +322,7 @@ impl Driver for DockerDriver {
                 )
             })
             .collect();
-        observe::observe(&self.daemon, self.kind, &layers, &containers)
+        observe::observe(&self.daemon, self.kind, &layers, &containers, &self.removed)
             .map_err(|e| self.backend_err("observing", e))
     }
 }
