@@ -103,16 +103,18 @@ pub fn run_scenarios(jobs: &[(&Scenario, DriverKind, String)]) -> Vec<Outcome> {
         .iter()
         .map(|(h, g)| (h, g.display().to_string()))
         .collect();
-    let mut timed: Vec<(String, Duration)> = Vec::new();
+    let mut timed: Vec<(String, String, Duration)> = Vec::new();
     let mut out = Vec::new();
     for (s, d, b) in jobs {
         let key = (guest_of[&s.file].clone(), d.name().to_string(), b.clone());
         let status = match (by_key.get(&key), error) {
             (Some(l), _) => {
                 let detail = l["detail"].as_str().unwrap_or_default().to_string();
-                if let Some(ms) = l["ms"].as_u64() {
+                // Skips cost nothing and are left out of the figures.
+                if let (Some(ms), false) = (l["ms"].as_u64(), l["status"] == "skip") {
                     timed.push((
                         format!("{} [{d}, {b}]", s.name()),
+                        b.clone(),
                         Duration::from_millis(ms),
                     ));
                 }
@@ -165,26 +167,47 @@ fn short(f: &Failure) -> &'static str {
     }
 }
 
-/// `vm: kernel K: boot 4.4 s; N runs in T s (mean M s); slowest: ...; total T s`.
-pub fn timing(o: &GuestOutput, runs: &[(String, Duration)]) -> String {
-    let sum: Duration = runs.iter().map(|(_, d)| *d).sum();
-    let mut slow: Vec<&(String, Duration)> = runs.iter().collect();
-    slow.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+/// `vm: kernel K: boot 4.4 s; N run(s) in T s (vm: n in t s, mean m s; docker: ...);
+/// slowest: ...; total T s`: the runs that were not skipped, per backend.
+pub fn timing(o: &GuestOutput, runs: &[(String, String, Duration)]) -> String {
+    let sum: Duration = runs.iter().map(|(_, _, d)| *d).sum();
+    let mut backends: Vec<&str> = runs.iter().map(|(_, b, _)| b.as_str()).collect();
+    backends.sort();
+    backends.dedup();
+    let per: Vec<String> = backends
+        .iter()
+        .map(|b| {
+            let mine: Vec<Duration> = runs
+                .iter()
+                .filter(|(_, x, _)| x == b)
+                .map(|(_, _, d)| *d)
+                .collect();
+            let t: Duration = mine.iter().sum();
+            format!(
+                "{b}: {} in {:.1} s, mean {:.2} s",
+                mine.len(),
+                t.as_secs_f64(),
+                t.as_secs_f64() / mine.len() as f64
+            )
+        })
+        .collect();
+    let mut slow: Vec<&(String, String, Duration)> = runs.iter().collect();
+    slow.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
     let slowest: Vec<String> = slow
         .iter()
         .take(5)
-        .map(|(n, d)| format!("{n} {:.2} s", d.as_secs_f64()))
+        .map(|(n, _, d)| format!("{n} {:.2} s", d.as_secs_f64()))
         .collect();
     format!(
-        "vm: kernel {}: boot {:.1} s; {} run(s) in {:.1} s (mean {:.2} s); slowest: {}; total {:.1} s",
+        "vm: kernel {}: boot {:.1} s; {} run(s) in {:.1} s ({}); slowest: {}; total {:.1} s",
         o.kernel,
         o.boot.as_secs_f64(),
         runs.len(),
         sum.as_secs_f64(),
-        if runs.is_empty() {
-            0.0
+        if per.is_empty() {
+            "-".into()
         } else {
-            sum.as_secs_f64() / runs.len() as f64
+            per.join("; ")
         },
         if slowest.is_empty() {
             "-".into()
