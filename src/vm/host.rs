@@ -219,15 +219,23 @@ pub fn timing(o: &GuestOutput, runs: &[(String, String, Duration)]) -> String {
 }
 
 /// The default time a `fuzz` boot may take: five minutes, and half a second per step
-/// (replay, observation after every step, shrinking), on the guest's CPUs.
+/// (replay, observation after every step, shrinking), on the guest's CPUs; on the guest's
+/// dockerd, much more per trace.
 pub fn fuzz_timeout(args: &FuzzArgs) -> Duration {
+    if args.backend == "docker" {
+        // dockerd in the guest: a daemon per trace (and per shrinking replay, for one
+        // divergence's worth), some 10-30 s under TCG, and a second a step.
+        let traces = args.traces + args.shrink_budget as u64;
+        return timeout_or(Duration::from_secs(300 + traces * (30 + args.steps as u64)));
+    }
     timeout_or(Duration::from_secs(
         300 + (args.traces * args.steps as u64) / 2,
     ))
 }
 
-/// `layerspec fuzz --backend vm`: the same fuzz run inside the VM on its kernel; the
-/// summary is printed and the shrunk scenario files are written here. Returns the exit
+/// `layerspec fuzz --backend vm` (and `--backend docker` for devicemapper, dockerd in the
+/// guest): the same fuzz run inside the VM on its kernel; the summary is printed and the
+/// shrunk scenario files are written here. Returns the exit
 /// code (the guest's: 0, 1 on divergences, 2 when it could not run).
 pub fn fuzz(args: &FuzzArgs) -> u8 {
     if args.driver == DriverKind::Thinpool {
@@ -260,7 +268,8 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if args.init {
         guest_args.push("--init".into());
     }
-    let out = match run_guest(&guest_args, &[], fuzz_timeout(args), false) {
+    let docker = args.backend == "docker";
+    let out = match run_guest(&guest_args, &[], fuzz_timeout(args), docker) {
         Ok(o) => o,
         Err(e) => {
             println!("fuzz: {} on {}: cannot run: {e}", args.driver, args.backend);

@@ -34,8 +34,9 @@
 //! - Pool figures are those after a `sync` of every mounted filesystem: a real driver
 //!   syncs before it reads the pool's status.
 //!
-//! The filesystem on the devices is ext4 (`dm.fs=ext4`; Docker takes xfs when it can, and
-//! the real side has no mkfs.xfs), made as Docker makes it: `mkfs.ext4 -E
+//! The filesystem on the devices is ext4 (`dm.fs=ext4`, which the docker backend passes
+//! to dockerd; without it Docker takes xfs when `mkfs.xfs` exists and xfs is loaded), made
+//! as Docker makes it: `mkfs.ext4 -E
 //! nodiscard,lazy_itable_init=0,lazy_journal_init=0`, `tune2fs -c -1 -i 0`.
 
 mod fs;

@@ -157,10 +157,18 @@ impl Daemon {
 
 /// The driver's `--storage-opt`s. devicemapper (loop-lvm, Docker's defaults otherwise):
 /// `dm.override_udev_sync_check`, which Docker documents for setups without udev (the
-/// guest has none; libdevmapper then creates the device nodes itself).
+/// guest has none; libdevmapper then creates the device nodes itself), and `dm.fs=ext4`,
+/// the filesystem the model states: without it dockerd takes xfs wherever `mkfs.xfs`
+/// exists and xfs is loaded (moby `determineDefaultFS`; seen in the guest once a scenario
+/// on xfs had loaded it: `BaseDeviceFilesystem` `xfs`).
 fn storage_opts(driver: &str) -> Vec<&'static str> {
     match driver {
-        "devicemapper" => vec!["--storage-opt", "dm.override_udev_sync_check=true"],
+        "devicemapper" => vec![
+            "--storage-opt",
+            "dm.override_udev_sync_check=true",
+            "--storage-opt",
+            "dm.fs=ext4",
+        ],
         _ => Vec::new(),
     }
 }

@@ -51,8 +51,8 @@ pub struct DockerDriver {
     daemon: Daemon,
     layers: BTreeMap<String, ImageRec>,
     containers: Vec<ContainerRec>,
-    /// The containers removed: model id and Docker's mount ids (its own, its init
-    /// layer's), to name them where Docker still does.
+    /// devicemapper's containers removed: model id and Docker's mount ids (its own, its
+    /// init layer's), to name them where Docker still does.
     removed: Vec<(String, (String, String))>,
     /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
     copied: BTreeMap<String, (BTreeSet<u64>, u64)>,
@@ -242,9 +242,12 @@ impl Driver for DockerDriver {
             }
             Op::RemoveContainer { id } => {
                 let c = self.container(Some(id))?;
-                let names = observe::mount_ids(&self.daemon, self.kind, &c.docker_id)
-                    .map_err(|e| self.backend_err(&format!("the mount ids of `{id}`"), e))?;
-                self.removed.push((id.clone(), names));
+                if self.kind == DriverKind::Devicemapper {
+                    // Its device hashes may still show in the last transaction.
+                    let names = observe::mount_ids(&self.daemon, self.kind, &c.docker_id)
+                        .map_err(|e| self.backend_err(&format!("the mount ids of `{id}`"), e))?;
+                    self.removed.push((id.clone(), names));
+                }
                 container::remove(&self.daemon, &c.docker_id)
                     .map_err(|e| self.backend_err(&format!("docker rm -f `{id}`"), e))?;
                 self.containers.retain(|x| x.id != *id);

@@ -92,11 +92,13 @@ pub fn observe(
             ids.push((read(m.join("mount-id"))?, id.clone()));
             ids.push((read(m.join("init-id"))?, init_layer_id(id)));
         }
-        for (id, (mount, init)) in &removed {
+        let dm = kind == DriverKind::Devicemapper;
+        // Only devicemapper names a removed container again (its last transaction); the
+        // union drivers' directories of it are gone.
+        for (id, (mount, init)) in removed.iter().filter(|_| dm) {
             ids.push((mount.clone(), id.clone()));
             ids.push((init.clone(), init_layer_id(id)));
         }
-        let dm = kind == DriverKind::Devicemapper;
         if dm {
             for (_, model) in ids.iter_mut() {
                 *model = device_hash(model);
