@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// `DM_DEFERRED_REMOVE` in a device's flags (linux/dm-ioctl.h): removal is pending until
+/// its last opener closes it (Debian's dockerd turns deferred removal on).
+const DM_DEFERRED_REMOVE: u32 = 1 << 17;
+
 /// Docker's pool block: 128 sectors, 64 KiB.
 pub(crate) const BLOCK_SECTORS: u64 = 128;
 /// Bytes in a pool block.
@@ -312,7 +316,17 @@ impl Pool {
             if !name.starts_with(&self.dm_prefix) {
                 continue;
             }
-            let (_, targets) = self.ctl.status(&name, true).map_err(dm)?;
+            let (info, targets) = match self.ctl.status(&name, true) {
+                Ok(r) => r,
+                // Gone since the list: a deferred remove (dockerd's `RemoveDeviceDeferred`)
+                // finished in between.
+                Err(e) if matches!(e.errno(), Some(libc::ENXIO | libc::ENODEV)) => continue,
+                Err(e) => return Err(dm(e)),
+            };
+            if info.flags & DM_DEFERRED_REMOVE != 0 {
+                // Removed as soon as its last opener closes it: Docker counts it gone.
+                continue;
+            }
             let lines: Vec<String> = targets
                 .iter()
                 .map(|t| format!("{} {} {} {}", t.start, t.length, t.kind, t.params.trim()))
