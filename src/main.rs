@@ -283,16 +283,12 @@ fn real_main() -> Result<ExitCode> {
                                     status,
                                     observation: None,
                                 },
-                                kernel: (backend != "vm"
-                                    && !layerspec_real::docker_in_vm(m.driver))
-                                .then(suite::running_kernel)
-                                .flatten(),
+                                kernel: (!layerspec::vm::runs_in_vm(&backend, m.driver))
+                                    .then(suite::running_kernel)
+                                    .flatten(),
                                 backend,
                             },
-                            _ if backend == "vm"
-                                || (backend == "docker"
-                                    && layerspec_real::docker_in_vm(m.driver)) =>
-                            {
+                            _ if layerspec::vm::runs_in_vm(&backend, m.driver) => {
                                 vm_jobs.push((s, m.driver, backend));
                                 continue;
                             }

@@ -258,6 +258,15 @@ impl RootFd {
         check(unsafe { libc::chdir(c"/".as_ptr()) })
     }
 
+    /// Runs `f` with `dir` as the thread's root ([`RootFd::enter`]), then back to the real
+    /// root.
+    pub fn within<R>(&self, dir: &Path, f: impl FnOnce() -> R) -> io::Result<R> {
+        self.enter(dir)?;
+        let r = f();
+        self.leave()?;
+        Ok(r)
+    }
+
     /// Back to the real root.
     pub fn leave(&self) -> io::Result<()> {
         check(unsafe { libc::fchdir(self.0) })?;

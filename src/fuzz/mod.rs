@@ -367,9 +367,7 @@ pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summ
 /// `layerspec fuzz`: prints the summary; returns the exit code (0 no divergence, 1
 /// divergences, 2 when the backend cannot run or traces could not run).
 pub fn main(args: &FuzzArgs) -> u8 {
-    let in_vm = args.backend == "vm"
-        || (args.backend == "docker" && layerspec_real::docker_in_vm(args.driver));
-    if in_vm && !crate::vm::in_guest() {
+    if crate::vm::runs_in_vm(&args.backend, args.driver) && !crate::vm::in_guest() {
         return crate::vm::host::fuzz(args);
     }
     if args.driver == DriverKind::Thinpool {

@@ -108,6 +108,12 @@ impl VmError {
 
 static IN_GUEST: AtomicBool = AtomicBool::new(false);
 
+/// Whether `backend` runs `driver` in the VM, a whole command in one boot: backend `vm`,
+/// and `docker` where dockerd's driver needs what this kernel lacks (devicemapper).
+pub fn runs_in_vm(backend: &str, driver: layerspec_model::DriverKind) -> bool {
+    backend == "vm" || (backend == "docker" && layerspec_real::docker_in_vm(driver))
+}
+
 /// Whether this process is `layerspec guest` (inside the VM).
 pub fn in_guest() -> bool {
     IN_GUEST.load(Ordering::Relaxed)

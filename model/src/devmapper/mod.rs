@@ -297,18 +297,22 @@ impl DeviceSet {
     /// device for the lowest), mounted, the layer applied, unmounted. `stack` is the image
     /// up to the new layer.
     pub(crate) fn add_layer(&mut self, id: &str, parent: Option<&str>, stack: &LowerStack) {
-        let hash = device_hash(id);
         let origin = parent.map(device_hash).unwrap_or_default();
-        self.add_device(&hash, &origin);
-        self.get(&hash);
+        self.make_layer(&device_hash(id), &origin, stack);
+    }
+
+    /// Device `hash`, a snapshot of `origin`'s, mounted, made to hold `stack`'s files,
+    /// unmounted (moby `Create` and `ApplyDiff`).
+    fn make_layer(&mut self, hash: &str, origin: &str, stack: &LowerStack) {
+        self.add_device(hash, origin);
+        self.get(hash);
         let new = Arc::new(stack.flatten());
-        let t = Arc::clone(&new);
-        self.on_fs(&hash, |d| {
-            let w = d.fs.apply_layer(&d.tree, &t, stack);
-            d.tree = t;
+        self.on_fs(hash, |d| {
+            let w = d.fs.apply_layer(&d.tree, &new, stack);
+            d.tree = new;
             w
         });
-        self.put(&hash);
+        self.put(hash);
     }
 
     /// A new container `id` on `image`: a snapshot of the image's device, mounted.
@@ -355,17 +359,8 @@ impl DeviceSet {
     /// on dockerd 20.10.24 in the VM: `init/commit_without_changes_adds_no_layer`). Its
     /// random cache id is [`DISCARDED_LAYER`] here.
     pub(crate) fn discarded_layer(&mut self, image: &str, applied: &LowerStack) {
-        let hash = DISCARDED_LAYER.to_string();
-        self.add_device(&hash, &device_hash(image));
-        self.get(&hash);
-        let new = Arc::new(applied.flatten());
-        self.on_fs(&hash, |d| {
-            let w = d.fs.apply_layer(&d.tree, &new, applied);
-            d.tree = new;
-            w
-        });
-        self.put(&hash);
-        self.delete_device(&hash);
+        self.make_layer(DISCARDED_LAYER, &device_hash(image), applied);
+        self.delete_device(DISCARDED_LAYER);
     }
 
     /// `DeleteDevice` of a device not mounted: discarded whole, then deleted, in a

@@ -76,7 +76,6 @@ use pool::Pool;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -135,14 +134,7 @@ impl DeviceSet {
         mkdir(log, &top.join("metadata"), 0o700)?;
         pool::sparse_copy(log, &t.data(), &files.join("data"))?;
         pool::sparse_copy(log, &t.metadata(), &files.join("metadata"))?;
-        // moby `NewDeviceSet`: `docker-<major>:<minor>-<inode>` of the driver root.
-        let st = fs::metadata(&top)?;
-        let docker_prefix = format!(
-            "docker-{}:{}-{}",
-            libc::major(st.dev()),
-            libc::minor(st.dev()),
-            st.ino()
-        );
+        let docker_prefix = pool::docker_prefix(&top)?;
         let pool = Pool::open(
             log,
             &files.join("metadata"),
@@ -424,13 +416,13 @@ impl DeviceSet {
     }
 }
 
-/// A dockerd's own pool `<docker_prefix>-pool` as observed (the docker backend), and its
-/// devices' tables, named as the model names them.
+/// The pool a dockerd made for its driver directory `top` (the docker backend), as
+/// observed, and its devices' tables, named as the model names them.
 pub(crate) fn observe_docker_pool(
     log: &mut Log,
-    docker_prefix: &str,
+    top: &Path,
 ) -> io::Result<(PoolObservation, BTreeMap<String, String>)> {
-    let pool = Pool::attach(docker_prefix)?;
+    let pool = Pool::attach(&pool::docker_prefix(top)?)?;
     let observed = pool.observe(log)?;
     Ok((observed, pool.model_tables()?))
 }
@@ -620,9 +612,9 @@ impl DmDriver {
             let made = self.with(format!("making `{init}`"), move |ds, inside| {
                 ds.add_device(&mut inside.log, &inside.root, &ih, &o)?;
                 let rootfs = ds.get(&mut inside.log, &inside.root, &ih)?;
-                inside.real_root.enter(&rootfs)?;
-                let r = layerspec_model::init_layer_setup(ops::run);
-                inside.real_root.leave()?;
+                let r = inside
+                    .real_root
+                    .within(&rootfs, || layerspec_model::init_layer_setup(ops::run))?;
                 ds.put(&mut inside.log, &inside.root, &ih)?;
                 Ok(r)
             })?;
@@ -706,10 +698,7 @@ impl DmDriver {
         let hash = device_hash(id);
         self.with(format!("a step in `{id}`"), move |_, inside| {
             let rootfs = top(&inside.root).join("mnt").join(&hash).join("rootfs");
-            inside.real_root.enter(&rootfs)?;
-            let out = ops::run(&op);
-            inside.real_root.leave()?;
-            Ok(out)
+            inside.real_root.within(&rootfs, || ops::run(&op))
         })
     }
 }

@@ -26,6 +26,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// Docker's name prefix for the driver directory `top`: `docker-<major>:<minor>-<inode>`
+/// of it (moby `NewDeviceSet`).
+pub(crate) fn docker_prefix(top: &Path) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::metadata(top)?;
+    Ok(format!(
+        "docker-{}:{}-{}",
+        libc::major(st.dev()),
+        libc::minor(st.dev()),
+        st.ino()
+    ))
+}
+
 /// `DM_DEFERRED_REMOVE` in a device's flags (linux/dm-ioctl.h): removal is pending until
 /// its last opener closes it (Debian's dockerd turns deferred removal on).
 const DM_DEFERRED_REMOVE: u32 = 1 << 17;

@@ -250,14 +250,10 @@ pub fn file_op(
         let backing = inside.root.clone();
         let Some(upper) = &dirs.upper else {
             // devicemapper: nothing to copy up.
-            let r = inside.real_root.enter(&dirs.merged);
-            if let Err(e) = r {
-                panic!("cannot chroot into {}: {e}", dirs.merged.display());
-            }
-            let out = crate::ops::run(&op);
-            if let Err(e) = inside.real_root.leave() {
-                panic!("cannot leave {}: {e}", dirs.merged.display());
-            }
+            let out = inside
+                .real_root
+                .within(&dirs.merged, || crate::ops::run(&op))
+                .unwrap_or_else(|e| panic!("chroot into {}: {e}", dirs.merged.display()));
             return (out, None);
         };
         let upper = match upper.strip_prefix(&backing) {

@@ -205,19 +205,8 @@ pub fn observe(
             }
         }
         if dm {
-            // Last: the pool after a sync of everything above (moby `NewDeviceSet`: the
-            // prefix is `docker-<maj>:<min>-<ino>` of the driver's directory).
-            let st = fs::metadata(&top)?;
-            let prefix = {
-                use std::os::unix::fs::MetadataExt;
-                format!(
-                    "docker-{}:{}-{}",
-                    libc::major(st.dev()),
-                    libc::minor(st.dev()),
-                    st.ino()
-                )
-            };
-            let (pool, tables) = crate::devmapper::observe_docker_pool(&mut inside.log, &prefix)?;
+            // Last: the pool after a sync of everything above.
+            let (pool, tables) = crate::devmapper::observe_docker_pool(&mut inside.log, &top)?;
             accounting.pool = Some(pool);
             accounting.dm_tables = tables.into_iter().map(|(k, v)| (replace(&k), v)).collect();
         }
