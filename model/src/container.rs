@@ -62,7 +62,7 @@ pub struct Container {
     pub farm_roots: Arc<BTreeMap<(String, Ino), u32>>,
     /// Pages the upper filesystem has free while a step runs, when the store accounts for
     /// them (a tmpfs with a size, `crate::space`); `None`: not accounted, never full.
-    pub space: Option<u64>,
+    pub(crate) space: Option<crate::space::Budget>,
     /// The store's clock while a step runs: the last modification time handed out.
     pub clock: u64,
     /// Docker could not start it (`crate::start`): its root is not mounted, and no process
@@ -183,17 +183,37 @@ impl Container {
         self.made_whiteout = false;
     }
 
-    /// Takes `n` pages of the upper filesystem for a step, or ENOSPC when fewer are free
-    /// (nothing taken then).
+    /// Takes `n` pages (blocks) of the upper filesystem for a step, or ENOSPC when fewer
+    /// are free (nothing taken then).
     pub(crate) fn take_pages(&mut self, n: u64) -> Result<(), crate::errno::Errno> {
         match &mut self.space {
-            Some(free) if *free < n => Err(crate::errno::Errno::ENOSPC),
-            Some(free) => {
-                *free -= n;
+            Some(b) if b.blocks < n => Err(crate::errno::Errno::ENOSPC),
+            Some(b) => {
+                b.blocks -= n;
                 Ok(())
             }
             None => Ok(()),
         }
+    }
+
+    /// Takes an inode of the upper filesystem, or ENOSPC when none is free (ext4:
+    /// `ext4_new_inode` finds no free inode).
+    pub(crate) fn take_inode(&mut self) -> Result<(), crate::errno::Errno> {
+        match self.space.as_mut().and_then(|b| b.inodes.as_mut()) {
+            Some(0) => Err(crate::errno::Errno::ENOSPC),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Takes what a new directory costs: an inode and, on ext4, its first block.
+    pub(crate) fn take_dir(&mut self) -> Result<(), crate::errno::Errno> {
+        self.take_inode()?;
+        let blocks = self.space.map_or(0, |b| b.fs.dir_blocks());
+        self.take_pages(blocks)
     }
 
     /// The root dentry.

@@ -20,17 +20,16 @@ pub enum CopyUp {
 
 impl Container {
     /// Makes every directory on `dirs` an upper directory, root first; returns the last
-    /// one's upper inode.
-    pub(crate) fn copy_up_dirs(&mut self, dirs: &mut [(String, Dentry)]) -> Ino {
+    /// one's upper inode. On ext4 each directory copied up takes an inode and a block, and
+    /// may find none: ENOSPC, the directories before it staying copied up.
+    pub(crate) fn copy_up_dirs(&mut self, dirs: &mut [(String, Dentry)]) -> Result<Ino, Errno> {
         let mut parent = dirs[0].1.upper.expect("upper root");
         for entry in dirs.iter_mut().skip(1) {
-            let d = self
-                .copy_up_entry(parent, &entry.0, entry.1, CopyUp::Meta)
-                .expect("a directory's copy-up takes no page");
+            let d = self.copy_up_entry(parent, &entry.0, entry.1, CopyUp::Meta)?;
             entry.1 = d;
             parent = d.upper.expect("copied up");
         }
-        parent
+        Ok(parent)
     }
 
     /// Copies one entry of upper directory `parent` up (its parents are already there) and
@@ -68,6 +67,15 @@ impl Container {
             ino: node.ino,
         };
         let src = self.lower.inode(l).clone();
+        // `ovl_do_copy_up`: the parent is marked impure first (the mark stays if the copy
+        // fails), then the copy is made in the work directory: an inode, a directory's
+        // block, the data.
+        self.mark_impure(parent)?;
+        if src.is_dir() {
+            self.take_dir()?;
+        } else {
+            self.take_inode()?;
+        }
         // overlayfs records no origin for a hard-linked lower file unless index=on (seen
         // here; overlay's layer farms make every image file hard-linked): without it,
         // metadata-only copy-up is not possible either.
@@ -100,10 +108,7 @@ impl Container {
         });
         self.upper.attach(parent, name, ino);
         self.upper.get_mut(ino).version = 0;
-        // The kernel marks the parent impure on every copy-up into it (seen here).
-        let p = self.upper.get_mut(parent);
-        p.impure = true;
-        p.version = parent_version;
+        self.upper.get_mut(parent).version = parent_version;
         if hard_linked && self.policy.keep_hard_links {
             self.upper.get_mut(ino).pinned = true;
             self.index.insert(
@@ -122,13 +127,63 @@ impl Container {
         Ok(d)
     }
 
+    /// Marks upper directory `parent` impure, as the kernel does on every copy-up into it
+    /// (seen here). On ext4 the mark may not fit the inode beside its other attributes
+    /// and goes to an xattr block, which directories whose blocks hold only the mark share
+    /// ([`crate::space`]'s `ext4`): the first such block is taken here.
+    fn mark_impure(&mut self, parent: Ino) -> Result<(), Errno> {
+        let p = self.upper.get(parent);
+        if p.impure {
+            return Ok(());
+        }
+        if let Some(b) = self.space.filter(|b| b.fs == crate::space::SpaceFs::Ext4) {
+            let mut xattrs: Vec<(String, u64)> = p
+                .xattrs
+                .iter()
+                .map(|(n, v)| (n.clone(), v.len() as u64))
+                .collect();
+            if p.is_opaque() {
+                xattrs.push(("trusted.overlay.opaque".into(), 1));
+            }
+            if p.origin.is_some() {
+                let len = crate::space::ext4::ORIGIN_LEN;
+                xattrs.push(("trusted.overlay.origin".into(), len));
+            }
+            if let Body::Dir {
+                redirect: Some(r), ..
+            } = &p.body
+            {
+                xattrs.push(("trusted.overlay.redirect".into(), r.len() as u64));
+            }
+            let before = crate::space::ext4::xattr_spill(&xattrs);
+            xattrs.push(("trusted.overlay.impure".into(), 1));
+            let after = crate::space::ext4::xattr_spill(&xattrs);
+            let alone = after.as_ref().is_some_and(|s| s.len() == 1);
+            if after.is_some() && before.is_none() && !(alone && b.impure_block) {
+                self.take_pages(1)?;
+                if let Some(b) = &mut self.space {
+                    b.impure_block |= alone;
+                }
+            }
+        }
+        self.upper.get_mut(parent).impure = true;
+        Ok(())
+    }
+
     /// Takes the pages a copy of `data` fills, as a copy-up writes it: every page, since
     /// the lower file has every page (the real side writes layer files whole, so
     /// `ovl_copy_up_file` finds no hole to skip). The copy's holes become zeros held as data.
     fn take_data_pages(&mut self, data: &mut crate::data::FileData) -> Result<(), Errno> {
-        if self.space.is_some() {
+        if let Some(b) = self.space {
             data.fill_holes();
-            self.take_pages(data.pages(PAGE))?;
+            // ext4: and the extent block of a copy past 4 extents (512 MiB).
+            let extents = match b.fs {
+                crate::space::SpaceFs::Ext4 => {
+                    crate::space::ext4::extent_blocks(&data.page_run_lengths(PAGE)).unwrap_or(0)
+                }
+                crate::space::SpaceFs::Tmpfs => 0,
+            };
+            self.take_pages(data.pages(PAGE) + extents)?;
         }
         Ok(())
     }
@@ -192,7 +247,7 @@ impl Container {
         d: Dentry,
         how: CopyUp,
     ) -> Result<(Ino, Dentry), Errno> {
-        let parent = self.copy_up_dirs(dirs);
+        let parent = self.copy_up_dirs(dirs)?;
         let d = self.copy_up_entry(parent, name, d, how)?;
         Ok((parent, d))
     }

@@ -248,6 +248,19 @@ impl FileData {
         self.pages_in(0, self.len.div_ceil(page), page)
     }
 
+    /// The lengths, in pages, of the runs of adjacent pages that hold data, in order: the
+    /// pieces a filesystem that allocates each run in one place maps in extents.
+    pub fn page_run_lengths(&self, page: u64) -> Vec<u64> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in self.page_runs(0, self.len.div_ceil(page), page) {
+            match runs.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => runs.push((a, b)),
+            }
+        }
+        runs.into_iter().map(|(a, b)| b - a).collect()
+    }
+
     /// How many of pages `first..past` (page numbers) hold data.
     fn pages_in(&self, first: u64, past: u64, page: u64) -> u64 {
         self.page_runs(first, past, page).map(|(a, b)| b - a).sum()

@@ -13,8 +13,18 @@ use crate::tree::{empty_dir, file_body, new_inode, Body, Ino};
 impl Container {
     /// Removes `name` from the upper directory `parent`, leaving a whiteout if the image
     /// layers have the name.
-    pub(crate) fn remove_name(&mut self, parent: Ino, name: &str, lower_has: bool) {
+    /// The whiteout is a link of the mount's shared whiteout once there is one
+    /// (`ovl_whiteout`), else a new inode, which may not be free (ENOSPC).
+    pub(crate) fn remove_name(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        lower_has: bool,
+    ) -> Result<(), Errno> {
         if lower_has {
+            if !self.made_whiteout {
+                self.take_inode()?;
+            }
             let wh = self.upper.alloc(new_inode(0, Body::Whiteout));
             self.upper.attach(parent, name, wh);
             self.made_whiteout = true;
@@ -22,6 +32,7 @@ impl Container {
         } else {
             self.upper.detach(parent, name);
         }
+        Ok(())
     }
 
     /// Adds a new inode as `name` in upper directory `parent`, over a whiteout if there is
@@ -53,7 +64,7 @@ impl Container {
             return Err(Errno::EEXIST);
         }
         let merged = r.parent().lower.is_some();
-        Ok((self.copy_up_dirs(&mut r.dirs), name, merged))
+        Ok((self.copy_up_dirs(&mut r.dirs)?, name, merged))
     }
 
     /// `open(O_CREAT|O_EXCL)`.
@@ -66,6 +77,7 @@ impl Container {
             return Err(Errno::EISDIR);
         }
         let (parent, name) = self.new_name_parent(path)?;
+        self.take_inode()?;
         let ino = self.upper.alloc(new_inode(
             mode.unwrap_or(0o644) & 0o7777,
             file_body(crate::data::FileData::new()),
@@ -80,6 +92,7 @@ impl Container {
         // overlayfs `ovl_create_upper`: a directory made in a merged directory is marked
         // opaque unless the lower layers may change offline (`Policy::offline_changes`).
         let opaque = merged && self.policy.driver.is_overlayfs() && !self.policy.offline_changes;
+        self.take_dir()?;
         let ino = self
             .upper
             .alloc(new_inode(mode.unwrap_or(0o755) & 0o7777, empty_dir(opaque)));
@@ -96,9 +109,11 @@ impl Container {
             return Err(Errno::ENAMETOOLONG);
         }
         let (parent, name) = self.new_name_parent(path)?;
-        if crate::space::symlink_takes_page(target) {
-            // tmpfs keeps a longer target in a page of its own (`shmem_symlink`).
-            self.take_pages(1)?;
+        self.take_inode()?;
+        if let Some(b) = self.space {
+            // tmpfs keeps a longer target in a page of its own (`shmem_symlink`), ext4 one
+            // that does not fit `i_block` in a block (`ext4_symlink`).
+            self.take_pages(b.fs.symlink_blocks(target.len() as u64))?;
         }
         let ino = self
             .upper
@@ -121,9 +136,8 @@ impl Container {
         if !d.in_upper {
             self.note_index_name_gone(d);
         }
-        let parent = self.copy_up_dirs(&mut r.dirs);
-        self.remove_name(parent, &name, lower_has);
-        Ok(())
+        let parent = self.copy_up_dirs(&mut r.dirs)?;
+        self.remove_name(parent, &name, lower_has)
     }
 
     /// `rmdir`.
@@ -143,9 +157,8 @@ impl Container {
             return Err(Errno::ENOTEMPTY);
         }
         let lower_has = self.lower_has(r.parent(), &name);
-        let parent = self.copy_up_dirs(&mut r.dirs);
-        self.remove_name(parent, &name, lower_has);
-        Ok(())
+        let parent = self.copy_up_dirs(&mut r.dirs)?;
+        self.remove_name(parent, &name, lower_has)
     }
 
     /// `link`: copies the source up (metadata may do) and adds an upper name for it.
@@ -276,7 +289,7 @@ impl Container {
         let mut dirs = rf.dirs;
         let (from_parent, src) = self.copy_up_path(&mut dirs, &from_name, src, CopyUp::Meta)?;
         let mut rt = self.resolve(to, false).expect("resolved before");
-        let to_parent = self.copy_up_dirs(&mut rt.dirs);
+        let to_parent = self.copy_up_dirs(&mut rt.dirs)?;
         let moved = src.upper.expect("copied up");
         let target_whiteout = self
             .upper
@@ -288,6 +301,10 @@ impl Container {
             self.upper
                 .exchange(from_parent, &from_name, to_parent, &to_name);
         } else {
+            if from_lower_has {
+                // `ext4_rename` makes the whiteout's inode before it moves anything.
+                self.take_inode()?;
+            }
             self.upper
                 .move_entry(from_parent, &from_name, to_parent, &to_name);
             if from_lower_has {

@@ -90,8 +90,16 @@ impl ModelDriver {
         self
     }
 
-    /// The same with the driver root on an ext4 or xfs of `bytes`, whose space the model
-    /// does not predict ([`Store::set_loop_size`]).
+    /// The same with the driver root on an ext4 that `mkfs.ext4` made on `bytes`, with
+    /// `inodes` if given, whose blocks and inodes run out ([`Store::set_ext4`]); `Err`
+    /// where mkfs would refuse the size.
+    pub fn with_ext4(mut self, bytes: u64, inodes: Option<u64>) -> Result<ModelDriver, String> {
+        self.store.set_ext4(bytes, inodes)?;
+        Ok(self)
+    }
+
+    /// The same with the driver root on an xfs of `bytes`, whose space the model does not
+    /// predict ([`Store::set_loop_size`]).
     pub fn with_loop_size(mut self, bytes: u64) -> ModelDriver {
         self.store.set_loop_size(bytes);
         self

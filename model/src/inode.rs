@@ -207,10 +207,25 @@ impl Container {
             return Ok(());
         };
         let (at, mut written, mut outcome) = write_calls(offset, content.len(), data.len(), max);
-        if let Some(free) = self.space {
-            // Out of pages: the write stops at the first page it cannot get, and the write
-            // loop's next call is ENOSPC (before any EFBIG further on).
-            let stop = data.write_stop(at, at + written, free, crate::space::PAGE);
+        if let Some(budget) = self.space {
+            // Out of pages (blocks): the write stops at the first page it cannot get, and
+            // the write loop's next call is ENOSPC (before any EFBIG further on). On ext4 an
+            // extent block the grown file needs comes out of the same blocks (writeback
+            // allocates it as the filesystem fills: a 1 GiB file on a 1 GiB ext4 lands a
+            // block less than was free).
+            let mut avail = budget.blocks;
+            let mut stop = data.write_stop(at, at + written, avail, crate::space::PAGE);
+            if budget.fs == crate::space::SpaceFs::Ext4 {
+                for _ in 0..3 {
+                    let extra = crate::space::ext4::grown_extent_blocks(data, at, stop, content);
+                    let next = budget.blocks.saturating_sub(extra);
+                    if next == avail {
+                        break;
+                    }
+                    avail = next;
+                    stop = data.write_stop(at, at + written, avail, crate::space::PAGE);
+                }
+            }
             if stop < at + written {
                 written = stop - at;
                 outcome = Err(Errno::ENOSPC);
@@ -371,8 +386,9 @@ fn unit(_: ()) -> Value {
     Value::Unit
 }
 
-/// The largest piece a `write` or `append` step hands the kernel in one `write_all`: the
-/// real side streams the data (it may be gigabytes) in pieces of this size.
+/// The largest piece a `write` or `append` step hands the kernel in one write loop: the
+/// real side streams the data (it may be gigabytes) in pieces of this size, and writes a
+/// piece refused for space again page by page (`layerspec-real`'s `write_content`).
 pub const WRITE_PIECE: u64 = 1 << 20;
 
 /// What the system calls of a `write` step (`offset` given: after the `lseek`) or an

@@ -18,6 +18,8 @@ use crate::digest::short_name;
 use crate::lower::{LowerStack, NodeId};
 use crate::observe::{content_text, xattr_text, StorageEntry};
 use crate::params::DriverKind;
+use crate::space::ext4::Tally as Ext4Tally;
+use crate::space::SpaceFs;
 use crate::store::Store;
 use crate::tree::{Body, Ino, Tree, ROOT};
 use std::collections::BTreeMap;
@@ -36,31 +38,47 @@ enum Ident {
     Shared(String),
 }
 
-/// Builds a storage listing, and counts the pages its inodes take on tmpfs.
+/// Builds a storage listing, and counts the space its inodes take ([`crate::space`]).
 #[derive(Default)]
 struct Disk {
     entries: BTreeMap<String, (Ident, StorageEntry)>,
     next: u64,
-    /// The pages each inode takes ([`crate::space`]).
+    /// The pages each inode takes on tmpfs ([`crate::space`]).
     pages: BTreeMap<Ident, u64>,
-    /// Only the pages are wanted: file contents are not digested.
+    /// Only the space is wanted: file contents are not digested.
     pages_only: bool,
+    /// The blocks each inode takes on ext4, when counted (an entry's path may be listed
+    /// again, the last listing standing: so the count is made from the entries at the end).
+    ext4: Option<BTreeMap<Ident, Result<u64, String>>>,
 }
 
 impl Disk {
     /// Adds an entry; a file takes the pages of its size, a long symlink one page.
     fn add(&mut self, path: String, shared: Option<String>, e: StorageEntry) {
+        self.add_data(path, shared, e, None);
+    }
+
+    /// Adds an entry whose file data is `data` (else a file's data is its size, whole).
+    fn add_data(
+        &mut self,
+        path: String,
+        shared: Option<String>,
+        e: StorageEntry,
+        data: Option<&crate::data::FileData>,
+    ) {
         let size = e.size.unwrap_or(0);
+        let metacopy = e.xattrs.contains_key("trusted.overlay.metacopy");
+        let runs = match (e.kind.as_str(), data) {
+            ("file", _) if metacopy => vec![],
+            ("file", Some(d)) => d.page_run_lengths(crate::space::PAGE),
+            ("file", None) => vec![size.div_ceil(crate::space::PAGE)],
+            _ => vec![],
+        };
         let pages = match e.kind.as_str() {
-            "file" => size.div_ceil(crate::space::PAGE),
+            "file" => runs.iter().sum(),
             "symlink" => crate::space::symlink_pages(size),
             _ => 0,
         };
-        self.add_paged(path, shared, e, pages);
-    }
-
-    /// Adds an entry that takes `pages` pages.
-    fn add_paged(&mut self, path: String, shared: Option<String>, e: StorageEntry, pages: u64) {
         let ident = match shared {
             Some(k) => Ident::Shared(k),
             None => {
@@ -68,6 +86,15 @@ impl Disk {
                 Ident::Unique(self.next)
             }
         };
+        if let Some(blocks) = &mut self.ext4 {
+            let own = match e.kind.as_str() {
+                "dir" => Ok(SpaceFs::Ext4.dir_blocks()),
+                "symlink" => Ok(SpaceFs::Ext4.symlink_blocks(size)),
+                "file" => crate::space::ext4::extent_blocks(&runs).map(|x| x + pages),
+                _ => Ok(0),
+            };
+            blocks.insert(ident.clone(), own);
+        }
         self.pages.insert(ident.clone(), pages);
         self.entries.insert(path, (ident, e));
     }
@@ -210,20 +237,18 @@ fn render_dir(
                 let mut e = entry("file", inode.mode);
                 e.size = Some(data.len());
                 user_xattrs(&mut e, inode);
-                let pages = if *metacopy {
+                if *metacopy {
                     e.content = Some("<metacopy: no data>".into());
                     e.xattrs
                         .insert("trusted.overlay.metacopy".into(), String::new());
-                    0
                 } else {
                     e.content = disk.text(data);
-                    data.pages(crate::space::PAGE)
-                };
+                }
                 if enc == Encoding::Overlay && inode.origin.is_some() {
                     e.xattrs
                         .insert("trusted.overlay.origin".into(), "<handle>".into());
                 }
-                disk.add_paged(path, key, e, pages);
+                disk.add_data(path, key, e, Some(data));
             }
             Body::Symlink(t) => {
                 let mut e = entry("symlink", 0o777);
@@ -265,19 +290,95 @@ pub fn render(store: &Store) -> (BTreeMap<String, StorageEntry>, u64) {
     disk.finish()
 }
 
-/// The pages of a tmpfs the driver root of an overlay or overlay2 store takes: each inode
-/// once, whatever its names ([`crate::space`]); 0 for the other drivers.
-pub(crate) fn pages_used(store: &Store) -> u64 {
+/// The space the driver root of an overlay or overlay2 store takes.
+pub(crate) struct Used {
+    /// Pages of a tmpfs, or blocks of an ext4 beyond what mkfs took.
+    pub blocks: u64,
+    /// Inodes beyond what mkfs took.
+    pub inodes: u64,
+    /// Why `blocks` is not exact (ext4), if it is not.
+    pub unexact: Option<String>,
+    /// ext4: an xattr block holding only `trusted.overlay.impure` exists.
+    pub impure_block: bool,
+}
+
+/// The space the driver root of an overlay or overlay2 store takes on `fs`: each inode
+/// once, whatever its names ([`crate::space`]); nothing for the other drivers.
+pub(crate) fn space_used(store: &Store, fs: SpaceFs) -> Used {
     let mut disk = Disk {
         pages_only: true,
+        ext4: (fs == SpaceFs::Ext4).then(BTreeMap::new),
         ..Disk::default()
     };
     match store.driver() {
         DriverKind::Overlay => overlay(store, &mut disk),
         DriverKind::Overlay2 => overlay2(store, &mut disk),
-        _ => return 0,
+        _ => {
+            return Used {
+                blocks: 0,
+                inodes: 0,
+                unexact: None,
+                impure_block: false,
+            }
+        }
     }
-    disk.pages.values().sum()
+    match disk.ext4.take() {
+        Some(own) => {
+            let mut t = Ext4Tally::default();
+            for (path, (ident, e)) in &disk.entries {
+                let key = format!("{ident:?}");
+                t.inode(path, &key, own[ident].clone(), &ext4_xattrs(e));
+            }
+            let (blocks, inodes) = t.total();
+            Used {
+                blocks,
+                inodes,
+                impure_block: t.has_impure_block(),
+                unexact: t.unexact,
+            }
+        }
+        None => Used {
+            blocks: disk.pages.values().sum(),
+            inodes: disk.pages.len() as u64,
+            unexact: None,
+            impure_block: false,
+        },
+    }
+}
+
+/// The pages of a tmpfs the driver root takes ([`space_used`]).
+pub(crate) fn pages_used(store: &Store) -> u64 {
+    space_used(store, SpaceFs::Tmpfs).blocks
+}
+
+/// An entry's extended attributes as ext4 stores them, lengths in bytes, in the order
+/// overlayfs sets them: copied or user attributes first, then `opaque` (at `mkdir`),
+/// `origin` and `metacopy` (at copy-up), `redirect` (at rename), `impure` (when a child
+/// is copied up or moved in).
+fn ext4_xattrs(e: &StorageEntry) -> Vec<(String, u64)> {
+    let rank = |n: &str| match n {
+        "trusted.overlay.opaque" => 1,
+        "trusted.overlay.origin" => 2,
+        "trusted.overlay.metacopy" => 3,
+        "trusted.overlay.redirect" => 4,
+        "trusted.overlay.impure" => 5,
+        _ => 0,
+    };
+    let mut v: Vec<(String, u64)> = e
+        .xattrs
+        .iter()
+        .map(|(n, text)| {
+            let len = match n.as_str() {
+                "trusted.overlay.origin" => crate::space::ext4::ORIGIN_LEN,
+                "trusted.overlay.uuid" => 16,
+                "trusted.overlay.metacopy" => 0,
+                _ => text.len() as u64,
+            };
+            (n.clone(), len)
+        })
+        .collect();
+    v.sort_by_key(|(n, _)| rank(n));
+    v
 }
 
 /// The overlay mount data Docker would pass for a container, with the driver under
@@ -525,8 +626,7 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
                 e.content = disk.text(data);
                 user_xattrs(&mut e, inode);
                 let layer_id = &stack.layers()[n.layer].id;
-                let pages = data.pages(crate::space::PAGE);
-                disk.add_paged(path, Some(format!("{layer_id}:{}", n.ino)), e, pages);
+                disk.add_data(path, Some(format!("{layer_id}:{}", n.ino)), e, Some(data));
             }
             // A symlink of the layer's own diff keeps its hard links (the applier links a
             // tar hard link to a symlink, DOCK6); one from a parent is made anew (DOCK1).

@@ -94,6 +94,7 @@ pub use params::{
 pub use path::{
     check_id, validate_scenario_path, BadId, BadPath, ID_MAX, MAX_SYMLINKS, NAME_MAX, PATH_MAX,
 };
+pub use space::Ext4Geometry;
 pub use start::{
     refused as container_start_refused, start as container_start, StartError, DEV_SYMLINK,
 };

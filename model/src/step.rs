@@ -413,10 +413,18 @@ impl FileOp {
         !matches!(
             self,
             FileOp::Create { .. }
-                | FileOp::Read { .. }
                 | FileOp::Unlink { .. }
                 | FileOp::Mkdir { .. }
                 | FileOp::Rmdir { .. }
+        ) && !self.only_reads()
+    }
+
+    /// Whether the operation only reads: it takes no space on any filesystem (ext4's
+    /// inodes and directory blocks included).
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            FileOp::Read { .. }
                 | FileOp::Readlink { .. }
                 | FileOp::Stat { .. }
                 | FileOp::Readdir { .. }

@@ -80,7 +80,7 @@ impl<'a> Confined<'a> {
             data.len()
         ));
         let mut f = create_new(path, mode)?;
-        crate::content::write_content(&mut f, data)?;
+        crate::content::write_content(&mut f, data, false)?;
         // An explicit chmod of the open file: setuid/setgid/sticky bits are not kept by
         // open's mode on all filesystems.
         f.set_permissions(fs::Permissions::from_mode(mode))

@@ -7,7 +7,7 @@
 use crate::sys;
 use layerspec_model::{Content, ContentHasher, WRITE_PIECE};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::FileExt;
 
 /// Bytes read or written at a time: the model's [`WRITE_PIECE`].
@@ -54,12 +54,18 @@ pub fn hash_range(file: &File, start: u64, len: u64) -> io::Result<ContentHasher
     Ok(h)
 }
 
-/// Writes `data` to `out` from its current position, [`CHUNK`] bytes at a time, each
-/// with a write loop (`write_all`): the calls the model's `write_calls` follows.
-pub fn write_content(out: &mut impl Write, data: &Content) -> io::Result<()> {
+/// Writes `data` to `out` from its current position, [`WRITE_PIECE`] bytes at a time, each
+/// with a write loop: the calls the model's `write_calls` follows. A piece the filesystem
+/// refuses for space (ENOSPC) is written again page by page, each write up to the next page
+/// boundary, until one is refused too: so the bytes that land are every page there was room
+/// for, whatever size of page-cache folio the kernel would have taken for the whole piece
+/// (ext4 since 6.16 reserves a large folio's blocks at once: a 1 MiB piece with 255 blocks
+/// free lands none of them). `append`: `out` was opened with `O_APPEND`, so the data lands
+/// at the end of the file, not at the stream position.
+pub fn write_content(out: &mut File, data: &Content, append: bool) -> io::Result<()> {
     if let Content::Bytes(b) = data {
         for piece in b.chunks(CHUNK) {
-            out.write_all(piece)?;
+            write_piece(out, piece, append)?;
         }
         return Ok(());
     }
@@ -68,8 +74,38 @@ pub fn write_content(out: &mut impl Write, data: &Content) -> io::Result<()> {
     while pos < data.len() {
         let n = (data.len() - pos).min(CHUNK as u64) as usize;
         data.fill(pos, &mut buf[..n]);
-        out.write_all(&buf[..n])?;
+        write_piece(out, &buf[..n], append)?;
         pos += n as u64;
+    }
+    Ok(())
+}
+
+/// The page size pieces are cut to after an ENOSPC.
+const PAGE: u64 = 4096;
+
+/// One piece with its write loop; after an ENOSPC, page by page (see [`write_content`]).
+fn write_piece(out: &mut File, mut rest: &[u8], append: bool) -> io::Result<()> {
+    let mut paged = false;
+    while !rest.is_empty() {
+        let want = if paged {
+            let at = if append {
+                out.metadata()?.len()
+            } else {
+                out.stream_position()?
+            };
+            ((PAGE - at % PAGE) as usize).min(rest.len())
+        } else {
+            rest.len()
+        };
+        match out.write(&rest[..want]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !paged && want as u64 > PAGE => {
+                paged = true;
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -62,12 +62,14 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
         FileOp::Write { path, offset, data } => {
             let mut f = fs::OpenOptions::new().write(true).open(p(path))?;
             f.seek(SeekFrom::Start(*offset))?;
-            write_content(&mut f, data)?;
+            write_content(&mut f, data, false)?;
+            sys::close(f)?;
             Value::Unit
         }
         FileOp::Append { path, data } => {
             let mut f = fs::OpenOptions::new().append(true).open(p(path))?;
-            write_content(&mut f, &Content::Bytes(data.clone()))?;
+            write_content(&mut f, &Content::Bytes(data.clone()), true)?;
+            sys::close(f)?;
             Value::Unit
         }
         FileOp::Truncate { path, size } => {

@@ -326,6 +326,14 @@ pub fn open_close(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<()> 
     check(unsafe { libc::close(fd) })
 }
 
+/// `close(2)` of `f`, with its error: a filesystem that caches writes reports their failure
+/// here (fuse-overlayfs: ENOSPC at close), which dropping a `File` would lose.
+pub fn close(f: std::fs::File) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    check(unsafe { libc::close(fd) })
+}
+
 /// `utimensat(AT_FDCWD, path, {secs, secs}, AT_SYMLINK_NOFOLLOW)`: sets the access and
 /// modification times of `path` itself (a symlink's own).
 pub fn lutimes(path: &Path, secs: i64) -> io::Result<()> {

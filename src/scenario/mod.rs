@@ -248,6 +248,30 @@ impl Scenario {
             })
     }
 
+    /// Whether a step states an outcome or a value for driver or backend `name` (or a
+    /// `<driver>.<name>` key).
+    pub fn states_for(&self, name: &str) -> bool {
+        let named = |k: &String| k == name || k.ends_with(&format!(".{name}"));
+        self.steps.iter().any(|st| {
+            st.expect.by_name.keys().any(named)
+                || st
+                    .returns
+                    .as_ref()
+                    .is_some_and(|r| r.by_name.keys().any(named))
+        })
+    }
+
+    /// Whether a step of the file expects `errno`, for some driver or backend.
+    pub fn expects_errno(&self, errno: layerspec_model::Errno) -> bool {
+        self.steps.iter().any(|st| {
+            st.expect
+                .default
+                .iter()
+                .chain(st.expect.by_name.values())
+                .any(|e| *e == Expect::Errno(errno))
+        })
+    }
+
     /// The largest file length the scenario can make: entries' sizes, and the end of every
     /// `write` and `truncate` (appends add little and are left out).
     pub fn largest_file(&self) -> u64 {

@@ -686,6 +686,18 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
             ));
         }
     }
+    if backing == Backing::Ext4 {
+        // What mkfs.ext4 refuses to lay out (too small, too many inodes for the size).
+        let inodes = o.inodes.as_ref().map(|n| *n.get_ref());
+        if let Err(e) = layerspec_model::Ext4Geometry::new(size_bytes, inodes) {
+            let span = match (&o.inodes, &o.size) {
+                (Some(n), _) => n.span(),
+                (None, Some(sz)) => sz.span(),
+                (None, None) => 0..0,
+            };
+            return Err(ctx.err(span, format!("mkfs.ext4 would refuse this: {e}")));
+        }
+    }
     Ok(Options {
         backing,
         inodes: o.inodes.map(Spanned::into_inner),

@@ -43,7 +43,46 @@ pub fn symlink_pages(len: u64) -> u64 {
     u64::from(len + 1 > SHORT_SYMLINK_LEN as u64)
 }
 
-/// Whether a symlink to `target` takes a page of its own.
-pub fn symlink_takes_page(target: &str) -> bool {
-    symlink_pages(target.len() as u64) > 0
+pub(crate) mod ext4;
+
+pub use ext4::Geometry as Ext4Geometry;
+
+/// The filesystem whose space the model accounts for, and what each kind of inode costs
+/// on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpaceFs {
+    /// A size-capped tmpfs: pages.
+    Tmpfs,
+    /// ext4 with 4 KiB blocks ([`ext4`]): blocks and inodes.
+    Ext4,
+}
+
+impl SpaceFs {
+    /// The blocks a new directory takes.
+    pub fn dir_blocks(self) -> u64 {
+        u64::from(self == SpaceFs::Ext4)
+    }
+
+    /// The blocks a symlink with a `len`-byte target takes.
+    pub fn symlink_blocks(self, len: u64) -> u64 {
+        match self {
+            SpaceFs::Tmpfs => symlink_pages(len),
+            SpaceFs::Ext4 => u64::from(len + 1 > ext4::SLOW_SYMLINK_MIN),
+        }
+    }
+}
+
+/// What a step may still take of the driver root's filesystem: blocks (tmpfs pages), and
+/// inodes where they are counted (ext4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// The filesystem.
+    pub fs: SpaceFs,
+    /// Blocks (pages) left.
+    pub blocks: u64,
+    /// Inodes left, where they run out.
+    pub inodes: Option<u64>,
+    /// ext4: an xattr block holding only `trusted.overlay.impure` exists, which a directory
+    /// that spills `impure` shares (`mbcache`).
+    pub impure_block: bool,
 }

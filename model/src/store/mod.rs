@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+mod space;
+
 /// A step the scenario itself got wrong (as opposed to an errno the filesystem returns).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepError {
@@ -83,10 +85,11 @@ pub struct Store {
     built_upon: std::collections::BTreeSet<String>,
     /// devicemapper: the device set and its thin pool.
     dm: Option<Box<DeviceSet>>,
-    /// The pages the driver root's tmpfs holds, when it is accounted (`crate::space`).
-    capacity: Option<u64>,
-    /// ext4 or xfs: the pages of data past which the model no longer says what happens
-    /// (their own metadata takes blocks it does not follow).
+    /// What the driver root's filesystem holds, when its space is accounted
+    /// (`crate::space`).
+    capacity: Option<space::Capacity>,
+    /// xfs: the pages of data past which the model no longer says what happens (its own
+    /// metadata takes blocks it does not follow).
     unpredicted_above: Option<u64>,
     /// Whether a container on an image gets Docker's `-init` layer (`crate::init_layer`).
     init_layers: bool,
@@ -145,59 +148,6 @@ impl Store {
             || self.aliases.contains_key(id)
             || self.containers.contains_key(id)
             || self.inits.values().any(|i| i.id == id)
-    }
-
-    /// The driver root is on an ext4 or xfs of `bytes`. Their space is not predicted: a
-    /// step after which the driver root's files would take more than 4/5 of it (a bound
-    /// below which neither has run out here: their metadata and reserves take less) stops
-    /// the model's run with [`StepError::NoSpace`], a failure, rather than a guess.
-    pub fn set_loop_size(&mut self, bytes: u64) {
-        if self.driver.is_overlayfs() {
-            self.unpredicted_above = Some(bytes / 5 * 4 / crate::space::PAGE);
-        }
-    }
-
-    /// Stops the run when the driver root takes more than the model predicts on ext4/xfs,
-    /// or a devicemapper device or its pool more than 4/5 of its size.
-    /// `device`: the one device a file step wrote to (`None`: any may have grown).
-    fn check_unpredicted(&self, what: &str, device: Option<&str>) -> Result<(), StepError> {
-        if let Some(dm) = &self.dm {
-            dm.check_space(device)
-                .map_err(|e| StepError::NoSpace(format!("{what}: {e}")))?;
-        }
-        if let Some(limit) = self.unpredicted_above {
-            let used = crate::layout::pages_used(self);
-            if used > limit {
-                return Err(StepError::NoSpace(format!(
-                    "{what}: the driver root's files would take {used} pages of 4 KiB, more \
-                     than 4/5 of its {} filesystem ({limit} pages), where the model does not \
-                     predict its space (only tmpfs's is)",
-                    format!("{:?}", self.backing).to_lowercase()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Accounts for the space of the driver root's filesystem: a tmpfs of `bytes` (its
-    /// `size=`). From then on a step that needs more pages than are free is ENOSPC, the
-    /// way the kernel cuts it (`crate::space`). Only overlay and overlay2 are accounted.
-    pub fn set_tmpfs_size(&mut self, bytes: u64) {
-        if self.driver.is_overlayfs() {
-            self.capacity = Some(bytes.div_ceil(crate::space::PAGE));
-        }
-    }
-
-    /// The pages free on the driver root's tmpfs, when they are accounted.
-    pub fn free_pages(&self) -> Option<u64> {
-        let cap = self.capacity?;
-        Some(cap.saturating_sub(crate::layout::pages_used(self)))
-    }
-
-    /// Whether the driver root's files take more pages than its tmpfs holds.
-    fn overfull(&self) -> bool {
-        self.capacity
-            .is_some_and(|cap| crate::layout::pages_used(self) > cap)
     }
 
     /// devicemapper: the device set and the thin pool under the layers and containers.
@@ -351,17 +301,10 @@ impl Store {
             parent: spec.parent.clone(),
             tree,
         };
-        if let Some(cap) = self.capacity {
+        if self.capacity.is_some() {
             let mut with = self.clone();
             with.insert_layer(layer.clone())?;
-            let used = crate::layout::pages_used(&with);
-            if used > cap {
-                return Err(StepError::NoSpace(format!(
-                    "layer `{}` does not fit the driver root's tmpfs: its files would take \
-                     {used} pages of 4 KiB, the tmpfs holds {cap}",
-                    spec.id
-                )));
-            }
+            with.check_layer_fits(&spec.id)?;
         }
         self.insert_layer(layer)?;
         self.check_unpredicted(&format!("layer `{}`", spec.id), None)
@@ -427,7 +370,7 @@ impl Store {
         let out = self.transition(op)?;
         let (may_take_space, touched) = match op {
             Op::File { container, op } => (
-                op.may_take_space(),
+                self.may_take_space(op),
                 self.container_id(container.as_deref()).ok(),
             ),
             Op::Commit { .. } | Op::CreateContainer { .. } => (true, None),
@@ -445,8 +388,8 @@ impl Store {
         match op {
             Op::File { container, op } => {
                 let id = self.container_id(container.as_deref())?;
-                let free = if op.may_take_space() {
-                    self.free_pages()
+                let free = if self.may_take_space(op) {
+                    self.budget()
                 } else {
                     None
                 };
