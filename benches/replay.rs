@@ -323,7 +323,7 @@ impl Times {
 }
 
 fn opened_kernel(t: &Trace) -> Result<Box<dyn Driver + Send>, String> {
-    let mut d = layerspec::fuzz::open(DRIVER, "kernel", t.options)?;
+    let mut d = layerspec::fuzz::open(DRIVER, "kernel", t.options, None)?;
     prepare(d.as_mut(), t)?;
     Ok(d)
 }
@@ -363,12 +363,12 @@ fn bench(cr: &mut Criterion) {
     // The same trace through the fuzz replay (outcomes and observations after every step):
     // what is timed below must be a trace the kernel and the model agree on.
     let unavailable = unavailable.or_else(|| {
-        let mut d = match layerspec::fuzz::open(DRIVER, "kernel", t.options) {
+        let mut d = match layerspec::fuzz::open(DRIVER, "kernel", t.options, None) {
             Ok(d) => d,
             Err(e) => return Some(e),
         };
         match replay(&t, d.as_mut()) {
-            Replay::Agree { steps } => {
+            Replay::Agree { steps, .. } => {
                 eprintln!("replay/overlay2: model and kernel agree on all {steps} steps");
             }
             Replay::Diverged(div) => eprintln!(
@@ -376,6 +376,7 @@ fn bench(cr: &mut Criterion) {
                 div.summary()
             ),
             Replay::Invalid(e) => return Some(format!("invalid trace: {e}")),
+            Replay::Stopped { why, .. } => return Some(format!("stopped: {why}")),
         }
         None
     });

@@ -33,6 +33,7 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
         thin: Default::default(),
         overlay: Vec::new(),
         init: false,
+        ext4: None,
     };
     let summary = match fuzz::run(&args, OverlayOptions::default(), false) {
         Ok(s) => s,
@@ -44,8 +45,9 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
     let mut failures = Vec::new();
     for r in &summary.results {
         match r {
-            TraceResult::Agree(_) => {}
+            TraceResult::Agree(..) => {}
             TraceResult::Error(i, e) => failures.push(format!("trace {i}: error: {e}")),
+            TraceResult::Stopped(i, _, why) => failures.push(format!("trace {i}: stopped: {why}")),
             TraceResult::Diverged(f) => failures.push(format!(
                 "trace {}: {}\n--- shrunk scenario (scenarios/regressions/{}-{backend}-seed{}-trace{}.toml) ---\n{}",
                 f.index,

@@ -209,6 +209,17 @@ impl Container {
         }
     }
 
+    /// ENOSPC unless `inodes` inodes and `blocks` blocks are free, taking none: what a step
+    /// makes and removes again within itself.
+    pub(crate) fn need_room(&self, inodes: u64, blocks: u64) -> Result<(), crate::errno::Errno> {
+        match self.space {
+            Some(b) if b.blocks < blocks || b.inodes.is_some_and(|n| n < inodes) => {
+                Err(crate::errno::Errno::ENOSPC)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Takes what a new directory costs: an inode and, on ext4, its first block.
     pub(crate) fn take_dir(&mut self) -> Result<(), crate::errno::Errno> {
         self.take_inode()?;

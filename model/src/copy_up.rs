@@ -166,7 +166,11 @@ impl Container {
                 }
             }
         }
-        self.upper.get_mut(parent).impure = true;
+        // The mark is an xattr: the directory's times do not change.
+        let version = self.upper.get(parent).version;
+        let p = self.upper.get_mut(parent);
+        p.impure = true;
+        p.version = version;
         Ok(())
     }
 

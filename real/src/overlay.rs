@@ -53,7 +53,8 @@ pub struct OverlayDriver {
     layers: BTreeMap<String, Option<String>>,
     containers: Vec<ContainerRec>,
     fuse: Arc<Mutex<BTreeMap<String, Child>>>,
-    /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
+    /// Per container: upper inodes whose copy-up was counted (number and birth time,
+    /// `copy_up::measure`), and the bytes copied.
     copied: BTreeMap<String, (std::collections::BTreeSet<u64>, u64)>,
     sandbox: Sandbox,
     /// The running kernel (fuse-overlayfs too writes to this kernel's tmpfs).
@@ -298,10 +299,18 @@ impl OverlayDriver {
             }
             return Ok(Err(e));
         }
-        self.containers.push(rec.clone());
         if image.is_some() {
-            self.mount(&rec)?;
+            if let Err(e) = self.mount_or_full(&rec)? {
+                // The kernel found no room for its work directory's checks (ext4 out of
+                // inodes, LS27): the start fails, and the half-made container goes.
+                if let Some(init) = &rec.init {
+                    self.remove_dirs(init)?;
+                }
+                self.remove_dirs(id)?;
+                return Ok(Err(e));
+            }
         }
+        self.containers.push(rec.clone());
         if rec.init.is_some() {
             // `docker start` after `docker create`.
             return self.start(&rec);
@@ -365,7 +374,8 @@ impl OverlayDriver {
         self.in_driver_dir(format!("making `{merged}`"), move |cf, top| {
             cf.mkdir(&top.join(&merged), 0o700)
         })?;
-        self.mount_as(c, readonly)
+        self.mount_as(c, readonly)?
+            .map_err(|e| DriverError::Backend(format!("mounting container `{}`: {e}", c.id)))
     }
 
     /// Docker's `Put`: the root unmounted and `merged` removed.
@@ -466,54 +476,69 @@ impl OverlayDriver {
     }
 
     fn mount(&self, c: &ContainerRec) -> Result<(), DriverError> {
+        self.mount_as(c, false)?
+            .map_err(|e| DriverError::Backend(format!("mounting container `{}`: {e}", c.id)))
+    }
+
+    /// [`Self::mount`], with the mount's ENOSPC as the step's.
+    fn mount_or_full(&self, c: &ContainerRec) -> Result<Result<(), Errno>, DriverError> {
         self.mount_as(c, false)
     }
 
     /// Mounts `c` at its `merged`; `readonly` (overlay2): as Docker's `Get` mounts a layer
     /// that has `committed`, its `diff` as the topmost lower, no upper or work directory.
-    fn mount_as(&self, c: &ContainerRec, readonly: bool) -> Result<(), DriverError> {
+    /// The mount's ENOSPC is `Ok(Err(ENOSPC))`.
+    fn mount_as(&self, c: &ContainerRec, readonly: bool) -> Result<Result<(), Errno>, DriverError> {
         let kind = self.kind;
         let imp = self.imp;
         let options = self.options;
         let chain = self.lower_chain(c);
         let id = c.id.clone();
         let fuse = Arc::clone(&self.fuse);
-        self.sandbox.run(move |inside| -> Result<(), DriverError> {
-            let top = inside.root.join(kind.name());
-            let root_s = inside.root.display().to_string();
-            let data = if readonly {
-                layerspec_model::overlay2_readonly_mount_data(&chain, &id, &root_s)
-            } else {
-                overlay_mount_data(kind, options, &chain, &id, &root_s).expect("an image to mount")
-            };
-            let merged = PathBuf::from(format!("{id}/merged"));
-            let log = &mut inside.log;
-            let r = (|| -> io::Result<()> {
-                // From the driver directory, as Docker's `mountFrom` does for data past a
-                // page (relative `l/` paths); classic mount(2) data, no fsconfig.
-                sys::chdir(&top)?;
-                match imp {
-                    Implementation::Kernel => sys::mount(log, "overlay", &merged, "overlay", &data),
-                    Implementation::Fuse => {
-                        let fuse_data = fuse_options(&data);
-                        let mut cmd = Command::new("fuse-overlayfs");
-                        cmd.arg("-f")
-                            .arg("-o")
-                            .arg(&fuse_data)
-                            .arg(&merged)
-                            .current_dir(&top);
-                        unsafe_pre_exec(&mut cmd);
-                        log.note(format!("{cmd:?}"));
-                        let child = cmd
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::piped())
-                            .spawn()?;
-                        wait_mounted(&top.join(&merged), child, &id, &fuse)
+        self.sandbox
+            .run(move |inside| -> Result<Result<(), Errno>, DriverError> {
+                let top = inside.root.join(kind.name());
+                let root_s = inside.root.display().to_string();
+                let data = if readonly {
+                    layerspec_model::overlay2_readonly_mount_data(&chain, &id, &root_s)
+                } else {
+                    overlay_mount_data(kind, options, &chain, &id, &root_s)
+                        .expect("an image to mount")
+                };
+                let merged = PathBuf::from(format!("{id}/merged"));
+                let log = &mut inside.log;
+                let r = (|| -> io::Result<()> {
+                    // From the driver directory, as Docker's `mountFrom` does for data past a
+                    // page (relative `l/` paths); classic mount(2) data, no fsconfig.
+                    sys::chdir(&top)?;
+                    match imp {
+                        Implementation::Kernel => {
+                            sys::mount(log, "overlay", &merged, "overlay", &data)
+                        }
+                        Implementation::Fuse => {
+                            let fuse_data = fuse_options(&data);
+                            let mut cmd = Command::new("fuse-overlayfs");
+                            cmd.arg("-f")
+                                .arg("-o")
+                                .arg(&fuse_data)
+                                .arg(&merged)
+                                .current_dir(&top);
+                            unsafe_pre_exec(&mut cmd);
+                            log.note(format!("{cmd:?}"));
+                            let child = cmd
+                                .stdout(std::process::Stdio::null())
+                                .stderr(std::process::Stdio::piped())
+                                .spawn()?;
+                            wait_mounted(&top.join(&merged), child, &id, &fuse)
+                        }
                     }
+                })();
+                match r {
+                    Ok(()) => Ok(Ok(())),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Ok(Err(Errno::ENOSPC)),
+                    Err(e) => Err(log.backend_err(&format!("mounting container `{id}`"), e)),
                 }
-            })();
-            r.map_err(|e| log.backend_err(&format!("mounting container `{id}`"), e))
-        })
+            })
     }
 
     fn unmount(&self, c: &ContainerRec) -> Result<(), DriverError> {

@@ -131,9 +131,7 @@ fn step_fields(op: &Op) -> Result<Vec<String>, String> {
                     }
                     match data {
                         Content::Bytes(b) => f.push(s("data", &text(b, path)?)),
-                        Content::Random { .. } => {
-                            return Err(format!("write {path}: random data cannot be written"))
-                        }
+                        Content::Random { len, .. } => f.push(format!("size = {len}")),
                     }
                 }
                 FileOp::Append { path, data } => {
@@ -241,16 +239,44 @@ fn returns(v: &Value) -> Option<String> {
     })
 }
 
+/// `trace` with each `write` of pseudo-random data seeded as a scenario file seeds a
+/// `write` with `size` (its path's seed and the step's index), so that the file says the
+/// same: a shrunk trace keeps the seeds of the steps' old places.
+fn with_file_seeds(trace: &Trace) -> Trace {
+    let mut t = trace.clone();
+    for (i, op) in t.steps.iter_mut().enumerate() {
+        if let Op::File {
+            op:
+                FileOp::Write {
+                    path,
+                    data: Content::Random { seed, .. },
+                    ..
+                },
+            ..
+        } = op
+        {
+            *seed = seed_for_path(path) ^ i as u64;
+        }
+    }
+    t
+}
+
 fn comment(out: &mut String, indent: &str, lines: &[String]) {
     for l in lines {
         let _ = writeln!(out, "{indent}# {}", l.replace('\n', " "));
     }
 }
 
-fn options(o: &OverlayOptions, init: bool) -> Option<String> {
+fn options(o: &OverlayOptions, init: bool, ext4: Option<crate::fuzz::Ext4Root>) -> Option<String> {
     let mut out = String::new();
     if init {
         out.push_str("init = true\n");
+    }
+    if let Some(e) = ext4 {
+        out.push_str(&format!("backing = \"ext4\"\nsize = \"{}\"\n", e.bytes));
+        if let Some(n) = e.inodes {
+            out.push_str(&format!("inodes = {n}\n"));
+        }
     }
     if *o != OverlayOptions::default() {
         out.push_str(&format!(
@@ -266,6 +292,7 @@ fn options(o: &OverlayOptions, init: bool) -> Option<String> {
 
 /// The scenario file for `trace`, with every step's `expect`/`returns` as the model says.
 pub fn scenario_text(trace: &Trace, origin: &Origin<'_>) -> Result<String, String> {
+    let trace = &with_file_seeds(trace);
     let outcomes = model_outcomes(trace, origin.kernel)?;
     let driver = trace.driver.name();
     let mut out = String::new();
@@ -298,7 +325,7 @@ pub fn scenario_text(trace: &Trace, origin: &Origin<'_>) -> Result<String, Strin
         let found = format!("found against {}: {}", origin.backend, d.summary());
         comment(&mut out, "", &[found]);
     }
-    if let Some(o) = options(&trace.options, trace.init) {
+    if let Some(o) = options(&trace.options, trace.init, trace.ext4) {
         out.push('\n');
         out.push_str(&o);
     }

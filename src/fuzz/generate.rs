@@ -37,6 +37,8 @@ pub struct Trace {
     pub options: OverlayOptions,
     /// Whether containers get Docker's `-init` layer (`[options] init = true`).
     pub init: bool,
+    /// The driver root's filesystem: an ext4 of this size (`--ext4`), else a tmpfs.
+    pub ext4: Option<crate::fuzz::Ext4Root>,
     /// Image layers, lowest first; `parent` of each is the one before.
     pub layers: Vec<LayerSpec>,
     /// The container made before the first step, on the top layer.
@@ -84,7 +86,7 @@ pub fn generate(
     index: u64,
     steps: usize,
 ) -> Trace {
-    generate_as(driver, options, false, seed, index, steps)
+    generate_as(driver, options, false, false, seed, index, steps)
 }
 
 /// Like [`generate`], for containers with Docker's `-init` layer (`init`): as Docker makes
@@ -95,12 +97,14 @@ pub fn generate_as(
     driver: DriverKind,
     options: OverlayOptions,
     init: bool,
+    big_writes: bool,
     seed: u64,
     index: u64,
     steps: usize,
 ) -> Trace {
     let mut g = Gen {
         docker: init.then_some(driver),
+        big_writes,
         rng: rng_for(seed, index),
         views: BTreeMap::new(),
         order: Vec::new(),
@@ -140,6 +144,7 @@ pub fn generate_as(
         driver,
         options,
         init,
+        ext4: None,
         layers,
         container: FIRST_CONTAINER.to_string(),
         steps: g.steps,
@@ -194,6 +199,9 @@ impl LayerPlan {
 pub(super) struct Gen {
     /// With init layers (`generate_as`): the driver, whose limits the steps keep to.
     pub(super) docker: Option<DriverKind>,
+    /// Writes of up to 256 KiB besides the short ones (`--ext4`: so that blocks run out,
+    /// not only inodes).
+    pub(super) big_writes: bool,
     pub(super) rng: ChaCha8Rng,
     /// Each live container's rough merged view.
     pub(super) views: BTreeMap<ContainerId, View>,

@@ -15,7 +15,7 @@
 //! let trace = generate(DriverKind::Overlay2, opts, 1, 0, 30);
 //! assert_eq!(trace, generate(DriverKind::Overlay2, opts, 1, 0, 30));
 //! let mut other = ModelDriver::new(DriverKind::Overlay2, opts);
-//! assert_eq!(replay(&trace, &mut other), Replay::Agree { steps: 30 });
+//! assert!(matches!(replay(&trace, &mut other), Replay::Agree { steps: 30, .. }));
 //! ```
 
 pub mod emit;
@@ -73,9 +73,48 @@ pub struct FuzzArgs {
     /// with `--backend docker`).
     #[arg(long)]
     pub init: bool,
+    /// Put the driver root on an ext4 of SIZE (`16M`; `SIZE:INODES` for `-N`), as a
+    /// scenario's `backing = "ext4"` does, on both sides: where its blocks and inodes run
+    /// out (LS27) is then part of what is compared.
+    #[arg(long, value_name = "SIZE[:INODES]", value_parser = parse_ext4)]
+    pub ext4: Option<Ext4Root>,
     /// Options of `--driver thinpool`.
     #[command(flatten)]
     pub thin: thin::ThinArgs,
+}
+
+/// An ext4 driver root: its size in bytes and its inode count, if set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ext4Root {
+    /// Bytes.
+    pub bytes: u64,
+    /// `mkfs.ext4 -N`.
+    pub inodes: Option<u64>,
+}
+
+impl std::fmt::Display for Ext4Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.bytes)?;
+        if let Some(n) = self.inodes {
+            write!(f, ":{n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `--ext4 SIZE[:INODES]`, within the limits a scenario file has.
+fn parse_ext4(s: &str) -> Result<Ext4Root, String> {
+    let (size, inodes) = match s.split_once(':') {
+        Some((a, b)) => (
+            a,
+            Some(b.parse::<u64>().map_err(|e| format!("`{b}`: {e}"))?),
+        ),
+        None => (s, None),
+    };
+    let bytes = crate::scenario::limits::backing_size(size, crate::scenario::limits::MAX_BACKING)?;
+    layerspec_model::Ext4Geometry::new(bytes, inodes)
+        .map_err(|e| format!("mkfs.ext4 would refuse this: {e}"))?;
+    Ok(Ext4Root { bytes, inodes })
 }
 
 /// One `--overlay` option: `name=on|off` for redirect_dir, index, metacopy, xino.
@@ -140,19 +179,36 @@ pub fn trace_indices(traces: u64, only: Option<u64>) -> Vec<u64> {
 
 /// Opens a fresh driver: a [`ModelDriver`] for backend `model`, else a real one in its own
 /// sandbox through [`layerspec_real::open_backend`].
+/// `ext4`: on an ext4 driver root ([`FuzzArgs::ext4`]).
 pub fn open(
     driver: DriverKind,
     backend: &str,
     options: OverlayOptions,
+    ext4: Option<Ext4Root>,
 ) -> Result<Box<dyn Driver + Send>, String> {
     if backend == "model" {
-        Ok(Box::new(ModelDriver::new(driver, options)))
-    } else if backend == "vm" && crate::vm::in_guest() {
-        // Inside the VM, backend `vm` is the guest kernel's.
-        layerspec_real::open_backend(driver, "kernel", options)
-    } else {
-        layerspec_real::open_backend(driver, backend, options)
+        let m = ModelDriver::new(driver, options);
+        return Ok(Box::new(match ext4 {
+            Some(e) => m
+                .with_backing(layerspec_model::Backing::Ext4)
+                .with_ext4(e.bytes, e.inodes)?,
+            None => m,
+        }));
     }
+    // Inside the VM, backend `vm` is the guest kernel's.
+    let backend = if backend == "vm" && crate::vm::in_guest() {
+        "kernel"
+    } else {
+        backend
+    };
+    let backing = match ext4 {
+        Some(e) => layerspec_real::BackingFs::Ext4 {
+            size: e.bytes.to_string(),
+            inodes: e.inodes,
+        },
+        None => layerspec_real::BackingFs::tmpfs(),
+    };
+    layerspec_real::open_backend_on(driver, backend, options, backing)
 }
 
 /// A divergence found, shrunk and (maybe) written.
@@ -177,12 +233,15 @@ pub struct Found {
 /// How one trace went.
 #[derive(Clone, Debug)]
 pub enum TraceResult {
-    /// Model and backend agreed; the steps run.
-    Agree(usize),
+    /// Model and backend agreed; the steps run, and how many of them were ENOSPC.
+    Agree(usize, usize),
     /// They differed.
     Diverged(Box<Found>),
     /// Trace `.0` could not be run: the model rejected it, or the backend failed to open.
     Error(u64, String),
+    /// Trace `.0` agreed for `.1` steps, then reached a step whose outcome the model does
+    /// not predict (`.2`: why).
+    Stopped(u64, usize, String),
 }
 
 /// What a run found, in trace order.
@@ -198,7 +257,7 @@ impl Summary {
         self.results
             .iter()
             .map(|r| match r {
-                TraceResult::Agree(n) => *n,
+                TraceResult::Agree(n, _) | TraceResult::Stopped(_, n, _) => *n,
                 TraceResult::Diverged(f) => match f.first.phase {
                     replay::Phase::Step(k) => k + 1,
                     _ => 0,
@@ -260,11 +319,37 @@ impl Summary {
         for (i, e) in self.errors() {
             out.push(format!("error: trace {i}: {e}"));
         }
+        for r in &self.results {
+            if let TraceResult::Stopped(i, steps, why) = r {
+                out.push(format!("stopped: trace {i} after {steps} steps: {why}"));
+            }
+        }
         let files = self.files();
         out.push(format!("traces: {}", self.results.len()));
         out.push(format!("steps: {}", self.steps()));
         out.push(format!("divergences: {}", self.divergences().count()));
         out.push(format!("errors: {}", self.errors().count()));
+        let stopped = self
+            .results
+            .iter()
+            .filter(|r| matches!(r, TraceResult::Stopped(..)))
+            .count();
+        let no_space: usize = self
+            .results
+            .iter()
+            .map(|r| match r {
+                TraceResult::Agree(_, n) => *n,
+                _ => 0,
+            })
+            .sum();
+        if no_space > 0 {
+            out.push(format!("ENOSPC outcomes agreed on: {no_space}"));
+        }
+        if stopped > 0 {
+            out.push(format!(
+                "stopped where the model does not predict the space: {stopped}"
+            ));
+        }
         out.push(format!("files written: {}", files.len()));
         out.extend(files.iter().map(|f| format!("  {}", f.display())));
         out
@@ -274,8 +359,12 @@ impl Summary {
 /// The command that finds a run's traces again (the claim of the files it writes).
 pub fn command(args: &FuzzArgs) -> String {
     let init = if args.init { " --init" } else { "" };
+    let ext4 = args
+        .ext4
+        .map(|e| format!(" --ext4 {e}"))
+        .unwrap_or_default();
     format!(
-        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}",
+        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}{ext4}",
         args.driver, args.seed, args.traces, args.steps, args.backend
     )
 }
@@ -283,22 +372,25 @@ pub fn command(args: &FuzzArgs) -> String {
 /// Runs trace `index`: generate, replay, and on a divergence shrink and write it up
 /// (`write = false` keeps it in memory).
 pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bool) -> TraceResult {
-    let trace: Trace = generate_as(
+    let mut trace: Trace = generate_as(
         args.driver,
         options,
         args.init_layers(),
+        args.ext4.is_some(),
         args.seed,
         index,
         args.steps,
     );
-    let factory = || open(args.driver, &args.backend, options);
+    trace.ext4 = args.ext4;
+    let factory = || open(args.driver, &args.backend, options, args.ext4);
     let mut other = match factory() {
         Ok(d) => d,
         Err(e) => return TraceResult::Error(index, format!("opening {}: {e}", args.backend)),
     };
     let first = match replay(&trace, other.as_mut()) {
-        Replay::Agree { steps } => return TraceResult::Agree(steps),
+        Replay::Agree { steps, no_space } => return TraceResult::Agree(steps, no_space),
         Replay::Invalid(e) => return TraceResult::Error(index, format!("invalid trace: {e}")),
+        Replay::Stopped { steps, why } => return TraceResult::Stopped(index, steps, why),
         Replay::Diverged(d) => d,
     };
     let kernel = other.kernel();
@@ -334,7 +426,20 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
 /// Runs every trace of `args` in parallel (one driver per trace), with a progress bar on a
 /// terminal. `Err` when the backend cannot run here, with the reason.
 pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summary, String> {
-    open(args.driver, &args.backend, options)?;
+    if args.ext4.is_some() && !["kernel", "vm", "model"].contains(&args.backend.as_str()) {
+        return Err(format!(
+            "--ext4 compares where the driver root's ext4 runs out, which the model predicts \
+             for the kernel's overlayfs alone; on {} it is not the model's (LS28: \
+             fuse-overlayfs reports ENOSPC at close; Docker's data root shares the filesystem)",
+            args.backend
+        ));
+    }
+    if args.ext4.is_some() && !args.driver.is_overlayfs() {
+        return Err(
+            "--ext4: only overlay and overlay2 account for their driver root's space".into(),
+        );
+    }
+    open(args.driver, &args.backend, options, args.ext4)?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(trace_indices(args.traces, args.trace).len() as u64);
         if let Ok(style) = indicatif::ProgressStyle::with_template(

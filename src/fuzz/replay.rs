@@ -106,12 +106,22 @@ pub enum Replay {
     Agree {
         /// Steps run.
         steps: usize,
+        /// Steps both sides failed with ENOSPC.
+        no_space: usize,
     },
     /// The first difference.
     Diverged(Divergence),
     /// The trace itself is wrong for the model (a missing container or layer, a bad entry):
     /// nothing can be concluded about the other driver.
     Invalid(String),
+    /// Both sides agreed up to a step whose outcome the model does not predict (a space
+    /// limit it does not follow): the trace ends there, with why.
+    Stopped {
+        /// Steps run before it.
+        steps: usize,
+        /// Why the model stopped.
+        why: String,
+    },
 }
 
 /// Text of a step's outcome as reports show it: the value, `ok`, or the errno name.
@@ -125,12 +135,27 @@ pub fn show_outcome(o: &Outcome) -> String {
 /// Step outcomes are normalised in [`crate::compare`] (`normalise_outcome_on` per backend).
 pub use crate::compare::normalise_outcome;
 
+/// The model `trace` runs on, following `kernel`: its options, init layers and driver
+/// root's filesystem.
+fn model_for(trace: &Trace, kernel: KernelVersion) -> Result<ModelDriver, String> {
+    let m = ModelDriver::new(trace.driver, trace.options)
+        .with_kernel(kernel)
+        .with_init_layers(trace.init);
+    match trace.ext4 {
+        Some(e) => m
+            .with_backing(layerspec_model::Backing::Ext4)
+            .with_ext4(e.bytes, e.inodes),
+        None => Ok(m),
+    }
+}
+
 /// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind), the
 /// model following the rules of `other`'s kernel.
 pub fn replay(trace: &Trace, other: &mut dyn Driver) -> Replay {
-    let mut model = ModelDriver::new(trace.driver, trace.options)
-        .with_kernel(other.kernel())
-        .with_init_layers(trace.init);
+    let mut model = match model_for(trace, other.kernel()) {
+        Ok(m) => m,
+        Err(e) => return Replay::Invalid(e),
+    };
     if let Err(e) = other.set_init_layers(trace.init) {
         return Replay::Invalid(e);
     }
@@ -207,6 +232,7 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
             .enumerate()
             .map(|(i, op)| (Phase::Step(i), op)),
     );
+    let mut no_space = 0;
     for (phase, op) in steps {
         let want = match guarded(|| model.apply(op)) {
             Err(p) => return diverged(phase, &p, NOT_RUN),
@@ -217,6 +243,29 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
                     Err(p) => return diverged(phase, NOT_RUNNING, &p),
                     Ok(Err(e)) => return diverged(phase, NOT_RUNNING, &driver_error(&e)),
                     Ok(Ok(got)) => return diverged(phase, NOT_RUNNING, &show_outcome(&got)),
+                }
+            }
+            Ok(Err(DriverError::Step(StepError::NoSpace(why)))) => {
+                let steps = match phase {
+                    Phase::Step(i) => i,
+                    _ => 0,
+                };
+                return Replay::Stopped { steps, why };
+            }
+            Ok(Err(DriverError::Step(e @ (StepError::NoContainer(_) | StepError::NoLayer(_)))))
+                if matches!(phase, Phase::Step(_)) =>
+            {
+                // A container or layer an earlier step could not make (ENOSPC): both sides
+                // refuse the step alike, and the trace goes on.
+                match guarded(|| other.apply(op)) {
+                    Ok(Err(DriverError::Step(r)))
+                        if std::mem::discriminant(&r) == std::mem::discriminant(&e) =>
+                    {
+                        continue
+                    }
+                    Err(p) => return diverged(phase, &e.to_string(), &p),
+                    Ok(Err(r)) => return diverged(phase, &e.to_string(), &driver_error(&r)),
+                    Ok(Ok(got)) => return diverged(phase, &e.to_string(), &show_outcome(&got)),
                 }
             }
             Ok(Err(e)) => return Replay::Invalid(format!("{phase}: {e}")),
@@ -236,6 +285,9 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
                 return diverged(phase, &w, &show_outcome(&got))
             }
             Ok(Ok(_)) => {}
+        }
+        if want == Err(layerspec_model::Errno::ENOSPC) {
+            no_space += 1;
         }
         let m = match guarded(|| model.observe()) {
             Err(p) => return diverged(phase, &format!("{p} (while observing)"), NOT_RUN),
@@ -262,6 +314,7 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
     }
     Replay::Agree {
         steps: trace.steps.len(),
+        no_space,
     }
 }
 
@@ -272,9 +325,7 @@ pub fn model_outcomes(
     trace: &Trace,
     kernel: KernelVersion,
 ) -> Result<Vec<Result<Outcome, String>>, String> {
-    let mut model = ModelDriver::new(trace.driver, trace.options)
-        .with_kernel(kernel)
-        .with_init_layers(trace.init);
+    let mut model = model_for(trace, kernel)?;
     for l in &trace.layers {
         guarded(|| model.add_layer(l))
             .and_then(|r| r.map_err(|e| e.to_string()))

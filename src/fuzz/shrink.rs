@@ -47,7 +47,7 @@ impl Shrinker<'_> {
         let mut d = (self.open)().ok()?;
         match replay(t, d.as_mut()) {
             Replay::Diverged(div) => Some(div),
-            Replay::Agree { .. } | Replay::Invalid(_) => None,
+            Replay::Agree { .. } | Replay::Invalid(_) | Replay::Stopped { .. } => None,
         }
     }
 

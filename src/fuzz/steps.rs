@@ -145,6 +145,18 @@ impl Gen {
                 path: self.fresh_or_live(&v, 80),
                 mode: self.chance(30).then(|| self.mode()),
             },
+            7..=16 if self.big_writes && self.chance(40) => {
+                let path = self.target(&v, file);
+                FileOp::Write {
+                    offset: 4096 * self.below(32) as u64 + self.below(2) as u64 * 100,
+                    data: Content::Random {
+                        len: 4096 * (1 + self.below(64) as u64) - self.below(2) as u64 * 7,
+                        // As a scenario file's `size` seeds it (the step's index).
+                        seed: layerspec_model::seed_for_path(&path) ^ self.steps.len() as u64,
+                    },
+                    path,
+                }
+            }
             7..=16 => FileOp::Write {
                 path: self.target(&v, file),
                 offset: if self.chance(60) {

@@ -149,7 +149,10 @@ fn generated_traces_are_valid_and_model_agrees_with_itself() {
             let mut other = ModelDriver::new(driver, OPTS);
             assert_eq!(
                 replay(&t, &mut other),
-                Replay::Agree { steps: 40 },
+                Replay::Agree {
+                    steps: 40,
+                    no_space: 0
+                },
                 "{driver} trace {i}"
             );
             for o in replay::model_outcomes(&t, layerspec_model::KernelVersion::DEFAULT).unwrap() {
@@ -341,6 +344,7 @@ fn a_model_run_finds_nothing_and_says_the_same_twice() {
         thin: Default::default(),
         overlay: Vec::new(),
         init: false,
+        ext4: None,
     };
     let a = run(&args, OPTS, false).unwrap();
     let b = run(&args, OPTS, false).unwrap();
@@ -365,6 +369,7 @@ fn an_unknown_backend_cannot_run() {
         thin: Default::default(),
         overlay: Vec::new(),
         init: false,
+        ext4: None,
     };
     let e = run(&args, OPTS, false).unwrap_err();
     assert!(e.contains("nonesuch"), "{e}");
@@ -383,6 +388,7 @@ fn failed_start_trace(driver: DriverKind) -> generate::Trace {
         driver,
         options: OPTS,
         init: true,
+        ext4: None,
         layers: vec![LayerSpec {
             id: "l0".into(),
             parent: None,
@@ -419,7 +425,7 @@ fn a_failed_start_is_an_errno_and_later_file_steps_are_refused_on_both_sides() {
     let mut model = ModelDriver::new(DriverKind::Overlay, OPTS).with_init_layers(true);
     let mut other = ModelDriver::new(DriverKind::Overlay, OPTS).with_init_layers(true);
     match replay::replay(&t, &mut other) {
-        Replay::Agree { steps } => assert_eq!(steps, 6),
+        Replay::Agree { steps, .. } => assert_eq!(steps, 6),
         r => panic!("{r:?}"),
     }
     model.add_layer(&t.layers[0]).unwrap();
@@ -448,4 +454,42 @@ fn a_failed_start_is_an_errno_and_later_file_steps_are_refused_on_both_sides() {
         "{:?}",
         outcomes[5]
     );
+}
+
+/// `--ext4`: model against model on a small ext4, whose inodes and blocks run out in many
+/// traces; both sides agree on every ENOSPC, and the run says the same twice.
+#[test]
+fn an_ext4_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
+    let args = FuzzArgs {
+        driver: DriverKind::Overlay2,
+        seed: 3,
+        traces: 100,
+        steps: 50,
+        trace: None,
+        backend: "model".into(),
+        out: std::env::temp_dir().join("layerspec-fuzz-never-written"),
+        shrink_budget: 10,
+        thin: Default::default(),
+        overlay: Vec::new(),
+        init: false,
+        ext4: Some(crate::fuzz::Ext4Root {
+            bytes: 4 << 20,
+            inodes: Some(96),
+        }),
+    };
+    let a = run(&args, OPTS, false).unwrap();
+    let b = run(&args, OPTS, false).unwrap();
+    assert_eq!(a.lines(&args), b.lines(&args));
+    assert_eq!(a.divergences().count(), 0, "{:?}", a.lines(&args));
+    assert_eq!(a.errors().count(), 0, "{:?}", a.lines(&args));
+    let enospc = a
+        .lines(&args)
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("ENOSPC outcomes agreed on: ")
+                .map(str::to_string)
+        })
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(enospc >= 10, "{:?}", a.lines(&args));
 }

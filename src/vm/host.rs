@@ -268,6 +268,9 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if args.init {
         guest_args.push("--init".into());
     }
+    if let Some(e) = args.ext4 {
+        guest_args.extend(["--ext4".into(), e.to_string()]);
+    }
     let docker = args.backend == "docker";
     let out = match run_guest(&guest_args, &[], fuzz_timeout(args), docker) {
         Ok(o) => o,

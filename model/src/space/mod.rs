@@ -1,6 +1,7 @@
-//! Space on the driver root's filesystem: the pages a size-capped tmpfs gives out, so that
-//! the model predicts ENOSPC where the kernel returns it (a file larger than the backing
-//! filesystem, a copy-up that does not fit).
+//! Space on the driver root's filesystem: the pages a size-capped tmpfs gives out, and the
+//! blocks and inodes of an ext4 ([`ext4`]), so that the model predicts ENOSPC where the
+//! kernel returns it (a file larger than the backing filesystem, a copy-up, a directory, a
+//! whiteout or a container that does not fit).
 //!
 //! tmpfs counts pages, not bytes (`shmem_inode_acct_blocks`, mm/shmem.c; `size=` sets
 //! `max_blocks` in pages). Measured here (6.18, `mount -t tmpfs -o size=64k`, 16 pages,
@@ -28,8 +29,9 @@
 //! The pages in use are those of every inode under the driver root, counted once however
 //! many names it has: the layers' files, the containers' upper files, and the driver's own
 //! files (overlay2's `link` and `lower`, overlay's `lower-id`), as the storage listing
-//! renders them (`layout::pages_used`). ext4 and xfs spend blocks on metadata in ways this
-//! does not follow: they are not accounted.
+//! renders them (`layout::space_used`). On ext4 the same listing is costed in blocks and
+//! inodes ([`ext4`]). xfs spends blocks on metadata in ways this does not follow: it is not
+//! accounted.
 
 /// The page size tmpfs allocates in (x86-64).
 pub const PAGE: u64 = crate::layout::PAGE_SIZE as u64;

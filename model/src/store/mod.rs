@@ -464,15 +464,17 @@ impl Store {
                     None => Container::new(id, image.clone(), stack, policy),
                 };
                 if self.capacity.is_some() {
-                    // The driver's files for it (`link`, `lower`, `lower-id`) take pages;
-                    // written before overlay2's `committed` mark, so none is made.
                     let mut with = self.clone();
                     with.containers.insert(id.clone(), c.clone());
                     with.container_order.push(id.clone());
                     if let Some(ic) = &init {
                         with.inits.insert(id.clone(), ic.clone());
                     }
-                    if with.overfull() {
+                    if let Err(committed) = self.container_fits(&with, id, image.as_deref())? {
+                        if let (true, Some(i)) = (committed, image) {
+                            // overlay2 marked the image `committed` before it ran out.
+                            self.built_upon.insert(i.clone());
+                        }
                         return Ok(Err(crate::errno::Errno::ENOSPC));
                     }
                 }
@@ -577,6 +579,7 @@ impl Store {
                         // Docker removes the half-made layer.
                         return Ok(Err(crate::errno::Errno::ENOSPC));
                     }
+                    with.check_commit_staging(layer, &new.tree)?;
                 }
                 // devicemapper's diff is the naive driver's `ExportChanges`, which gives each
                 // whiteout the time of the export (moby 20.10.24 `pkg/archive/changes.go`
@@ -610,6 +613,7 @@ impl Store {
             }
             Op::Remount { container } => {
                 let id = self.container_id(container.as_deref())?;
+                self.check_remount_space(&id)?;
                 let has_init = self.inits.contains_key(&id);
                 let c = self.containers.get_mut(&id).expect("exists");
                 c.remount();

@@ -2,6 +2,7 @@
 //! gets ([`Budget`]), and the checks that stop a run where the model does not know.
 
 use super::{StepError, Store};
+use crate::params::DriverKind;
 use crate::space::{Budget, Ext4Geometry, SpaceFs};
 use crate::step::FileOp;
 
@@ -82,6 +83,156 @@ impl Store {
             let used = crate::layout::space_used(self, cap.fs);
             used.blocks > cap.blocks || cap.inodes.is_some_and(|n| used.inodes > n)
         })
+    }
+
+    /// Whether container `id` on `image` fits the driver root's filesystem (`with`: this
+    /// store with the container added). `Ok(Err(committed))` is ENOSPC, `committed` saying
+    /// whether overlay2 had already marked the image `committed` (it stays).
+    ///
+    /// On tmpfs only the driver's files take pages (`link`, `lower`, `lower-id`), all
+    /// written before overlay2's `committed` mark. On ext4 each of the driver's directories
+    /// and files takes an inode and (but the empty mark) a block, in the order Docker makes
+    /// them (moby overlay2 `create`: the layer directory, `l/<short>`, `link`, `lower`,
+    /// `work`, the image's `committed`, `diff`, `merged`; overlay: the directory,
+    /// `lower-id`, `upper`, `work`, `merged`), and then the mount makes `work/work` and
+    /// tries a tmpfile, a whiteout and a directory in it (`ovl_make_workdir`). Measured on
+    /// 6.18 with k inodes free before the mount: k = 0 mounts read-only (no `work/work`), 1
+    /// to 3 fail the mount with ENOSPC, 4 or more mount and keep one; with no block free it
+    /// mounts read-only. A read-only container is not modelled: the run stops, saying so.
+    /// With init layers, only the totals are checked.
+    pub(super) fn container_fits(
+        &self,
+        with: &Store,
+        id: &str,
+        image: Option<&str>,
+    ) -> Result<Result<(), bool>, StepError> {
+        let Some(cap) = self.capacity else {
+            return Ok(Ok(()));
+        };
+        if cap.fs != SpaceFs::Ext4 || with.init_layers {
+            return Ok(if with.overfull() { Err(false) } else { Ok(()) });
+        }
+        let Some(mut b) = self.budget() else {
+            return Ok(Ok(()));
+        };
+        let mut committed = false;
+        for (blocks, inodes, mark) in self.create_costs(id, image) {
+            if b.blocks < blocks || b.inodes.is_some_and(|n| n < inodes) {
+                return Ok(Err(committed));
+            }
+            b.blocks -= blocks;
+            b.inodes = b.inodes.map(|n| n - inodes);
+            committed |= mark;
+        }
+        if image.is_none() {
+            return Ok(Ok(()));
+        }
+        let inodes = b.inodes.unwrap_or(u64::MAX);
+        if b.blocks == 0 || inodes == 0 {
+            return Err(StepError::NoSpace(format!(
+                "container `{id}`: its files fit the driver root's ext4 but overlayfs's \
+                 `work/work` does not ({} blocks, {inodes} inodes free): the kernel then \
+                 mounts the container read-only, which the model does not follow",
+                b.blocks
+            )));
+        }
+        if inodes - 1 < 3 {
+            return Ok(Err(committed));
+        }
+        Ok(Ok(()))
+    }
+
+    /// What Docker's `create` of container `id` on `image` makes on ext4, in order: (blocks,
+    /// inodes, whether it is the image's `committed` mark).
+    fn create_costs(&self, id: &str, image: Option<&str>) -> Vec<(u64, u64, bool)> {
+        let dir = (SpaceFs::Ext4.dir_blocks(), 1, false);
+        let file = (1, 1, false);
+        match (self.driver, image) {
+            (DriverKind::Overlay2, _) => {
+                let target = format!("../{id}/diff").len() as u64;
+                let mut v = vec![dir, (SpaceFs::Ext4.symlink_blocks(target), 1, false), file];
+                if let Some(i) = image {
+                    v.extend([file, dir]);
+                    if !self.built_upon.contains(i) {
+                        v.push((0, 1, true));
+                    }
+                    v.extend([dir, dir]);
+                } else {
+                    v.push(dir);
+                }
+                v
+            }
+            (_, Some(_)) => vec![dir, file, dir, dir, dir],
+            (_, None) => vec![dir, dir],
+        }
+    }
+
+    /// Stops the run after an overlay (v1) commit `id` on ext4 (this store has it) when
+    /// the layer fits but what is built on the way may not: the real side's layer builder
+    /// stages the diff in `staged-diff` beside the hard-link farm of the root and copies it
+    /// in (Docker's applier untars into the root directly), so for a while the diff's files
+    /// take their inodes and blocks twice (`fuzz --driver overlay --ext4 4M:96`: commits
+    /// ENOSPC on the kernel that fit once built). The model predicts the end state only.
+    pub(super) fn check_commit_staging(
+        &self,
+        id: &str,
+        diff: &crate::tree::Tree,
+    ) -> Result<(), StepError> {
+        let Some(cap) = self.capacity.filter(|c| c.fs == SpaceFs::Ext4) else {
+            return Ok(());
+        };
+        if self.driver != DriverKind::Overlay {
+            return Ok(());
+        }
+        let used = crate::layout::space_used(self, cap.fs);
+        let (mut blocks, mut inodes) = (0u64, 0u64);
+        for (_, inode) in diff.inodes() {
+            inodes += 1;
+            blocks += match &inode.body {
+                crate::tree::Body::Dir { .. } => SpaceFs::Ext4.dir_blocks(),
+                crate::tree::Body::File { data, .. } => data.pages(crate::space::PAGE),
+                crate::tree::Body::Symlink(t) => SpaceFs::Ext4.symlink_blocks(t.len() as u64),
+                _ => 0,
+            };
+        }
+        let free_blocks = cap.blocks.saturating_sub(used.blocks);
+        let free_inodes = cap
+            .inodes
+            .map_or(u64::MAX, |n| n.saturating_sub(used.inodes));
+        if free_blocks < blocks || free_inodes < inodes {
+            return Err(StepError::NoSpace(format!(
+                "commit `{id}`: the layer fits the driver root's ext4 ({free_blocks} blocks, \
+                 {free_inodes} inodes left after it), but overlay stages its diff ({blocks} \
+                 blocks, {inodes} inodes) while it builds it, which the model does not follow"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the run before container `id` is mounted again on an ext4 with fewer than 4
+    /// inodes or no block free: the mount's checks in `work/work` (see
+    /// [`Store::container_fits`]) then fail it or make it read-only, which the model does not
+    /// follow (seen: `fuzz --ext4 4M:64 --seed 3`).
+    pub(super) fn check_remount_space(&self, id: &str) -> Result<(), StepError> {
+        let Some(cap) = self.capacity.filter(|c| c.fs == SpaceFs::Ext4) else {
+            return Ok(());
+        };
+        if self.containers.get(id).is_none_or(|c| c.image.is_none()) {
+            return Ok(());
+        }
+        let used = crate::layout::space_used(self, cap.fs);
+        let blocks = cap.blocks.saturating_sub(used.blocks);
+        let inodes = cap
+            .inodes
+            .map_or(u64::MAX, |n| n.saturating_sub(used.inodes));
+        if blocks < 1 || inodes < 4 {
+            return Err(StepError::NoSpace(format!(
+                "remounting container `{id}` with {blocks} blocks and {inodes} inodes free on \
+                 the driver root's ext4: overlayfs's checks in `work/work` may fail the mount \
+                 or make it read-only, which the model does not follow"
+            )));
+        }
+        Ok(())
     }
 
     /// `Err` when a layer just added (`id`) does not fit the driver root's filesystem.

@@ -54,7 +54,8 @@ pub struct DockerDriver {
     /// devicemapper's containers removed: model id and Docker's mount ids (its own, its
     /// init layer's), to name them where Docker still does.
     removed: Vec<(String, (String, String))>,
-    /// Per container: upper inodes whose copy-up was counted, and the bytes copied.
+    /// Per container: upper inodes whose copy-up was counted (number and birth time,
+    /// `copy_up::measure`), and the bytes copied.
     copied: BTreeMap<String, (BTreeSet<u64>, u64)>,
     busybox: PathBuf,
     kernel: KernelVersion,
