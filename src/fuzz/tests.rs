@@ -330,13 +330,13 @@ fn the_emitted_regression_parses_passes_on_the_model_and_fails_on_the_mutant() {
     );
 }
 
-#[test]
-fn a_model_run_finds_nothing_and_says_the_same_twice() {
-    let args = FuzzArgs {
-        driver: DriverKind::Overlay,
-        seed: 9,
-        traces: 30,
-        steps: 30,
+/// A run of `traces` x `steps` of seed `seed` against a second model, writing nothing.
+fn model_args(driver: DriverKind, seed: u64, traces: u64, steps: usize) -> FuzzArgs {
+    FuzzArgs {
+        driver,
+        seed,
+        traces,
+        steps,
         trace: None,
         backend: "model".into(),
         out: std::env::temp_dir().join("layerspec-fuzz-never-written"),
@@ -345,7 +345,12 @@ fn a_model_run_finds_nothing_and_says_the_same_twice() {
         overlay: Vec::new(),
         init: false,
         ext4: None,
-    };
+    }
+}
+
+#[test]
+fn a_model_run_finds_nothing_and_says_the_same_twice() {
+    let args = model_args(DriverKind::Overlay, 9, 30, 30);
     let a = run(&args, OPTS, false).unwrap();
     let b = run(&args, OPTS, false).unwrap();
     assert_eq!(a.lines(&args), b.lines(&args));
@@ -461,21 +466,11 @@ fn a_failed_start_is_an_errno_and_later_file_steps_are_refused_on_both_sides() {
 #[test]
 fn an_ext4_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
     let args = FuzzArgs {
-        driver: DriverKind::Overlay2,
-        seed: 3,
-        traces: 100,
-        steps: 50,
-        trace: None,
-        backend: "model".into(),
-        out: std::env::temp_dir().join("layerspec-fuzz-never-written"),
-        shrink_budget: 10,
-        thin: Default::default(),
-        overlay: Vec::new(),
-        init: false,
         ext4: Some(crate::fuzz::Ext4Root {
             bytes: 4 << 20,
             inodes: Some(96),
         }),
+        ..model_args(DriverKind::Overlay2, 3, 100, 50)
     };
     let a = run(&args, OPTS, false).unwrap();
     let b = run(&args, OPTS, false).unwrap();

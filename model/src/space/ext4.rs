@@ -105,7 +105,11 @@ pub fn xattr_spill(xattrs: &[(String, u64)]) -> Option<Vec<(String, u64)>> {
 /// decides whether it crosses a group's backup superblock and splits.
 pub fn extent_blocks(runs: &[u64]) -> Result<u64, String> {
     let fewest: u64 = runs.iter().map(|r| r.div_ceil(MAX_EXTENT)).sum();
-    let most: u64 = runs.iter().map(|r| 2 * r.div_ceil(MAX_EXTENT)).sum();
+    // A run of two blocks or more may straddle a group's backup superblock and split.
+    let most: u64 = runs
+        .iter()
+        .map(|&r| r.min(2 * r.div_ceil(MAX_EXTENT)))
+        .sum();
     let blocks = |n: u64| u64::from(n > INODE_EXTENTS);
     if blocks(fewest) == blocks(most) && most <= LEAF_EXTENTS {
         Ok(blocks(fewest))
@@ -361,7 +365,10 @@ mod tests {
         assert_eq!(extent_blocks(&[1; 4]), Ok(0));
         assert_eq!(extent_blocks(&[1; 6]), Ok(1));
         assert_eq!(extent_blocks(&[10240]), Ok(0));
-        assert!(extent_blocks(&[1, 1, 1, 40000]).is_err());
+        // 5 extents at least: a block, however the runs split.
+        assert_eq!(extent_blocks(&[1, 1, 1, 40000]), Ok(1));
+        // 3 extents, or 5 if both 2-block runs straddle a backup superblock.
+        assert!(extent_blocks(&[2, 2, 1]).is_err());
     }
 
     #[test]
