@@ -137,24 +137,7 @@ impl Container {
             return Ok(());
         }
         if let Some(b) = self.space.filter(|b| b.fs == crate::space::SpaceFs::Ext4) {
-            let mut xattrs: Vec<(String, u64)> = p
-                .xattrs
-                .iter()
-                .map(|(n, v)| (n.clone(), v.len() as u64))
-                .collect();
-            if p.is_opaque() {
-                xattrs.push(("trusted.overlay.opaque".into(), 1));
-            }
-            if p.origin.is_some() {
-                let len = crate::space::ext4::ORIGIN_LEN;
-                xattrs.push(("trusted.overlay.origin".into(), len));
-            }
-            if let Body::Dir {
-                redirect: Some(r), ..
-            } = &p.body
-            {
-                xattrs.push(("trusted.overlay.redirect".into(), r.len() as u64));
-            }
+            let mut xattrs = crate::layout::ext4_dir_xattrs(p);
             let before = crate::space::ext4::xattr_spill(&xattrs);
             xattrs.push(("trusted.overlay.impure".into(), 1));
             let after = crate::space::ext4::xattr_spill(&xattrs);

@@ -205,20 +205,7 @@ fn render_dir(
                 let mut e = entry("dir", inode.mode);
                 user_xattrs(&mut e, inode);
                 if enc == Encoding::Overlay {
-                    if *opaque {
-                        e.xattrs.insert("trusted.overlay.opaque".into(), "y".into());
-                    }
-                    if let Some(r) = redirect {
-                        e.xattrs
-                            .insert("trusted.overlay.redirect".into(), r.clone());
-                    }
-                    if inode.origin.is_some() {
-                        e.xattrs
-                            .insert("trusted.overlay.origin".into(), "<handle>".into());
-                    }
-                    if inode.impure {
-                        e.xattrs.insert("trusted.overlay.impure".into(), "y".into());
-                    }
+                    overlay_dir_xattrs(&mut e, *opaque, redirect.as_deref(), inode);
                 }
                 disk.add(path.clone(), None, e);
                 if enc == Encoding::Aufs && *opaque {
@@ -269,6 +256,43 @@ fn root_dir(disk: &mut Disk, path: String, root: &crate::tree::Inode) {
     let mut e = entry("dir", root.mode);
     user_xattrs(&mut e, root);
     disk.add(path, None, e);
+}
+
+/// overlayfs's own attributes of an upper directory.
+fn overlay_dir_xattrs(
+    e: &mut StorageEntry,
+    opaque: bool,
+    redirect: Option<&str>,
+    inode: &crate::tree::Inode,
+) {
+    if opaque {
+        e.xattrs.insert("trusted.overlay.opaque".into(), "y".into());
+    }
+    if let Some(r) = redirect {
+        e.xattrs
+            .insert("trusted.overlay.redirect".into(), r.to_string());
+    }
+    if inode.origin.is_some() {
+        e.xattrs
+            .insert("trusted.overlay.origin".into(), "<handle>".into());
+    }
+    if inode.impure {
+        e.xattrs.insert("trusted.overlay.impure".into(), "y".into());
+    }
+}
+
+/// The extended attributes of upper directory `inode` as ext4 stores them, in the order
+/// overlayfs sets them ([`ext4_xattrs`]).
+pub(crate) fn ext4_dir_xattrs(inode: &crate::tree::Inode) -> Vec<(String, u64)> {
+    let mut e = entry("dir", inode.mode);
+    user_xattrs(&mut e, inode);
+    if let Body::Dir {
+        opaque, redirect, ..
+    } = &inode.body
+    {
+        overlay_dir_xattrs(&mut e, *opaque, redirect.as_deref(), inode);
+    }
+    ext4_xattrs(&e)
 }
 
 fn user_xattrs(e: &mut StorageEntry, inode: &crate::tree::Inode) {

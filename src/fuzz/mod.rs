@@ -179,6 +179,16 @@ pub fn trace_indices(traces: u64, only: Option<u64>) -> Vec<u64> {
 
 /// Opens a fresh driver: a [`ModelDriver`] for backend `model`, else a real one in its own
 /// sandbox through [`layerspec_real::open_backend`].
+/// Model `m` with its driver root on `ext4`, if given ([`FuzzArgs::ext4`]).
+pub fn on_ext4(m: ModelDriver, ext4: Option<Ext4Root>) -> Result<ModelDriver, String> {
+    match ext4 {
+        Some(e) => m
+            .with_backing(layerspec_model::Backing::Ext4)
+            .with_ext4(e.bytes, e.inodes),
+        None => Ok(m),
+    }
+}
+
 /// `ext4`: on an ext4 driver root ([`FuzzArgs::ext4`]).
 pub fn open(
     driver: DriverKind,
@@ -187,13 +197,7 @@ pub fn open(
     ext4: Option<Ext4Root>,
 ) -> Result<Box<dyn Driver + Send>, String> {
     if backend == "model" {
-        let m = ModelDriver::new(driver, options);
-        return Ok(Box::new(match ext4 {
-            Some(e) => m
-                .with_backing(layerspec_model::Backing::Ext4)
-                .with_ext4(e.bytes, e.inodes)?,
-            None => m,
-        }));
+        return Ok(Box::new(on_ext4(ModelDriver::new(driver, options), ext4)?));
     }
     // Inside the VM, backend `vm` is the guest kernel's.
     let backend = if backend == "vm" && crate::vm::in_guest() {

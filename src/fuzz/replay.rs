@@ -141,12 +141,7 @@ fn model_for(trace: &Trace, kernel: KernelVersion) -> Result<ModelDriver, String
     let m = ModelDriver::new(trace.driver, trace.options)
         .with_kernel(kernel)
         .with_init_layers(trace.init);
-    match trace.ext4 {
-        Some(e) => m
-            .with_backing(layerspec_model::Backing::Ext4)
-            .with_ext4(e.bytes, e.inodes),
-        None => Ok(m),
-    }
+    crate::fuzz::on_ext4(m, trace.ext4)
 }
 
 /// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind), the
