@@ -114,6 +114,7 @@ enum Bare {
     Symlink(CString, CString),
     Readlink(CString),
     Chmod(CString, u32),
+    Utimes(CString, [libc::timespec; 2]),
     Stat(CString),
     Readdir(CString),
     Setxattr(CString, CString, Vec<u8>),
@@ -145,6 +146,13 @@ fn bare_op(op: &FileOp) -> Bare {
         FileOp::Symlink { target, path } => Bare::Symlink(c(target), c(path)),
         FileOp::Readlink { path } => Bare::Readlink(c(path)),
         FileOp::Chmod { path, mode } => Bare::Chmod(c(path), *mode),
+        FileOp::Utimes { path, atime, mtime } => {
+            let t = |s: u64| libc::timespec {
+                tv_sec: s as libc::time_t,
+                tv_nsec: 0,
+            };
+            Bare::Utimes(c(path), [t(*atime), t(*mtime)])
+        }
         FileOp::Stat { path } => Bare::Stat(c(path)),
         FileOp::Readdir { path } => Bare::Readdir(c(path)),
         FileOp::Setxattr { path, name, value } => Bare::Setxattr(c(path), c(name), value.clone()),
@@ -254,6 +262,7 @@ fn bare_step(op: &Bare, buf: &mut [u8]) -> bool {
                 libc::readlink(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) >= 0
             }
             Bare::Chmod(p, mode) => libc::chmod(p.as_ptr(), *mode as libc::mode_t) == 0,
+            Bare::Utimes(p, t) => libc::utimensat(libc::AT_FDCWD, p.as_ptr(), t.as_ptr(), 0) == 0,
             Bare::Stat(p) => {
                 let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
                 libc::lstat(p.as_ptr(), st.as_mut_ptr()) == 0

@@ -2,10 +2,10 @@
 //! trace, judges every step against the file's expectations, and returns the final
 //! observation.
 
-use crate::scenario::{Action, Expect, Expected, Scenario, Step};
+use crate::scenario::{Action, Expect, Expected, Scenario, StatRelation, Step};
 use layerspec_model::{
-    evaluate_check_since, pool_data_blocks, Check, Driver, DriverError, DriverKind, Errno,
-    Observation, Op, Outcome, Value,
+    evaluate_check_since, pool_data_blocks, Check, Driver, DriverError, DriverKind, Errno, FileOp,
+    Identity, Observation, Op, Outcome, Value,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -66,15 +66,14 @@ pub fn run(scenario: &Scenario, driver: &mut dyn Driver) -> RunResult {
     }
     // The pool figure each `check` step with `pool_data_blocks` observed, by step index.
     let mut pool_marks: BTreeMap<usize, u64> = BTreeMap::new();
+    // What each `check` with `stat` and `mark` saw, by the mark's name.
+    let mut stat_marks: BTreeMap<String, Identity> = BTreeMap::new();
     for step in &scenario.steps {
-        if let Err(msg) = run_step(
-            step,
-            driver,
-            kind,
-            backend,
-            &mut containers,
-            &mut pool_marks,
-        ) {
+        let marks = Marks {
+            pool: &mut pool_marks,
+            stat: &mut stat_marks,
+        };
+        if let Err(msg) = run_step(step, driver, kind, backend, &mut containers, marks) {
             return fail(format!(
                 "step {} (`{}`, line {}): {msg}",
                 step.index, step.text, step.line
@@ -90,16 +89,79 @@ pub fn run(scenario: &Scenario, driver: &mut dyn Driver) -> RunResult {
     }
 }
 
+/// Runs a `check` with `stat` ([`StatRelation`]): `lstat`s the path, compares the fields
+/// with the earlier mark, and remembers what it saw.
+fn relate(
+    r: &StatRelation,
+    driver: &mut dyn Driver,
+    (kind, backend): (DriverKind, &str),
+    marks: &mut BTreeMap<String, Identity>,
+) -> Result<(), String> {
+    let op = Op::File {
+        container: r.container.clone(),
+        op: FileOp::Stat {
+            path: r.path.clone(),
+        },
+    };
+    let id = match driver.apply(&op).map_err(|e| e.to_string())? {
+        Ok(Value::Stat(s)) => s.id,
+        Ok(v) => return Err(format!("stat {} returned {v}", r.path)),
+        Err(e) => return Err(format!("stat {}: {e}", r.path)),
+    };
+    if let Some(like) = &r.like {
+        let was = marks
+            .get(like)
+            .ok_or_else(|| format!("no mark `{like}` was taken (its step failed?)"))?;
+        let value = |i: &Identity, f: &str| i.field(f).expect("field names checked when parsed");
+        let none = Vec::new();
+        let pick = |p: &'_ crate::scenario::PerDriver<Vec<String>>| -> Vec<String> {
+            p.get(kind, backend).unwrap_or(&none).clone()
+        };
+        for (fields, equal, word) in [
+            (&pick(&r.same), true, "be the same as"),
+            (&pick(&r.differ), false, "differ from"),
+        ] {
+            let wrong: Vec<&str> = fields
+                .iter()
+                .filter(|f| (value(&id, f) == value(was, f)) != equal)
+                .map(String::as_str)
+                .collect();
+            if !wrong.is_empty() {
+                return Err(format!(
+                    "expected {} of {} to {word} mark `{like}`'s, but {} did not",
+                    fields.join(", "),
+                    r.path,
+                    wrong.join(", ")
+                ));
+            }
+        }
+    }
+    if let Some(m) = &r.mark {
+        marks.insert(m.clone(), id);
+    }
+    Ok(())
+}
+
+/// What earlier steps saw, for later ones to compare with.
+struct Marks<'a> {
+    /// The pool figure each `check` with `pool_data_blocks` observed, by step index.
+    pool: &'a mut BTreeMap<usize, u64>,
+    /// What each `check` with `stat` and `mark` saw, by the mark's name.
+    stat: &'a mut BTreeMap<String, Identity>,
+}
+
 fn run_step(
     step: &Step,
     driver: &mut dyn Driver,
     kind: DriverKind,
     backend: &str,
     containers: &mut Vec<(String, bool)>,
-    pool_marks: &mut BTreeMap<usize, u64>,
+    marks: Marks,
 ) -> Result<(), String> {
+    let pool_marks = marks.pool;
     match &step.action {
         Action::Thin(_) => Err("thin-pool steps run only in a scenario with a `[pool]`".into()),
+        Action::Relate(r) => relate(r, driver, (kind, backend), marks.stat),
         Action::Check { container, checks } => {
             let (id, has_image) = match container {
                 Some(c) => containers

@@ -284,21 +284,7 @@ pub fn run_real_as(
     };
     // Where the file states that this backend differs from the model on some step, the
     // end states differ by design; the stated steps are what is checked then.
-    let states_difference = s.steps.iter().any(|st| {
-        let e = st.expect.by_name.contains_key(backend)
-            || st
-                .expect
-                .by_name
-                .keys()
-                .any(|k| k.ends_with(&format!(".{backend}")));
-        let r = st.returns.as_ref().is_some_and(|r| {
-            r.by_name.contains_key(backend)
-                || r.by_name
-                    .keys()
-                    .any(|k| k.ends_with(&format!(".{backend}")))
-        });
-        e || r
-    });
+    let states_difference = s.states_for(backend);
     if states_difference {
         return Outcome {
             scenario: s.name(),

@@ -459,3 +459,69 @@ fn open_flags_are_names_and_one_access_mode() {
     let t = steps_file("  { op = \"open\", path = \"/a\" },\n");
     assert_located(&t, 10, "`open` needs `flags`");
 }
+
+const STEPS: &str = "[trace]\nsteps = [\n";
+
+#[test]
+fn stat_relation_like_without_earlier_mark() {
+    assert_located(
+        &format!(
+            "{HEAD}{STEPS}  {{ op = \"check\", stat = \"/a\", like = \"m\", same = [\"ino\"] }},\n  {{ op = \"check\", stat = \"/a\", mark = \"m\" }},\n]\n"
+        ),
+        6,
+        "no earlier step has `mark = \"m\"`",
+    );
+}
+
+#[test]
+fn stat_relation_unknown_field() {
+    assert_located(
+        &format!(
+            "{HEAD}{STEPS}  {{ op = \"check\", stat = \"/a\", mark = \"m\" }},\n  {{ op = \"check\", stat = \"/a\", like = \"m\", same = [\"atime\"] }},\n]\n"
+        ),
+        7,
+        "unknown stat field \"atime\"",
+    );
+}
+
+#[test]
+fn stat_relation_needs_fields_and_keeps_to_itself() {
+    let text = |step: &str| {
+        format!("{HEAD}{STEPS}  {{ op = \"check\", stat = \"/a\", mark = \"m\" }},\n  {step},\n]\n")
+    };
+    assert_located(
+        &text("{ op = \"check\", stat = \"/a\", like = \"m\" }"),
+        7,
+        "`like` needs `same` or `differ`",
+    );
+    assert_located(
+        &text("{ op = \"check\", stat = \"/a\", same = [\"ino\"] }"),
+        7,
+        "name it with `like`",
+    );
+    assert_located(
+        &text("{ op = \"check\", stat = \"/a\", mark = \"n\", in_upper = \"/a\" }"),
+        7,
+        "not `in_upper`",
+    );
+    assert_located(
+        &text("{ op = \"check\", stat = \"/a\", mark = \"../x\" }"),
+        7,
+        "a mark's name",
+    );
+    assert_located(&text("{ op = \"check\", mark = \"n\" }"), 7, "need `stat`");
+}
+
+#[test]
+fn utimes_past_the_largest_time() {
+    assert_located(
+        &format!("{HEAD}{STEPS}  {{ op = \"utimes\", path = \"/a\", mtime = 10000000000 }},\n]\n"),
+        6,
+        "past the largest time",
+    );
+    assert_located(
+        &format!("{HEAD}{STEPS}  {{ op = \"utimes\", path = \"/a\" }},\n]\n"),
+        6,
+        "`utimes` needs `mtime`",
+    );
+}

@@ -418,7 +418,7 @@ impl Container {
 /// Whether two dentries show the same inode (rename between hard links is a no-op). Two
 /// names of one lower inode are one overlay inode only with index=on: without it the
 /// rename really happens (seen here).
-fn same_inode(c: &Container, a: Dentry, b: Dentry) -> bool {
+pub(crate) fn same_inode(c: &Container, a: Dentry, b: Dentry) -> bool {
     match (a.upper, b.upper) {
         (Some(x), Some(y)) => x == y,
         (None, None) if c.policy.keep_hard_links || c.policy.flat => {

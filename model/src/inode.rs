@@ -32,19 +32,60 @@ impl Container {
             }
             _ => None,
         };
+        let parents = self.entry_parents(op);
         let out = self.apply_op(op);
-        if let (Ok(_), Some((path, follow))) = (&out, stamp) {
-            let ino = self
-                .resolve(path, follow)
-                .ok()
-                .and_then(|r| r.target)
-                .and_then(|d| d.upper);
-            if let Some(ino) = ino {
-                self.clock += 1;
-                self.upper.set_mtime(ino, self.clock);
+        if out.is_ok() && (stamp.is_some() || !parents.is_empty()) {
+            self.clock += 1;
+            let now = crate::tree::tick_time(self.clock);
+            let targets = stamp
+                .and_then(|(path, follow)| self.resolve(path, follow).ok())
+                .into_iter()
+                .chain(parents.iter().filter_map(|p| self.resolve(p, true).ok()));
+            let inos: Vec<Ino> = targets
+                .filter_map(|r| r.target.and_then(|d| d.upper))
+                .collect();
+            for ino in inos {
+                self.upper.set_mtime(ino, now);
             }
         }
         out
+    }
+
+    /// The directories whose entries `op` changes, when it succeeds: each gets a new
+    /// modification time, the upper directory's being the one `stat` shows (POSIX; a
+    /// copy-up of the directory keeps the lower's time, `ovl_copy_up_metadata`, and a
+    /// copy-up below it puts its time back, `ovl_do_copy_up`'s `pstat`).
+    fn entry_parents(&self, op: &FileOp) -> Vec<String> {
+        let parent = |p: &str| crate::path::parent(p).to_string();
+        match op {
+            FileOp::Create { path, .. }
+            | FileOp::Mkdir { path, .. }
+            | FileOp::Symlink { path, .. }
+            | FileOp::Unlink { path }
+            | FileOp::Rmdir { path } => vec![parent(path)],
+            FileOp::Open { path, flags, .. }
+                if flags.creat && self.resolve(path, false).is_ok_and(|r| r.target.is_none()) =>
+            {
+                vec![parent(path)]
+            }
+            FileOp::Link { to, .. } => vec![parent(to)],
+            FileOp::Rename { from, to } if !self.same_inode(from, to) => {
+                vec![parent(from), parent(to)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether two names are the same inode: `rename` between them does nothing.
+    fn same_inode(&self, a: &str, b: &str) -> bool {
+        let (Ok(ra), Ok(rb)) = (self.resolve(a, false), self.resolve(b, false)) else {
+            return false;
+        };
+        match (ra.target, rb.target) {
+            _ if ra.path() == rb.path() => true,
+            (Some(x), Some(y)) => crate::dir::same_inode(self, x, y),
+            _ => false,
+        }
     }
 
     fn apply_op(&mut self, op: &FileOp) -> Outcome {
@@ -65,6 +106,7 @@ impl Container {
             FileOp::Symlink { target, path } => self.symlink(target, path).map(unit),
             FileOp::Readlink { path } => self.readlink(path).map(Value::Target),
             FileOp::Chmod { path, mode } => self.chmod(path, *mode).map(unit),
+            FileOp::Utimes { path, mtime, .. } => self.utimes(path, *mtime).map(unit),
             FileOp::Stat { path } => {
                 let d = self.resolve(path, false)?.existing()?;
                 Ok(Value::Stat(self.stat(d)))
@@ -100,6 +142,48 @@ impl Container {
             size: inode.size(),
             mode: inode.mode,
             nlink,
+            id: self.identity_of(d),
+        }
+    }
+
+    /// What `stat` of `d` says of its inode's identity ([`crate::Identity`]).
+    ///
+    /// - `st_dev`: the container's mount's for every file. Docker's layers and upper are
+    ///   on one filesystem (overlayfs's `samefs`, `ovl_map_dev_ino`: the overlay's
+    ///   `st_dev`); devicemapper's container is one filesystem; AUFS's is its mount's.
+    /// - `st_ino`: the real inode's, which is the lower one until a copy-up; after it, the
+    ///   lower origin's where the copy holds `trusted.overlay.origin` (`ovl_getattr`: a
+    ///   directory, or a file whose lower had one name, or one `index=on` indexed), else
+    ///   the copy's. devicemapper never copies (the inode is in the snapshot) and AUFS
+    ///   keeps the number across copy-up (its `xino` table): both report the origin's.
+    /// - `st_mtime`: that of the inode `stat` reads, the upper one once there is one.
+    pub(crate) fn identity_of(&self, d: Dentry) -> crate::step::Identity {
+        use std::hash::{Hash, Hasher};
+        let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v(&mut h);
+            h.finish()
+        };
+        let lower_id = |layer: usize, ino: Ino| {
+            let id = self.lower.layers()[layer].id.clone();
+            hash(&|h| ("lower", &id, ino).hash(h))
+        };
+        let upper_id = |ino: Ino| hash(&|h| ("upper", &self.id, ino).hash(h));
+        let ino = match (d.upper, d.lower) {
+            (Some(u), _) => match self.upper.get(u).origin {
+                Some(o) => lower_id(o.layer, o.ino),
+                None => upper_id(u),
+            },
+            (None, Some(l)) => {
+                let n = self.lower.node(l);
+                lower_id(n.layer, n.ino)
+            }
+            (None, None) => 0,
+        };
+        crate::step::Identity {
+            dev: hash(&|h| ("dev", &self.id).hash(h)),
+            ino,
+            mtime: self.inode(d).mtime,
         }
     }
 
@@ -304,6 +388,16 @@ impl Container {
             // chmod changes ctime, not mtime: Docker's walker sees a directory's mode.
             inode.version = version;
         }
+        Ok(())
+    }
+
+    /// `utimes`: a copy-up (`ovl_setattr`), then the time given. The access time is not
+    /// modelled.
+    fn utimes(&mut self, path: &str, mtime: u64) -> Result<(), Errno> {
+        let mut r = self.resolve(path, true)?;
+        let d = r.existing()?;
+        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta)?;
+        self.upper.set_mtime(ino, crate::tree::secs_time(mtime));
         Ok(())
     }
 

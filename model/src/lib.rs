@@ -99,8 +99,8 @@ pub use start::{
     refused as container_start_refused, start as container_start, StartError, DEV_SYMLINK,
 };
 pub use step::{
-    Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Kind, LayerId, LayerSpec,
-    Op, OpenFlags, Outcome, StatInfo, Value,
+    Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Identity, Kind, LayerId,
+    LayerSpec, Op, OpenFlags, Outcome, StatInfo, Value,
 };
 pub use store::{check_op_ids, validate_layer, StepError, Store, NAIVE_DIFF_WITH_INIT};
 pub use thin::units::{self as thin_units, BlockSize, PoolBlock, Sectors, ThinId, VirtBlock};
@@ -111,4 +111,4 @@ pub use thin::{
     ThinOutcome, ThinPool, ThinStatus, ThinValue, DEFAULT_METADATA_BLOCKS, DEFAULT_THIN_SECTORS,
     THIN_INVARIANTS,
 };
-pub use tree::{Body, Ino, Inode, Origin, Tree};
+pub use tree::{Body, Ino, Inode, Origin, Tree, MAX_UTIME};

@@ -74,11 +74,29 @@ pub struct Inode {
     /// entries; Docker's change walker compares it in place of mtime.
     pub version: u64,
     /// The modification time, as the model tells times apart: 0 for what a layer applier
-    /// wrote (every layer entry has the same time, `Store` docs), else the tick of the
-    /// store's clock at which a container made the inode or last changed its data
-    /// (copy-up keeps it, as the kernel does). Docker's naive change walker compares it.
+    /// wrote (every layer entry has the same time, the epoch, `Store` docs), a time a
+    /// `utimes` set ([`secs_time`]), else the tick of the store's clock at which a
+    /// container made the inode, changed its data or its entries ([`tick_time`]; copy-up
+    /// keeps it, as the kernel does). Docker's naive change walker compares it.
     pub mtime: u64,
 }
+
+/// Where the model's "now" starts: a step's time is later than any `utimes` sets.
+const NOW: u64 = 1 << 62;
+
+/// The modification time the store's clock tick `tick` gives.
+pub fn tick_time(tick: u64) -> u64 {
+    NOW + tick
+}
+
+/// The modification time `secs` seconds after the epoch, in nanoseconds (a real
+/// `st_mtim` as one number). `secs` is below [`MAX_UTIME`].
+pub fn secs_time(secs: u64) -> u64 {
+    secs.min(MAX_UTIME) * 1_000_000_000
+}
+
+/// The largest time a `utimes` step gives, in seconds (the year 2286, 10^10 s).
+pub const MAX_UTIME: u64 = 9_999_999_999;
 
 impl Inode {
     /// The file type.

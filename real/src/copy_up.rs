@@ -39,6 +39,7 @@ pub fn before(op: &FileOp) -> Option<Watch> {
         | FileOp::Append { path, .. }
         | FileOp::Truncate { path, .. }
         | FileOp::Chmod { path, .. }
+        | FileOp::Utimes { path, .. }
         | FileOp::Setxattr { path, .. }
         | FileOp::Removexattr { path, .. } => (path, true),
         FileOp::Link { from, .. } | FileOp::Rename { from, .. } => (from, false),

@@ -5,7 +5,7 @@
 use crate::content::{hash_range, write_content};
 use crate::sys;
 use layerspec_model::{
-    Content, Errno, FileOp, OpenFlags, Outcome, StatInfo, Value, SPARSE_DIGEST_MIN,
+    Content, Errno, FileOp, Identity, OpenFlags, Outcome, StatInfo, Value, SPARSE_DIGEST_MIN,
 };
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -126,6 +126,10 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
             fs::set_permissions(p(path), fs::Permissions::from_mode(*mode))?;
             Value::Unit
         }
+        FileOp::Utimes { path, atime, mtime } => {
+            sys::utimes(&p(path), *atime as i64, *mtime as i64)?;
+            Value::Unit
+        }
         FileOp::Stat { path } => {
             let m = fs::symlink_metadata(p(path))?;
             let kind = crate::observe::kind_of(&m);
@@ -134,6 +138,13 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
                 size: m.size(),
                 mode: m.mode() & 0o7777,
                 nlink: m.nlink() as u32,
+                id: Identity {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                    mtime: (m.mtime() as u64)
+                        .wrapping_mul(1_000_000_000)
+                        .wrapping_add(m.mtime_nsec() as u64),
+                },
             })
         }
         FileOp::Readdir { path } => {

@@ -337,20 +337,22 @@ pub fn close(f: std::fs::File) -> io::Result<()> {
 /// `utimensat(AT_FDCWD, path, {secs, secs}, AT_SYMLINK_NOFOLLOW)`: sets the access and
 /// modification times of `path` itself (a symlink's own).
 pub fn lutimes(path: &Path, secs: i64) -> io::Result<()> {
+    utimensat(path, secs, secs, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// `utimensat(AT_FDCWD, path, {atime, mtime}, 0)`: `utimes(2)`, following a symlink.
+pub fn utimes(path: &Path, atime: i64, mtime: i64) -> io::Result<()> {
+    utimensat(path, atime, mtime, 0)
+}
+
+fn utimensat(path: &Path, atime: i64, mtime: i64, flags: libc::c_int) -> io::Result<()> {
     let p = cpath(path)?;
-    let t = libc::timespec {
+    let t = |secs: i64| libc::timespec {
         tv_sec: secs as libc::time_t,
         tv_nsec: 0,
     };
-    let times = [t, t];
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let times = [t(atime), t(mtime)];
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), flags) })
 }
 
 /// `truncate(2)`.

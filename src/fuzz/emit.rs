@@ -168,6 +168,11 @@ fn step_fields(op: &Op) -> Result<Vec<String>, String> {
                     f.push(s("path", path));
                     f.push(format!("mode = 0o{mode:o}"));
                 }
+                FileOp::Utimes { path, atime, mtime } => {
+                    f.push(s("path", path));
+                    f.push(format!("atime = {atime}"));
+                    f.push(format!("mtime = {mtime}"));
+                }
                 FileOp::Setxattr { path, name, value } => {
                     f.push(s("path", path));
                     f.push(s("name", name));

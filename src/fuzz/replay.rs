@@ -371,6 +371,7 @@ pub fn describe(op: &Op) -> String {
                 | FileOp::Rmdir { path }
                 | FileOp::Readlink { path }
                 | FileOp::Chmod { path, .. }
+                | FileOp::Utimes { path, .. }
                 | FileOp::Stat { path }
                 | FileOp::Readdir { path }
                 | FileOp::Setxattr { path, .. }

@@ -185,6 +185,28 @@ pub enum Action {
     },
     /// A thin-pool step (block level).
     Thin(ThinStep),
+    /// A `check` of `stat` relations.
+    Relate(StatRelation),
+}
+
+/// A `check` with `stat`: `lstat` of a path in a container, remembered as `mark` and
+/// compared with the earlier mark `like`: the fields in `same` must be equal to its, those
+/// in `differ` not. Each side compares with itself (the model's inode numbers, devices
+/// and times are its own names for them), so the relation is what is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatRelation {
+    /// The container (`None`: the current one).
+    pub container: Option<String>,
+    /// The path looked at (not following a last symlink).
+    pub path: String,
+    /// The name this look is remembered by.
+    pub mark: Option<String>,
+    /// The earlier mark compared with.
+    pub like: Option<String>,
+    /// Fields that must equal the mark's: `dev`, `ino`, `mtime` (per driver or backend).
+    pub same: PerDriver<Vec<String>>,
+    /// Fields that must differ from the mark's.
+    pub differ: PerDriver<Vec<String>>,
 }
 
 /// A step of a thin-pool scenario.
@@ -258,6 +280,8 @@ impl Scenario {
                     .returns
                     .as_ref()
                     .is_some_and(|r| r.by_name.keys().any(named))
+                || matches!(&st.action, Action::Relate(r)
+                    if r.same.by_name.keys().chain(r.differ.by_name.keys()).any(named))
         })
     }
 

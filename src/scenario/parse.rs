@@ -9,11 +9,12 @@ use super::limits::{
     MAX_FILE_BYTES, MAX_LAYERS, MAX_OFFSET, MAX_STEPS, MAX_TMPFS,
 };
 use super::{
-    too_much_data, Action, Backing, Expect, Expected, Options, PerDriver, Scenario, Step, MAX_DATA,
+    too_much_data, Action, Backing, Expect, Expected, Options, PerDriver, Scenario, StatRelation,
+    Step, MAX_DATA,
 };
 use layerspec_model::{
     seed_for_path, validate_scenario_path, BlockRange, Check, Content, DriverKind, Entry,
-    EntryKind, Errno, FileOp, LayerSpec, Op, OverlayOptions,
+    EntryKind, Errno, FileOp, Identity, LayerSpec, Op, OverlayOptions,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -245,6 +246,15 @@ struct StepDoc {
     not_in_upper: Option<Spanned<String>>,
     copied_up_bytes: Option<u64>,
     inodes_used: Option<u64>,
+    // check of stat relations
+    stat: Option<Spanned<String>>,
+    mark: Option<Spanned<String>>,
+    like: Option<Spanned<String>>,
+    same: Option<Spanned<toml::Value>>,
+    differ: Option<Spanned<toml::Value>>,
+    // utimes
+    atime: Option<u64>,
+    mtime: Option<u64>,
     pool_data_blocks: Option<Spanned<toml::Value>>,
     mapped_blocks: Option<toml::Value>,
     shared_blocks: Option<toml::Value>,
@@ -271,6 +281,7 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
         "rename" | "link" => &["container", "from", "to"],
         "symlink" => &["container", "target", "path"],
         "chmod" => &["container", "path", "mode"],
+        "utimes" => &["container", "path", "atime", "mtime"],
         "setxattr" => &["container", "path", "name", "value"],
         "getxattr" | "removexattr" => &["container", "path", "name"],
         "create_container" => &["id", "image"],
@@ -285,6 +296,11 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
             "not_in_upper",
             "copied_up_bytes",
             "inodes_used",
+            "stat",
+            "mark",
+            "like",
+            "same",
+            "differ",
             "pool_data_blocks",
             "mapped_blocks",
             "shared_blocks",
@@ -301,7 +317,7 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
 
 const OPS: &str =
     "create, open, write, append, truncate, read, unlink, mkdir, rmdir, rename, link, \
-symlink, readlink, chmod, stat, readdir, setxattr, getxattr, removexattr, create_container, \
+symlink, readlink, chmod, utimes, stat, readdir, setxattr, getxattr, removexattr, create_container, \
 remove_container, commit, remount, changes, check, create_thin, snapshot, delete_thin, \
 set_transaction_id, write_blocks, write_bytes, read_blocks, discard_blocks";
 
@@ -497,6 +513,19 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Scenario, ParseError> {
         for (i, s) in t.steps.into_iter().enumerate() {
             let span = s.span();
             let step = parse_step(&ctx, i, s, options.pool.as_ref())?;
+            if let Action::Relate(r) = &step.action {
+                if let Some(like) = &r.like {
+                    let marked = steps.iter().any(|e: &Step| {
+                        matches!(&e.action, Action::Relate(p) if p.mark.as_ref() == Some(like))
+                    });
+                    if !marked {
+                        return Err(ctx.err(
+                            span.clone(),
+                            format!("step {i}: `like = \"{like}\"`: no earlier step has `mark = \"{like}\"`"),
+                        ));
+                    }
+                }
+            }
             for c in step.checks() {
                 if let Check::PoolDataBlocks(BlockRange { since: Some(k), .. }) = c {
                     let observed = steps.get(*k).is_some_and(|e: &Step| {
@@ -808,6 +837,13 @@ fn present_keys(s: &StepDoc) -> Vec<&'static str> {
         not_in_upper,
         copied_up_bytes,
         inodes_used,
+        stat,
+        mark,
+        like,
+        same,
+        differ,
+        atime,
+        mtime,
         pool_data_blocks,
         mapped_blocks,
         shared_blocks,
@@ -820,6 +856,93 @@ fn present_keys(s: &StepDoc) -> Vec<&'static str> {
         new
     );
     k
+}
+
+/// A `check` with `stat`: the path, the name it is remembered by, and the relations to an
+/// earlier one ([`StatRelation`]).
+fn stat_relation(
+    ctx: &Ctx,
+    d: &StepDoc,
+    container: Option<String>,
+    at: &dyn Fn(String) -> ParseError,
+) -> Result<Action, ParseError> {
+    let others = [
+        (d.whiteout.is_some(), "whiteout"),
+        (d.opaque.is_some(), "opaque"),
+        (d.in_upper.is_some(), "in_upper"),
+        (d.not_in_upper.is_some(), "not_in_upper"),
+        (d.copied_up_bytes.is_some(), "copied_up_bytes"),
+        (d.inodes_used.is_some(), "inodes_used"),
+        (d.pool_data_blocks.is_some(), "pool_data_blocks"),
+    ];
+    if let Some((_, k)) = others.iter().find(|(on, _)| *on) {
+        return Err(at(format!(
+            "a `check` with `stat` takes `mark`, `like`, `same` and `differ`, not `{k}`: \
+             make it a step of its own"
+        )));
+    }
+    let path = match &d.stat {
+        Some(p) => check_path(ctx, p)?,
+        None => {
+            return Err(at(
+                "`mark` and `like` need `stat`, the path to look at".into()
+            ))
+        }
+    };
+    let name = |v: &Option<Spanned<String>>| -> Result<Option<String>, ParseError> {
+        v.as_ref()
+            .map(|n| {
+                layerspec_model::check_id(n.get_ref())
+                    .map(|_| n.get_ref().clone())
+                    .map_err(|e| ctx.err(n.span(), format!("a mark's name: {e}")))
+            })
+            .transpose()
+    };
+    let fields = |v: &Option<Spanned<toml::Value>>| -> Result<PerDriver<Vec<String>>, ParseError> {
+        let Some(v) = v else {
+            return Ok(PerDriver::all(Vec::new()));
+        };
+        per_driver(ctx, v, &|x| {
+            let list = x
+                .as_array()
+                .ok_or("expected a list of stat fields, e.g. [\"ino\", \"mtime\"]")?;
+            list.iter()
+                .map(|f| match f.as_str() {
+                    Some(f) if Identity::FIELDS.contains(&f) => Ok(f.to_string()),
+                    _ => Err(format!(
+                        "unknown stat field {f} (expected {})",
+                        Identity::FIELDS.join(", ")
+                    )),
+                })
+                .collect()
+        })
+    };
+    let rel = StatRelation {
+        container,
+        path,
+        mark: name(&d.mark)?,
+        like: name(&d.like)?,
+        same: fields(&d.same)?,
+        differ: fields(&d.differ)?,
+    };
+    let listed = |p: &PerDriver<Vec<String>>| {
+        p.default
+            .iter()
+            .chain(p.by_name.values())
+            .any(|v| !v.is_empty())
+    };
+    let compares = listed(&rel.same) || listed(&rel.differ);
+    if rel.like.is_some() != compares {
+        return Err(at(if compares {
+            "`same` and `differ` compare with an earlier mark: name it with `like`".into()
+        } else {
+            "`like` needs `same` or `differ`: the fields to compare".into()
+        }));
+    }
+    if rel.mark.is_none() && rel.like.is_none() {
+        return Err(at("a `check` with `stat` needs `mark` or `like`".into()));
+    }
+    Ok(Action::Relate(rel))
 }
 
 fn parse_step(
@@ -1013,6 +1136,23 @@ fn parse_step(
                 mode,
             })
         }
+        "utimes" => {
+            let mtime = need(d.mtime, "mtime")?;
+            let atime = d.atime.unwrap_or(mtime);
+            for (what, v) in [("atime", atime), ("mtime", mtime)] {
+                if v > layerspec_model::MAX_UTIME {
+                    return Err(at(format!(
+                        "`{what} = {v}` is past the largest time a step sets ({} seconds)",
+                        layerspec_model::MAX_UTIME
+                    )));
+                }
+            }
+            file(FileOp::Utimes {
+                path: need_path(&d.path, "path")?,
+                atime,
+                mtime,
+            })
+        }
         "setxattr" => file(FileOp::Setxattr {
             path: need_path(&d.path, "path")?,
             name: need_s(&d.name, "name")?,
@@ -1040,6 +1180,9 @@ fn parse_step(
         "remount" => Action::Op(Op::Remount { container }),
         "changes" => Action::Op(Op::Changes { container }),
         "check" if pool.is_some() => Action::Thin(thin::thin_check(&d, &at)?),
+        "check" if d.stat.is_some() || d.mark.is_some() || d.like.is_some() => {
+            stat_relation(ctx, &d, container, &at)?
+        }
         "check" => {
             let mut checks = Vec::new();
             for (v, f) in [
