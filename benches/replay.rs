@@ -146,6 +146,9 @@ fn bare_op(op: &FileOp) -> Bare {
         FileOp::Symlink { target, path } => Bare::Symlink(c(target), c(path)),
         FileOp::Readlink { path } => Bare::Readlink(c(path)),
         FileOp::Chmod { path, mode } => Bare::Chmod(c(path), *mode),
+        FileOp::Chown { .. } | FileOp::AsUser { .. } => {
+            unreachable!("fuzz traces have no chown and no other users")
+        }
         FileOp::Utimes { path, atime, mtime } => {
             let t = |s: u64| libc::timespec {
                 tv_sec: s as libc::time_t,

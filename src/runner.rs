@@ -272,13 +272,17 @@ pub fn compare(want: &Expected, got: &Value) -> Result<(), String> {
                 size,
                 mode,
                 nlink,
+                uid,
+                gid,
             },
             Value::Stat(s),
         ) => {
             let ok = kind.as_deref().is_none_or(|k| k == s.kind.name())
                 && size.is_none_or(|v| v == s.size)
                 && mode.is_none_or(|v| v == s.mode)
-                && nlink.is_none_or(|v| v == s.nlink);
+                && nlink.is_none_or(|v| v == s.nlink)
+                && uid.is_none_or(|v| v == s.uid)
+                && gid.is_none_or(|v| v == s.gid);
             if ok {
                 Ok(())
             } else {
@@ -305,6 +309,8 @@ fn show(want: &Expected) -> String {
             size,
             mode,
             nlink,
+            uid,
+            gid,
         } => {
             let mut parts = Vec::new();
             if let Some(k) = kind {
@@ -318,6 +324,12 @@ fn show(want: &Expected) -> String {
             }
             if let Some(n) = nlink {
                 parts.push(format!("nlink = {n}"));
+            }
+            if let Some(u) = uid {
+                parts.push(format!("uid = {u}"));
+            }
+            if let Some(g) = gid {
+                parts.push(format!("gid = {g}"));
             }
             format!("{{ {} }}", parts.join(", "))
         }

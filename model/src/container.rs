@@ -68,6 +68,8 @@ pub struct Container {
     /// Docker could not start it (`crate::start`): its root is not mounted, and no process
     /// runs in it.
     pub stopped: bool,
+    /// Who runs the step under way, when not root ([`crate::FileOp::AsUser`]).
+    pub cred: Option<crate::step::Cred>,
 }
 
 impl Container {
@@ -101,6 +103,7 @@ impl Container {
             space: None,
             clock: 0,
             stopped: false,
+            cred: None,
         };
         // The upper root is the merged root: it has the image root's mode where the driver
         // makes it so (`Policy::upper_root_from_image`), Docker's 0755 otherwise.

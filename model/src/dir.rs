@@ -50,6 +50,16 @@ impl Container {
         self.upper.attach(parent, name, ino);
     }
 
+    /// Gives the inode `ino` the step made in upper directory `parent` its owner, group and
+    /// mode ([`Container::new_owner`]).
+    fn own(&mut self, parent: Ino, ino: Ino, is_dir: bool) {
+        let mode = self.upper.get(ino).mode;
+        let (uid, gid, mode) = self.new_owner(self.upper.get(parent), mode, is_dir);
+        let i = self.upper.get_mut(ino);
+        (i.uid, i.gid, i.mode) = (uid, gid, mode);
+        i.version = 0;
+    }
+
     /// Resolves `path` for creating a new name: its parent's upper inode after copy-up.
     fn new_name_parent(&mut self, path: &str) -> Result<(Ino, String), Errno> {
         self.new_name_parent_merged(path).map(|(p, n, _)| (p, n))
@@ -63,6 +73,7 @@ impl Container {
         if r.target.is_some() {
             return Err(Errno::EEXIST);
         }
+        self.may_create(self.inode(r.parent()))?;
         let merged = r.parent().lower.is_some();
         Ok((self.copy_up_dirs(&mut r.dirs)?, name, merged))
     }
@@ -82,6 +93,7 @@ impl Container {
             mode.unwrap_or(0o644) & 0o7777,
             file_body(crate::data::FileData::new()),
         ));
+        self.own(parent, ino, false);
         self.add_name(parent, &name, ino);
         Ok(())
     }
@@ -96,6 +108,7 @@ impl Container {
         let ino = self
             .upper
             .alloc(new_inode(mode.unwrap_or(0o755) & 0o7777, empty_dir(opaque)));
+        self.own(parent, ino, true);
         self.add_name(parent, &name, ino);
         Ok(())
     }
@@ -118,6 +131,7 @@ impl Container {
         let ino = self
             .upper
             .alloc(new_inode(0o777, Body::Symlink(target.to_string())));
+        self.own(parent, ino, false);
         self.add_name(parent, &name, ino);
         Ok(())
     }
@@ -129,6 +143,7 @@ impl Container {
         let Some(name) = r.name.clone() else {
             return Err(Errno::EISDIR);
         };
+        self.may_delete(self.inode(r.parent()), self.inode(d))?;
         if self.kind(d) == Kind::Dir {
             return Err(Errno::EISDIR);
         }
@@ -150,6 +165,7 @@ impl Container {
         let Some(name) = r.name.clone() else {
             return Err(Errno::EBUSY);
         };
+        self.may_delete(self.inode(r.parent()), self.inode(d))?;
         if self.kind(d) != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -185,6 +201,9 @@ impl Container {
         if rt.trailing_slash {
             return Err(Errno::ENOENT);
         }
+        // do_linkat: `may_linkat` (protected hardlinks), then vfs_link: `may_create`.
+        self.may_link_source(self.inode(src))?;
+        self.may_create(self.inode(rt.parent()))?;
         if self.kind(src) == Kind::Dir {
             return Err(Errno::EPERM);
         }
@@ -224,6 +243,20 @@ impl Container {
             if same_inode(self, src, t) {
                 return Ok(());
             }
+        } else if rt.trailing_slash && !src_is_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        // vfs_rename: `may_delete` of the source, `may_create` or `may_delete` at the
+        // target, and write on a directory that changes parent (its `..`).
+        self.may_delete(self.inode(rf.parent()), self.inode(src))?;
+        match rt.target {
+            Some(t) => self.may_delete(self.inode(rt.parent()), self.inode(t))?,
+            None => self.may_create(self.inode(rt.parent()))?,
+        }
+        if src_is_dir && path::parent(&pf) != path::parent(&pt) {
+            self.permission(self.inode(src), crate::perm::MAY_WRITE)?;
+        }
+        if let Some(t) = rt.target {
             let t_is_dir = self.kind(t) == Kind::Dir;
             if src_is_dir && !t_is_dir {
                 return Err(Errno::ENOTDIR);
@@ -231,8 +264,6 @@ impl Container {
             if !src_is_dir && t_is_dir {
                 return Err(Errno::EISDIR);
             }
-        } else if rt.trailing_slash && !src_is_dir {
-            return Err(Errno::ENOTDIR);
         }
         if src_is_dir {
             if let Some(l) = src.lower {

@@ -17,6 +17,15 @@ impl Container {
     /// Runs one file operation. On error nothing has changed. A file or directory it makes,
     /// and a file whose data it writes or truncates, gets a new modification time.
     pub fn apply(&mut self, op: &FileOp) -> Outcome {
+        if let FileOp::AsUser { cred, op } = op {
+            let was = self.cred.replace(*cred);
+            let out = self.apply(op);
+            self.cred = was;
+            return out;
+        }
+        // What the step changes besides its own effect is looked up as the kernel does it,
+        // not as the step's user.
+        let user = self.cred.take();
         let stamp = match op {
             FileOp::Create { path, .. } | FileOp::Mkdir { path, .. } => Some((path, false)),
             FileOp::Symlink { path, .. } => Some((path, false)),
@@ -33,7 +42,9 @@ impl Container {
             _ => None,
         };
         let parents = self.entry_parents(op);
+        self.cred = user;
         let out = self.apply_op(op);
+        self.cred = None;
         if out.is_ok() && (stamp.is_some() || !parents.is_empty()) {
             self.clock += 1;
             let now = crate::tree::tick_time(self.clock);
@@ -48,6 +59,7 @@ impl Container {
                 self.upper.set_mtime(ino, now);
             }
         }
+        self.cred = user;
         out
     }
 
@@ -107,6 +119,8 @@ impl Container {
             FileOp::Readlink { path } => self.readlink(path).map(Value::Target),
             FileOp::Chmod { path, mode } => self.chmod(path, *mode).map(unit),
             FileOp::Utimes { path, mtime, .. } => self.utimes(path, *mtime).map(unit),
+            FileOp::Chown { path, uid, gid } => self.chown(path, *uid, *gid).map(unit),
+            FileOp::AsUser { .. } => self.apply(op),
             FileOp::Stat { path } => {
                 let d = self.resolve(path, false)?.existing()?;
                 Ok(Value::Stat(self.stat(d)))
@@ -116,6 +130,7 @@ impl Container {
                 if self.kind(d) != Kind::Dir {
                     return Err(Errno::ENOTDIR);
                 }
+                self.permission(self.inode(d), crate::perm::MAY_READ)?;
                 let mut names: Vec<String> = self.list(d).into_keys().collect();
                 names.extend(self.listed_whiteouts(d));
                 names.sort();
@@ -142,6 +157,8 @@ impl Container {
             size: inode.size(),
             mode: inode.mode,
             nlink,
+            uid: inode.uid,
+            gid: inode.gid,
             id: self.identity_of(d),
         }
     }
@@ -213,7 +230,10 @@ impl Container {
         let mut r = self.resolve(path, true)?;
         match r.target {
             Some(d) if self.kind(d) == Kind::Dir => Err(Errno::EISDIR),
-            Some(d) => self.copy_up_resolved(&mut r, d, CopyUp::Data),
+            Some(d) => {
+                self.permission(self.inode(d), crate::perm::MAY_WRITE)?;
+                self.copy_up_resolved(&mut r, d, CopyUp::Data)
+            }
             None => Err(Errno::ENOENT),
         }
     }
@@ -260,11 +280,18 @@ impl Container {
             }
             return self.create(&r.path(), mode);
         };
+        let mask = match (flags.write, flags.read_write) {
+            (true, true) => crate::perm::MAY_READ | crate::perm::MAY_WRITE,
+            (true, false) => crate::perm::MAY_WRITE,
+            _ if flags.trunc => crate::perm::MAY_READ | crate::perm::MAY_WRITE,
+            _ => crate::perm::MAY_READ,
+        };
         match self.kind(d) {
             Kind::Symlink => Err(Errno::ELOOP),
             Kind::Dir if flags.creat || flags.write || flags.trunc => Err(Errno::EISDIR),
-            Kind::Dir => Ok(()),
+            Kind::Dir => self.permission(self.inode(d), mask),
             _ if flags.directory => Err(Errno::ENOTDIR),
+            _ if self.permission(self.inode(d), mask).is_err() => Err(Errno::EACCES),
             Kind::File if flags.trunc => {
                 let ino = self.copy_up_resolved(&mut r, d, CopyUp::Trunc)?;
                 if let Body::File { data, .. } = &mut self.upper.get_mut(ino).body {
@@ -351,6 +378,7 @@ impl Container {
     /// digest text ([`Value::Digest`]).
     fn read(&self, path: &str, offset: u64, len: Option<u64>) -> Result<Value, Errno> {
         let d = self.resolve(path, true)?.existing()?;
+        self.permission(self.inode(d), crate::perm::MAY_READ)?;
         match &self.inode(d).body {
             // lseek past `s_maxbytes`: EINVAL (see `write`).
             Body::File { .. } if offset > self.policy.max_file_size() => Err(Errno::EINVAL),
@@ -380,10 +408,12 @@ impl Container {
     fn chmod(&mut self, path: &str, mode: u32) -> Result<(), Errno> {
         let mut r = self.resolve(path, true)?;
         let d = r.existing()?;
+        self.owner_or_capable(self.inode(d))?;
+        let mode = self.chmod_mode(self.inode(d), mode & 0o7777);
         let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta)?;
         let version = self.upper.get(ino).version;
         let inode = self.upper.get_mut(ino);
-        inode.mode = mode & 0o7777;
+        inode.mode = mode;
         if inode.is_dir() {
             // chmod changes ctime, not mtime: Docker's walker sees a directory's mode.
             inode.version = version;
@@ -396,8 +426,30 @@ impl Container {
     fn utimes(&mut self, path: &str, mtime: u64) -> Result<(), Errno> {
         let mut r = self.resolve(path, true)?;
         let d = r.existing()?;
+        // Explicit times need the owner (`setattr_prepare`, `ATTR_TIMES_SET`).
+        self.owner_or_capable(self.inode(d))?;
         let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta)?;
         self.upper.set_mtime(ino, crate::tree::secs_time(mtime));
+        Ok(())
+    }
+
+    /// `chown`: root's or the owner's keeping the owner ([`Container::may_chown`]), a
+    /// copy-up, the new ids; a non-directory loses setuid (and setgid when
+    /// group-executable), as `chown_common` asks even of root.
+    fn chown(&mut self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<(), Errno> {
+        let mut r = self.resolve(path, true)?;
+        let d = r.existing()?;
+        self.may_chown(self.inode(d), uid, gid)?;
+        let ino = self.copy_up_resolved(&mut r, d, CopyUp::Meta)?;
+        let version = self.upper.get(ino).version;
+        let inode = self.upper.get_mut(ino);
+        inode.uid = uid.unwrap_or(inode.uid);
+        inode.gid = gid.unwrap_or(inode.gid);
+        inode.mode = Container::chown_mode(inode);
+        if inode.is_dir() {
+            // A change of owner is ctime's, as chmod is.
+            inode.version = version;
+        }
         Ok(())
     }
 
@@ -419,6 +471,7 @@ impl Container {
     fn getxattr(&self, path: &str, name: &str) -> Result<Vec<u8>, Errno> {
         self.check_xattr_name(name)?;
         let d = self.resolve(path, true)?.existing()?;
+        self.may_user_xattr(self.inode(d), false)?;
         if !self.policy.user_xattrs() {
             // tmpfs before 6.6: no handler for the name (`KernelVersion::tmpfs_user_xattrs`).
             return Err(Errno::EOPNOTSUPP);
@@ -438,9 +491,7 @@ impl Container {
         }
         let mut r = self.resolve(path, true)?;
         let d = r.existing()?;
-        if !matches!(self.kind(d), Kind::File | Kind::Dir) {
-            return Err(Errno::EPERM);
-        }
+        self.may_user_xattr(self.inode(d), true)?;
         if value.is_none() && !self.policy.user_xattrs() {
             // A removal asks the lower file first (6.1 ovl_xattr_set), and tmpfs before 6.6
             // has no handler for the name: EOPNOTSUPP, nothing copied up.

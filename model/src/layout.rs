@@ -144,8 +144,15 @@ fn entry(kind: &str, mode: u32) -> StorageEntry {
         content: None,
         target: None,
         xattrs: BTreeMap::new(),
+        owner: None,
         inode: 0,
     }
+}
+
+/// `e` with the owner of `inode`.
+fn owned(mut e: StorageEntry, inode: &crate::tree::Inode) -> StorageEntry {
+    e.owner = crate::observe::owner_text(inode.uid, inode.gid);
+    e
 }
 
 /// How a layer's whiteouts and opaque directories are written.
@@ -202,7 +209,7 @@ fn render_dir(
             Body::Dir {
                 opaque, redirect, ..
             } => {
-                let mut e = entry("dir", inode.mode);
+                let mut e = owned(entry("dir", inode.mode), inode);
                 user_xattrs(&mut e, inode);
                 if enc == Encoding::Overlay {
                     overlay_dir_xattrs(&mut e, *opaque, redirect.as_deref(), inode);
@@ -221,7 +228,7 @@ fn render_dir(
                 render_dir(disk, &path, tree, ino, enc, ident, wk);
             }
             Body::File { data, metacopy } => {
-                let mut e = entry("file", inode.mode);
+                let mut e = owned(entry("file", inode.mode), inode);
                 e.size = Some(data.len());
                 user_xattrs(&mut e, inode);
                 if *metacopy {
@@ -238,7 +245,7 @@ fn render_dir(
                 disk.add_data(path, key, e, Some(data));
             }
             Body::Symlink(t) => {
-                let mut e = entry("symlink", 0o777);
+                let mut e = owned(entry("symlink", 0o777), inode);
                 e.size = Some(t.len() as u64);
                 e.target = Some(t.clone());
                 if enc == Encoding::Overlay && inode.origin.is_some() {
@@ -253,7 +260,7 @@ fn render_dir(
 
 /// A layer's root directory: its mode and `user.*` xattrs are the tree root's.
 fn root_dir(disk: &mut Disk, path: String, root: &crate::tree::Inode) {
-    let mut e = entry("dir", root.mode);
+    let mut e = owned(entry("dir", root.mode), root);
     user_xattrs(&mut e, root);
     disk.add(path, None, e);
 }
@@ -639,13 +646,13 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
         let path = format!("{at}/{name}");
         match &inode.body {
             Body::Dir { .. } => {
-                let mut e = entry("dir", inode.mode);
+                let mut e = owned(entry("dir", inode.mode), inode);
                 user_xattrs(&mut e, inode);
                 disk.add(path.clone(), None, e);
                 farm(disk, &path, stack, child);
             }
             Body::File { data, .. } => {
-                let mut e = entry("file", inode.mode);
+                let mut e = owned(entry("file", inode.mode), inode);
                 e.size = Some(data.len());
                 e.content = disk.text(data);
                 user_xattrs(&mut e, inode);
@@ -655,7 +662,7 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
             // A symlink of the layer's own diff keeps its hard links (the applier links a
             // tar hard link to a symlink, DOCK6); one from a parent is made anew (DOCK1).
             Body::Symlink(t) if n.layer + 1 == stack.layers().len() => {
-                let mut e = entry("symlink", 0o777);
+                let mut e = owned(entry("symlink", 0o777), inode);
                 e.size = Some(t.len() as u64);
                 e.target = Some(t.to_string());
                 let layer_id = &stack.layers()[n.layer].id;
@@ -673,7 +680,7 @@ fn upper_work(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     let wk = container_whiteout_key(c);
     disk.dir(format!("{at}/{upper}"), 0o755);
     let root = c.upper.get(ROOT);
-    let mut r = entry("dir", root.mode);
+    let mut r = owned(entry("dir", root.mode), root);
     user_xattrs(&mut r, root);
     if root.impure {
         r.xattrs.insert("trusted.overlay.impure".into(), "y".into());

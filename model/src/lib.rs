@@ -59,6 +59,7 @@ mod namei;
 mod observe;
 mod params;
 mod path;
+mod perm;
 mod readdir;
 mod space;
 mod start;
@@ -86,7 +87,9 @@ pub use layout::{
     mount_data, overlay2_readonly_mount_data, overlay_mount_data, DATA_ROOT, PAGE_SIZE,
 };
 pub use lower::{Layer, LowerStack};
-pub use observe::{content_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry};
+pub use observe::{
+    content_text, owner_text, Accounting, MergedEntry, MergedView, Observation, StorageEntry,
+};
 pub use params::{
     Backing, BadKernelVersion, DirRename, DriverKind, KernelVersion, OverlayOptions, Policy,
     EXT4_MAX_FILE_SIZE, MAX_LFS_FILESIZE,
@@ -99,7 +102,7 @@ pub use start::{
     refused as container_start_refused, start as container_start, StartError, DEV_SYMLINK,
 };
 pub use step::{
-    Change, ChangeKind, ContainerId, Content, Entry, EntryKind, FileOp, Identity, Kind, LayerId,
+    Change, ChangeKind, ContainerId, Content, Cred, Entry, EntryKind, FileOp, Identity, Kind, LayerId,
     LayerSpec, Op, OpenFlags, Outcome, StatInfo, Value,
 };
 pub use store::{check_op_ids, validate_layer, StepError, Store, NAIVE_DIFF_WITH_INIT};

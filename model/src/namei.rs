@@ -138,6 +138,9 @@ impl Container {
                 }
                 dirs.push((n, d));
             }
+            // `may_lookup`: search permission on the directory walked, before the name.
+            let here = dirs.last().expect("root").1;
+            self.permission(self.inode(here), crate::perm::MAY_EXEC)?;
             if name == "." {
                 continue;
             }

@@ -50,6 +50,9 @@ pub struct MergedEntry {
     /// `user.*` xattrs, values as (lossy) text.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
+    /// `uid:gid`, when not root's (`0:0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One path of the driver's on-disk storage.
@@ -72,6 +75,9 @@ pub struct StorageEntry {
     /// `<handle>`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
+    /// `uid:gid`, when not root's (`0:0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Inode group: entries with the same number are one inode (numbered in path order).
     pub inode: u32,
 }
@@ -177,6 +183,12 @@ impl Container {
                 .iter()
                 .map(|(k, v)| (k.clone(), xattr_text(v)))
                 .collect(),
+            owner: owner_text(st.uid, st.gid),
         }
     }
+}
+
+/// An owner as the observation shows it: `None` for root's `0:0`, else `uid:gid`.
+pub fn owner_text(uid: u32, gid: u32) -> Option<String> {
+    ((uid, gid) != (0, 0)).then(|| format!("{uid}:{gid}"))
 }

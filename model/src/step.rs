@@ -269,6 +269,16 @@ pub enum FileOp {
         atime: u64,
         mtime: u64,
     },
+    /// `chown(path, uid, gid)`, following a symlink; `None` leaves that id as it is (-1).
+    Chown {
+        path: String,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+    /// `op` run by another user: the step's thread takes `cred`'s uid and gid (real,
+    /// effective, filesystem) with no supplementary groups and no capabilities, as a
+    /// process of that user in the container would.
+    AsUser { cred: Cred, op: Box<FileOp> },
     /// `lstat(path)`.
     Stat { path: String },
     /// `opendir` + `readdir`, names sorted, without `.` and `..`.
@@ -283,6 +293,15 @@ pub enum FileOp {
     Getxattr { path: String, name: String },
     /// `removexattr(path, name)`.
     Removexattr { path: String, name: String },
+}
+
+/// Who runs a step that is not root's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Cred {
+    /// User id.
+    pub uid: u32,
+    /// Group id (the only group: no supplementary groups).
+    pub gid: u32,
 }
 
 /// One step of a trace, as the model and the real drivers execute it.
@@ -337,6 +356,10 @@ pub struct StatInfo {
     pub mode: u32,
     /// `st_nlink`.
     pub nlink: u32,
+    /// `st_uid`.
+    pub uid: u32,
+    /// `st_gid`.
+    pub gid: u32,
     /// `st_dev`, `st_ino` and `st_mtime`, which only relation checks compare (each side with
     /// itself): they are never equal between the model and a kernel, so `==` leaves them out.
     #[serde(skip)]
@@ -345,7 +368,8 @@ pub struct StatInfo {
 
 impl PartialEq for StatInfo {
     fn eq(&self, o: &StatInfo) -> bool {
-        (self.kind, self.size, self.mode, self.nlink) == (o.kind, o.size, o.mode, o.nlink)
+        (self.kind, self.size, self.mode, self.nlink, self.uid, self.gid)
+            == (o.kind, o.size, o.mode, o.nlink, o.uid, o.gid)
     }
 }
 
@@ -430,14 +454,20 @@ impl fmt::Display for Value {
             Value::Bytes(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
             Value::Digest(d) => write!(f, "{d:?}"),
             Value::Target(t) => write!(f, "{t:?}"),
-            Value::Stat(s) => write!(
-                f,
-                "{{ kind = {:?}, size = {}, mode = 0o{:o}, nlink = {} }}",
-                s.kind.name(),
-                s.size,
-                s.mode,
-                s.nlink
-            ),
+            Value::Stat(s) => {
+                write!(
+                    f,
+                    "{{ kind = {:?}, size = {}, mode = 0o{:o}, nlink = {}",
+                    s.kind.name(),
+                    s.size,
+                    s.mode,
+                    s.nlink
+                )?;
+                if (s.uid, s.gid) != (0, 0) {
+                    write!(f, ", uid = {}, gid = {}", s.uid, s.gid)?;
+                }
+                f.write_str(" }")
+            }
             Value::Names(n) => write!(f, "{n:?}"),
             Value::Changes(c) => {
                 f.write_str("[")?;
@@ -454,11 +484,19 @@ impl fmt::Display for Value {
 }
 
 impl FileOp {
+    /// The operation itself, without who runs it ([`FileOp::AsUser`]).
+    pub fn bare(&self) -> &FileOp {
+        match self {
+            FileOp::AsUser { op, .. } => op.bare(),
+            op => op,
+        }
+    }
+
     /// Whether the operation can take pages of the upper filesystem: it writes data, copies
     /// a file up (a directory's copy-up takes none) or makes a symlink.
     pub fn may_take_space(&self) -> bool {
         !matches!(
-            self,
+            self.bare(),
             FileOp::Create { .. }
                 | FileOp::Unlink { .. }
                 | FileOp::Mkdir { .. }
@@ -470,7 +508,7 @@ impl FileOp {
     /// inodes and directory blocks included).
     pub fn only_reads(&self) -> bool {
         matches!(
-            self,
+            self.bare(),
             FileOp::Read { .. }
                 | FileOp::Readlink { .. }
                 | FileOp::Stat { .. }
@@ -497,6 +535,8 @@ impl FileOp {
             FileOp::Readlink { .. } => "readlink",
             FileOp::Chmod { .. } => "chmod",
             FileOp::Utimes { .. } => "utimes",
+            FileOp::Chown { .. } => "chown",
+            FileOp::AsUser { op, .. } => op.name(),
             FileOp::Stat { .. } => "stat",
             FileOp::Readdir { .. } => "readdir",
             FileOp::Setxattr { .. } => "setxattr",

@@ -79,6 +79,10 @@ pub struct Inode {
     /// container made the inode, changed its data or its entries ([`tick_time`]; copy-up
     /// keeps it, as the kernel does). Docker's naive change walker compares it.
     pub mtime: u64,
+    /// The owner (`st_uid`).
+    pub uid: u32,
+    /// The group (`st_gid`).
+    pub gid: u32,
 }
 
 /// Where the model's "now" starts: a step's time is later than any `utimes` sets.
@@ -312,6 +316,8 @@ pub fn new_inode(mode: u32, body: Body) -> Inode {
         impure: false,
         version: 0,
         mtime: 0,
+        uid: 0,
+        gid: 0,
     }
 }
 

@@ -34,12 +34,14 @@ fn canonical(path: &str, follow: bool) -> Option<PathBuf> {
 
 /// Inside the container's root: the file a copying step acts on, if any.
 pub fn before(op: &FileOp) -> Option<Watch> {
+    let op = op.bare();
     let (path, follow) = match op {
         FileOp::Write { path, .. }
         | FileOp::Append { path, .. }
         | FileOp::Truncate { path, .. }
         | FileOp::Chmod { path, .. }
         | FileOp::Utimes { path, .. }
+        | FileOp::Chown { path, .. }
         | FileOp::Setxattr { path, .. }
         | FileOp::Removexattr { path, .. } => (path, true),
         FileOp::Link { from, .. } | FileOp::Rename { from, .. } => (from, false),

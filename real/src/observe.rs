@@ -130,6 +130,7 @@ fn merged_entry(p: &Path, m: &fs::Metadata) -> io::Result<MergedEntry> {
         nlink: (kind != Kind::Dir).then_some(m.nlink() as u32),
         target,
         xattrs,
+        owner: layerspec_model::owner_text(m.uid(), m.gid()),
     })
 }
 
@@ -253,6 +254,7 @@ fn storage_entry(p: &Path, rel: &str, m: &fs::Metadata) -> io::Result<StorageEnt
         content,
         target,
         xattrs,
+        owner: layerspec_model::owner_text(m.uid(), m.gid()),
         inode: 0,
     })
 }

@@ -130,6 +130,13 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
             sys::utimes(&p(path), *atime as i64, *mtime as i64)?;
             Value::Unit
         }
+        FileOp::Chown { path, uid, gid } => {
+            std::os::unix::fs::chown(p(path), *uid, *gid)?;
+            Value::Unit
+        }
+        FileOp::AsUser { cred, op } => {
+            return sys::as_user(cred.uid, cred.gid, || run_io(op))?;
+        }
         FileOp::Stat { path } => {
             let m = fs::symlink_metadata(p(path))?;
             let kind = crate::observe::kind_of(&m);
@@ -138,6 +145,8 @@ fn run_io(op: &FileOp) -> io::Result<Value> {
                 size: m.size(),
                 mode: m.mode() & 0o7777,
                 nlink: m.nlink() as u32,
+                uid: m.uid(),
+                gid: m.gid(),
                 id: Identity {
                     dev: m.dev(),
                     ino: m.ino(),

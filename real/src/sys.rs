@@ -355,6 +355,35 @@ fn utimensat(path: &Path, atime: i64, mtime: i64, flags: libc::c_int) -> io::Res
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), flags) })
 }
 
+/// Runs `f` as user `uid` and group `gid` on this thread alone: no supplementary groups,
+/// real and effective ids (and so the filesystem ids) changed with raw system calls, which
+/// act on the calling thread only (glibc's wrappers would change every thread). The
+/// saved ids stay 0, so the thread keeps its permitted capabilities and gets them back when
+/// it returns to root; the effective ones are gone while it runs as the user.
+pub fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    const KEEP: libc::c_long = -1;
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups: Vec<libc::gid_t> = vec![0; n.max(0) as usize];
+    check(unsafe { libc::getgroups(n, groups.as_mut_ptr()) }.min(0))?;
+    let call = |r: libc::c_long| check(r as libc::c_int);
+    call(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })?;
+    call(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, KEEP) })?;
+    call(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, KEEP) })?;
+    let out = f();
+    // Back to root: the user may not stay on a thread that runs the harness.
+    let back = call(unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, KEEP) })
+        .and_then(|_| call(unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, KEEP) }))
+        .and_then(|_| {
+            call(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
+        });
+    if let Err(e) = back {
+        // A thread that cannot become root again must not run another step.
+        eprintln!("layerspec: could not return to root after a step as uid {uid}: {e}");
+        std::process::abort();
+    }
+    Ok(out)
+}
+
 /// `truncate(2)`.
 pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
     check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) })

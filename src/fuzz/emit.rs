@@ -109,7 +109,11 @@ fn step_fields(op: &Op) -> Result<Vec<String>, String> {
         Op::File { container: c, op } => {
             f.push(s("op", op.name()));
             container(&mut f, c);
-            match op {
+            if let FileOp::AsUser { cred, .. } = op {
+                f.push(format!("user = {}", cred.uid));
+                f.push(format!("group = {}", cred.gid));
+            }
+            match op.bare() {
                 FileOp::Create { path, mode } | FileOp::Mkdir { path, mode } => {
                     f.push(s("path", path));
                     if let Some(m) = mode {
@@ -173,6 +177,16 @@ fn step_fields(op: &Op) -> Result<Vec<String>, String> {
                     f.push(format!("atime = {atime}"));
                     f.push(format!("mtime = {mtime}"));
                 }
+                FileOp::Chown { path, uid, gid } => {
+                    f.push(s("path", path));
+                    if let Some(u) = uid {
+                        f.push(format!("uid = {u}"));
+                    }
+                    if let Some(g) = gid {
+                        f.push(format!("gid = {g}"));
+                    }
+                }
+                FileOp::AsUser { .. } => unreachable!("bare() unwraps it"),
                 FileOp::Setxattr { path, name, value } => {
                     f.push(s("path", path));
                     f.push(s("name", name));

@@ -353,6 +353,11 @@ pub fn describe(op: &Op) -> String {
     let on = |c: &Option<String>| c.as_ref().map_or(String::new(), |c| format!(" on {c}"));
     match op {
         Op::File { container, op } => {
+            let user = match op {
+                FileOp::AsUser { cred, .. } => format!(" as {}:{}", cred.uid, cred.gid),
+                _ => String::new(),
+            };
+            let op = op.bare();
             let what = match op {
                 FileOp::Rename { from, to } | FileOp::Link { from, to } => {
                     format!("{} {from} -> {to}", op.name())
@@ -372,13 +377,15 @@ pub fn describe(op: &Op) -> String {
                 | FileOp::Readlink { path }
                 | FileOp::Chmod { path, .. }
                 | FileOp::Utimes { path, .. }
+                | FileOp::Chown { path, .. }
                 | FileOp::Stat { path }
                 | FileOp::Readdir { path }
                 | FileOp::Setxattr { path, .. }
                 | FileOp::Getxattr { path, .. }
                 | FileOp::Removexattr { path, .. } => format!("{} {path}", op.name()),
+                FileOp::AsUser { .. } => unreachable!("bare() unwraps it"),
             };
-            format!("{what}{}", on(container))
+            format!("{what}{user}{}", on(container))
         }
         Op::CreateContainer { id, image } => format!(
             "create_container {id}{}",

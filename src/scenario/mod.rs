@@ -162,6 +162,10 @@ pub enum Expected {
         mode: Option<u32>,
         /// `st_nlink`.
         nlink: Option<u32>,
+        /// `st_uid`.
+        uid: Option<u32>,
+        /// `st_gid`.
+        gid: Option<u32>,
     },
     /// Sorted names (readdir).
     Names(Vec<String>),

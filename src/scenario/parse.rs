@@ -255,6 +255,12 @@ struct StepDoc {
     // utimes
     atime: Option<u64>,
     mtime: Option<u64>,
+    // chown
+    uid: Option<u32>,
+    gid: Option<u32>,
+    // who runs a file step
+    user: Option<u32>,
+    group: Option<u32>,
     pool_data_blocks: Option<Spanned<toml::Value>>,
     mapped_blocks: Option<toml::Value>,
     shared_blocks: Option<toml::Value>,
@@ -282,6 +288,7 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
         "symlink" => &["container", "target", "path"],
         "chmod" => &["container", "path", "mode"],
         "utimes" => &["container", "path", "atime", "mtime"],
+        "chown" => &["container", "path", "uid", "gid"],
         "setxattr" => &["container", "path", "name", "value"],
         "getxattr" | "removexattr" => &["container", "path", "name"],
         "create_container" => &["id", "image"],
@@ -317,7 +324,7 @@ fn allowed_keys(op: &str) -> Option<&'static [&'static str]> {
 
 const OPS: &str =
     "create, open, write, append, truncate, read, unlink, mkdir, rmdir, rename, link, \
-symlink, readlink, chmod, utimes, stat, readdir, setxattr, getxattr, removexattr, create_container, \
+symlink, readlink, chmod, utimes, chown, stat, readdir, setxattr, getxattr, removexattr, create_container, \
 remove_container, commit, remount, changes, check, create_thin, snapshot, delete_thin, \
 set_transaction_id, write_blocks, write_bytes, read_blocks, discard_blocks";
 
@@ -844,6 +851,10 @@ fn present_keys(s: &StepDoc) -> Vec<&'static str> {
         differ,
         atime,
         mtime,
+        uid,
+        gid,
+        user,
+        group,
         pool_data_blocks,
         mapped_blocks,
         shared_blocks,
@@ -966,8 +977,10 @@ fn parse_step(
             format!("step {index}: unknown op `{opname}` (expected one of {OPS})"),
         ));
     };
+    let file_op = (allowed.contains(&"path") || allowed.contains(&"from"))
+        && !matches!(opname, "check" | "create_container");
     for k in present_keys(&d) {
-        if !allowed.contains(&k) {
+        if !allowed.contains(&k) && !(file_op && matches!(k, "user" | "group")) {
             return Err(at(format!(
                 "`{k}` is not a field of `{opname}` (it takes {})",
                 allowed.join(", ")
@@ -1027,7 +1040,24 @@ fn parse_step(
         // EINVAL), and the model predicts it: `scenarios/bounds/`.
     }
     let container = d.container.as_ref().map(|c| c.get_ref().clone());
+    if d.group.is_some() && d.user.is_none() {
+        return Err(at("`group` goes with `user`: the step runs as `user`, in `group` \
+                       (default: the same number)"
+            .into()));
+    }
+    // A step as another user: its uid, and its gid (the uid's number unless given).
+    let cred = d.user.map(|uid| layerspec_model::Cred {
+        uid,
+        gid: d.group.unwrap_or(uid),
+    });
     let file = |op: FileOp| {
+        let op = match cred {
+            Some(cred) => FileOp::AsUser {
+                cred,
+                op: Box::new(op),
+            },
+            None => op,
+        };
         Action::Op(Op::File {
             container: container.clone(),
             op,
@@ -1151,6 +1181,16 @@ fn parse_step(
                 path: need_path(&d.path, "path")?,
                 atime,
                 mtime,
+            })
+        }
+        "chown" => {
+            if d.uid.is_none() && d.gid.is_none() {
+                return Err(at("`chown` needs `uid`, `gid` or both".into()));
+            }
+            file(FileOp::Chown {
+                path: need_path(&d.path, "path")?,
+                uid: d.uid,
+                gid: d.gid,
             })
         }
         "setxattr" => file(FileOp::Setxattr {
@@ -1284,7 +1324,7 @@ fn per_driver<T>(
 ) -> Result<PerDriver<T>, ParseError> {
     let err = |m: String| ctx.err(v.span(), m);
     if let toml::Value::Table(t) = v.get_ref() {
-        let stat_keys = ["kind", "size", "mode", "nlink"];
+        let stat_keys = ["kind", "size", "mode", "nlink", "uid", "gid"];
         let looks_per_driver = !t.is_empty() && t.keys().all(|k| is_per_driver_key(k));
         if looks_per_driver {
             let mut out = PerDriver {
@@ -1352,6 +1392,8 @@ fn expected(op: &str, v: &toml::Value) -> Result<Expected, String> {
                 size: int("size")?,
                 mode: int("mode")?.map(|m| m as u32),
                 nlink: int("nlink")?.map(|m| m as u32),
+                uid: int("uid")?.map(|m| m as u32),
+                gid: int("gid")?.map(|m| m as u32),
             })
         }
         ("readdir", V::Array(a)) => Ok(Expected::Names(strings(a)?)),
@@ -1378,7 +1420,9 @@ fn expected(op: &str, v: &toml::Value) -> Result<Expected, String> {
             Ok(Expected::Changes(out))
         }
         ("read" | "readlink" | "getxattr", _) => Err(format!("`{op}` returns a string")),
-        ("stat", _) => Err("`stat` returns a table { kind, size, mode, nlink }".into()),
+        ("stat", _) => {
+            Err("`stat` returns a table { kind, size, mode, nlink, uid, gid }".into())
+        }
         ("readdir", _) => Err("`readdir` returns a list of names".into()),
         ("changes", _) => Err("`changes` returns a list of [kind, path]".into()),
         ("read_blocks", _) => Err("`read_blocks` returns a list, one entry per block".into()),
