@@ -37,6 +37,7 @@ fn image() -> ModelDriver {
                 kind: EntryKind::File(Content::Bytes(format!("file {i}\n").into_bytes())),
                 mode: None,
                 xattrs: Default::default(),
+                owner: None,
             })
             .collect();
         d.add_layer(&LayerSpec {

@@ -525,3 +525,28 @@ fn utimes_past_the_largest_time() {
         "`utimes` needs `mtime`",
     );
 }
+
+#[test]
+fn user_steps_and_chown_are_checked() {
+    let one = |step: &str| format!("{HEAD}{STEPS}  {step},\n]\n");
+    assert_located(
+        &one("{ op = \"read\", path = \"/a\", group = 5 }"),
+        6,
+        "`group` goes with `user`",
+    );
+    assert_located(
+        &one("{ op = \"chown\", path = \"/a\" }"),
+        6,
+        "`chown` needs `uid`, `gid` or both",
+    );
+    assert_located(
+        &one("{ op = \"remount\", user = 1000 }"),
+        6,
+        "`user` is not a field of `remount`",
+    );
+    assert_located(
+        &one("{ op = \"chown\", path = \"/a\", uid = -1 }"),
+        6,
+        "expected u32",
+    );
+}

@@ -104,6 +104,7 @@ fn image(driver: DriverKind, options: OverlayOptions) -> ModelDriver {
         kind: EntryKind::File(Content::Bytes(s.as_bytes().to_vec())),
         mode: None,
         xattrs: Default::default(),
+        owner: None,
     };
     let mut linked = file("/etc/b", "");
     linked.kind = EntryKind::HardLink("/etc/a".into());

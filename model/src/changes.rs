@@ -333,8 +333,8 @@ fn naive_walk_child(
     }
 }
 
-/// moby `statDifferent`: type and mode, and for a non-directory size and modification
-/// time (owners and device numbers, which the model does not vary, left out).
+/// moby `statDifferent`: type, mode and owner, and for a non-directory size and
+/// modification time (device numbers, which the model does not vary, left out).
 fn stat_different(old: &Inode, new: &Inode) -> bool {
     let size = |i: &Inode| match &i.body {
         Body::File { data, .. } => data.len(),
@@ -343,6 +343,7 @@ fn stat_different(old: &Inode, new: &Inode) -> bool {
     };
     old.kind() != new.kind()
         || old.mode != new.mode
+        || (old.uid, old.gid) != (new.uid, new.gid)
         || (!new.is_dir() && (size(old) != size(new) || old.mtime != new.mtime))
 }
 

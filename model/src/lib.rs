@@ -25,6 +25,7 @@
 //!         kind: EntryKind::File(Content::Bytes(b"127.0.0.1 localhost\n".to_vec())),
 //!         mode: None,
 //!         xattrs: Default::default(),
+//!         owner: None,
 //!     }],
 //! })
 //! .unwrap();
@@ -102,8 +103,8 @@ pub use start::{
     refused as container_start_refused, start as container_start, StartError, DEV_SYMLINK,
 };
 pub use step::{
-    Change, ChangeKind, ContainerId, Content, Cred, Entry, EntryKind, FileOp, Identity, Kind, LayerId,
-    LayerSpec, Op, OpenFlags, Outcome, StatInfo, Value,
+    Change, ChangeKind, ContainerId, Content, Cred, Entry, EntryKind, FileOp, Identity, Kind,
+    LayerId, LayerSpec, Op, OpenFlags, Outcome, StatInfo, Value,
 };
 pub use store::{check_op_ids, validate_layer, StepError, Store, NAIVE_DIFF_WITH_INIT};
 pub use thin::units::{self as thin_units, BlockSize, PoolBlock, Sectors, ThinId, VirtBlock};

@@ -129,6 +129,9 @@ pub struct Entry {
     pub mode: Option<u32>,
     /// Extended attributes (`user.*`).
     pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Owner and group, when not root's (`uid`, `gid` in a scenario's entry; a commit keeps
+    /// a file's, as Docker's tar does).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// An image layer: its id, its parent and the changes it makes.
@@ -368,8 +371,9 @@ pub struct StatInfo {
 
 impl PartialEq for StatInfo {
     fn eq(&self, o: &StatInfo) -> bool {
-        (self.kind, self.size, self.mode, self.nlink, self.uid, self.gid)
-            == (o.kind, o.size, o.mode, o.nlink, o.uid, o.gid)
+        (
+            self.kind, self.size, self.mode, self.nlink, self.uid, self.gid,
+        ) == (o.kind, o.size, o.mode, o.nlink, o.uid, o.gid)
     }
 }
 

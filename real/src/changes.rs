@@ -118,6 +118,11 @@ pub fn diff_entries(upper: &Path, merged: &Path) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// A file's owner and group as a layer entry carries them (`None`: root's).
+pub(crate) fn owner_of(m: &fs::Metadata) -> Option<(u32, u32)> {
+    ((m.uid(), m.gid()) != (0, 0)).then(|| (m.uid(), m.gid()))
+}
+
 fn dir_entry(
     path: &str,
     m: &fs::Metadata,
@@ -129,6 +134,7 @@ fn dir_entry(
         kind: EntryKind::Dir { opaque },
         mode: Some(m.mode() & 0o7777),
         xattrs,
+        owner: owner_of(m),
     }
 }
 
@@ -191,10 +197,12 @@ fn diff_walk(
             if m.nlink() > 1 {
                 links.insert((m.dev(), m.ino()), path.clone());
             }
-            out.push(plain(
+            let mut e = plain(
                 path,
                 EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned()),
-            ));
+            );
+            e.owner = owner_of(&m);
+            out.push(e);
         } else {
             links.insert((m.dev(), m.ino()), path.clone());
             let data = fs::read(merged.join(path.trim_start_matches('/')))?;
@@ -203,6 +211,7 @@ fn diff_walk(
                 kind: EntryKind::File(Content::Bytes(data)),
                 mode: Some(m.mode() & 0o7777),
                 xattrs: user_xattrs(&p)?,
+                owner: crate::changes::owner_of(&m),
             });
         }
     }
@@ -225,16 +234,19 @@ fn merged_walk(merged: &Path, rel: &str, out: &mut Vec<Entry>) -> io::Result<()>
             out.push(dir_entry(&path, &m, false, user_xattrs(&p)?));
             merged_walk(merged, &path, out)?;
         } else if m.file_type().is_symlink() {
-            out.push(plain(
+            let mut e = plain(
                 path,
                 EntryKind::Symlink(fs::read_link(&p)?.to_string_lossy().into_owned()),
-            ));
+            );
+            e.owner = owner_of(&m);
+            out.push(e);
         } else {
             out.push(Entry {
                 path,
                 kind: EntryKind::File(Content::Bytes(fs::read(&p)?)),
                 mode: Some(m.mode() & 0o7777),
                 xattrs: user_xattrs(&p)?,
+                owner: crate::changes::owner_of(&m),
             });
         }
     }
@@ -247,6 +259,7 @@ fn plain(path: String, kind: EntryKind) -> Entry {
         kind,
         mode: None,
         xattrs: BTreeMap::new(),
+        owner: None,
     }
 }
 

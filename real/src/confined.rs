@@ -97,6 +97,14 @@ impl<'a> Confined<'a> {
         f.set_permissions(fs::Permissions::from_mode(mode))
     }
 
+    /// `lchown(path, uid, gid)`: on the name itself, never through a symlink. The kernel
+    /// clears a file's setuid and setgid bits on a change of owner: set the mode after it.
+    pub fn set_owner(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.log
+            .note(format!("chown -h {uid}:{gid} {}", path.display()));
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
     /// `lsetxattr`: on the name itself, never through a symlink.
     pub fn set_xattr(&mut self, path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
         sys::lsetxattr(self.log, path, name, value)

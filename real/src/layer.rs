@@ -87,6 +87,9 @@ pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Resu
     for e in &spec.entries {
         let rel = e.path.trim_start_matches('/');
         if rel.is_empty() {
+            if let Some((uid, gid)) = e.owner {
+                c.set_owner(dir, uid, gid)?;
+            }
             if let Some(m) = e.mode {
                 c.set_mode(dir, m)?;
             }
@@ -113,6 +116,15 @@ pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Resu
             EntryKind::Symlink(t) => c.symlink(Path::new(t), &p)?,
             EntryKind::HardLink(to) => c.hard_link(&dir.join(to.trim_start_matches('/')), &p)?,
             EntryKind::Whiteout => c.whiteout(&p)?,
+        }
+        if let (Some((uid, gid)), false) = (
+            e.owner,
+            matches!(e.kind, EntryKind::HardLink(_) | EntryKind::Whiteout),
+        ) {
+            c.set_owner(&p, uid, gid)?;
+            if let (Some(m), EntryKind::File(_) | EntryKind::Dir { .. }) = (e.mode, &e.kind) {
+                c.set_mode(&p, m)?;
+            }
         }
         if !matches!(
             e.kind,

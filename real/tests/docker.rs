@@ -20,6 +20,7 @@ fn file(p: &str, d: &str) -> Entry {
         kind: EntryKind::File(Content::Bytes(d.as_bytes().to_vec())),
         mode: None,
         xattrs: Default::default(),
+        owner: None,
     }
 }
 
@@ -355,7 +356,7 @@ fn the_machines_own_docker_is_untouched() {
         .unwrap()
         .unwrap();
         drop(d);
-        sweep();
+        sweep().expect("the sweep runs");
     });
     let canary_alive = alive(daemon_pid);
     let canary_after = listing(&t.join("data"));

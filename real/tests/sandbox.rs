@@ -33,6 +33,7 @@ fn file(p: &str, d: &str) -> Entry {
         kind: EntryKind::File(Content::Bytes(d.as_bytes().to_vec())),
         mode: None,
         xattrs: Default::default(),
+        owner: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn symlink(p: &str, t: &str) -> Entry {
         kind: EntryKind::Symlink(t.into()),
         mode: None,
         xattrs: Default::default(),
+        owner: None,
     }
 }
 

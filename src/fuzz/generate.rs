@@ -124,6 +124,7 @@ pub fn generate_as(
                 kind: EntryKind::File(Content::Bytes(b"ID=layerspec\n".to_vec())),
                 mode: None,
                 xattrs: Default::default(),
+                owner: None,
             }],
         });
         g.images.insert("l0".into(), View::empty());
@@ -379,6 +380,7 @@ impl Gen {
             kind,
             mode,
             xattrs,
+            owner: None,
         });
         // An opaque directory usually holds a name its lower layers hold too.
         if opaque && self.chance(60) {
@@ -390,6 +392,7 @@ impl Gen {
                     kind: EntryKind::File(Content::Bytes(data)),
                     mode: None,
                     xattrs: BTreeMap::new(),
+                    owner: None,
                 });
             }
         }

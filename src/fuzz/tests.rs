@@ -404,6 +404,7 @@ fn failed_start_trace(driver: DriverKind) -> generate::Trace {
                 )),
                 mode: None,
                 xattrs: Default::default(),
+                owner: None,
             }],
         }],
         container: "c0".into(),

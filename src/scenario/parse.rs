@@ -200,6 +200,8 @@ struct EntryDoc {
     mode: Option<u32>,
     opaque: Option<bool>,
     xattrs: Option<BTreeMap<String, String>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -814,6 +816,10 @@ fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
             .into_iter()
             .map(|(k, v)| (k, v.into_bytes()))
             .collect(),
+        owner: match (d.uid, d.gid) {
+            (None, None) | (Some(0), Some(0)) | (Some(0), None) | (None, Some(0)) => None,
+            (u, g) => Some((u.unwrap_or(0), g.unwrap_or(0))),
+        },
     })
 }
 
@@ -980,7 +986,7 @@ fn parse_step(
     let file_op = (allowed.contains(&"path") || allowed.contains(&"from"))
         && !matches!(opname, "check" | "create_container");
     for k in present_keys(&d) {
-        if !allowed.contains(&k) && !(file_op && matches!(k, "user" | "group")) {
+        if !(allowed.contains(&k) || file_op && matches!(k, "user" | "group")) {
             return Err(at(format!(
                 "`{k}` is not a field of `{opname}` (it takes {})",
                 allowed.join(", ")
@@ -1041,9 +1047,11 @@ fn parse_step(
     }
     let container = d.container.as_ref().map(|c| c.get_ref().clone());
     if d.group.is_some() && d.user.is_none() {
-        return Err(at("`group` goes with `user`: the step runs as `user`, in `group` \
+        return Err(at(
+            "`group` goes with `user`: the step runs as `user`, in `group` \
                        (default: the same number)"
-            .into()));
+                .into(),
+        ));
     }
     // A step as another user: its uid, and its gid (the uid's number unless given).
     let cred = d.user.map(|uid| layerspec_model::Cred {
@@ -1420,9 +1428,7 @@ fn expected(op: &str, v: &toml::Value) -> Result<Expected, String> {
             Ok(Expected::Changes(out))
         }
         ("read" | "readlink" | "getxattr", _) => Err(format!("`{op}` returns a string")),
-        ("stat", _) => {
-            Err("`stat` returns a table { kind, size, mode, nlink, uid, gid }".into())
-        }
+        ("stat", _) => Err("`stat` returns a table { kind, size, mode, nlink, uid, gid }".into()),
         ("readdir", _) => Err("`readdir` returns a list of names".into()),
         ("changes", _) => Err("`changes` returns a list of [kind, path]".into()),
         ("read_blocks", _) => Err("`read_blocks` returns a list, one entry per block".into()),

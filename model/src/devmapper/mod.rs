@@ -494,6 +494,7 @@ mod tests {
             kind: EntryKind::File(Content::Bytes(vec![7; n])),
             mode: None,
             xattrs: Default::default(),
+            owner: None,
         };
         d.add_layer(&LayerSpec {
             id: "base".into(),

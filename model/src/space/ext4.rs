@@ -353,7 +353,7 @@ mod tests {
         let origin = ("trusted.overlay.origin".to_string(), ORIGIN_LEN);
         let impure = ("trusted.overlay.impure".to_string(), 1);
         assert_eq!(xattr_len(&origin.0, origin.1), 64);
-        assert_eq!(xattr_spill(&[origin.clone()]), None);
+        assert_eq!(xattr_spill(std::slice::from_ref(&origin)), None);
         assert_eq!(xattr_spill(&[origin, impure.clone()]), Some(vec![impure]));
         // user.a (20) with 68 bytes fits exactly; 69 does not.
         assert_eq!(xattr_spill(&[("user.a".into(), 68)]), None);

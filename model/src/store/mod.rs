@@ -795,6 +795,7 @@ pub fn validate_layer(spec: &LayerSpec) -> Result<(), StepError> {
                 },
                 mode: e.mode,
                 xattrs: e.xattrs.clone(),
+                owner: e.owner,
             })
             .collect(),
     };
@@ -820,6 +821,7 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
                 let r = t.get_mut(ROOT);
                 r.mode = e.mode.unwrap_or(0o755);
                 r.xattrs = e.xattrs.clone();
+                (r.uid, r.gid) = e.owner.unwrap_or((0, 0));
                 continue;
             }
             return Err(bad("`/` can only be a directory".into()));
@@ -851,6 +853,7 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
             let inode = t.get_mut(existing);
             inode.mode = e.mode.unwrap_or(0o755);
             inode.xattrs = e.xattrs.clone();
+            (inode.uid, inode.gid) = e.owner.unwrap_or((0, 0));
             if let (Body::Dir { opaque, .. }, EntryKind::Dir { opaque: o }) =
                 (&mut inode.body, &e.kind)
             {
@@ -890,6 +893,10 @@ fn build_tree(spec: &LayerSpec) -> Result<Tree, StepError> {
         };
         if !e.xattrs.is_empty() {
             t.get_mut(ino).xattrs = e.xattrs.clone();
+        }
+        if let Some((uid, gid)) = e.owner {
+            let i = t.get_mut(ino);
+            (i.uid, i.gid) = (uid, gid);
         }
         t.attach(cur, last, ino);
     }

@@ -13,6 +13,7 @@ use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 type Xattrs = BTreeMap<String, Vec<u8>>;
@@ -25,6 +26,7 @@ enum Node {
         xattrs: Xattrs,
         opaque: bool,
         children: BTreeMap<String, Node>,
+        owner: (u32, u32),
     },
     /// A file; `inode` is shared by the names of one file (hard links).
     File {
@@ -32,11 +34,13 @@ enum Node {
         xattrs: Xattrs,
         data: Content,
         inode: usize,
+        owner: (u32, u32),
     },
     /// A symlink; `inode` as for files (Docker's tar keeps a symlink's hard links, DOCK6).
     Symlink {
         target: String,
         inode: usize,
+        owner: (u32, u32),
     },
     Whiteout,
 }
@@ -51,6 +55,20 @@ fn new_dir(mode: u32) -> Node {
         xattrs: Xattrs::new(),
         opaque: false,
         children: BTreeMap::new(),
+        owner: (0, 0),
+    }
+}
+
+/// Gives `p` its owner (Docker's applier `Lchown`s every entry it extracts), then its mode
+/// again where it has one: a change of owner clears a file's setuid and setgid bits.
+fn set_owner(c: &mut Confined, p: &Path, owner: (u32, u32), mode: Option<u32>) -> io::Result<()> {
+    if owner == (0, 0) && fs::symlink_metadata(p).is_ok_and(|m| (m.uid(), m.gid()) == (0, 0)) {
+        return Ok(());
+    }
+    c.set_owner(p, owner.0, owner.1)?;
+    match mode {
+        Some(m) => c.set_mode(p, m),
+        None => Ok(()),
     }
 }
 
@@ -89,11 +107,18 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
     for e in &spec.entries {
         let comps: Vec<&str> = e.path.split('/').filter(|c| !c.is_empty()).collect();
         let Some((name, parents)) = comps.split_last() else {
-            if let Node::Dir { mode, xattrs, .. } = &mut root {
+            if let Node::Dir {
+                mode,
+                xattrs,
+                owner,
+                ..
+            } = &mut root
+            {
                 if let Some(m) = e.mode {
                     *mode = m;
                 }
                 xattrs.extend(e.xattrs.clone());
+                *owner = e.owner.unwrap_or((0, 0));
             }
             continue;
         };
@@ -105,6 +130,7 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                     xattrs: e.xattrs.clone(),
                     data: c.clone(),
                     inode: inodes,
+                    owner: e.owner.unwrap_or((0, 0)),
                 }
             }
             EntryKind::Dir { opaque } => {
@@ -116,11 +142,13 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                         mode,
                         xattrs,
                         opaque: o,
+                        owner,
                         ..
                     }) => {
                         *mode = e.mode.unwrap_or(0o755);
                         xattrs.extend(e.xattrs.clone());
                         *o |= *opaque;
+                        *owner = e.owner.unwrap_or((0, 0));
                     }
                     Some(_) => return Err(exists()),
                     None => {
@@ -131,6 +159,7 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                                 xattrs: e.xattrs.clone(),
                                 opaque: *opaque,
                                 children: BTreeMap::new(),
+                                owner: e.owner.unwrap_or((0, 0)),
                             },
                         );
                     }
@@ -142,6 +171,7 @@ fn stage(spec: &LayerSpec) -> io::Result<Node> {
                 Node::Symlink {
                     target: t.clone(),
                     inode: inodes,
+                    owner: e.owner.unwrap_or((0, 0)),
                 }
             }
             EntryKind::HardLink(to) => match lookup(&root, to) {
@@ -193,6 +223,7 @@ fn apply_dir(
                 xattrs,
                 opaque,
                 children,
+                owner,
             } => {
                 let keep = !opaque && fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir());
                 if keep {
@@ -201,15 +232,21 @@ fn apply_dir(
                     remove_any(log, &dst)?;
                     log.mkdir(&dst, *mode)?;
                 }
+                set_owner(log, &dst, *owner, Some(*mode))?;
                 set_xattrs(log, &dst, xattrs)?;
                 apply_dir(log, children, &dst, seen)?;
             }
-            Node::Symlink { target, inode } => {
+            Node::Symlink {
+                target,
+                inode,
+                owner,
+            } => {
                 remove_any(log, &dst)?;
                 match seen.get(inode) {
                     Some(first) => log.hard_link(first, &dst)?,
                     None => {
                         log.symlink(Path::new(target), &dst)?;
+                        set_owner(log, &dst, *owner, None)?;
                         seen.insert(*inode, dst.clone());
                     }
                 }
@@ -219,12 +256,14 @@ fn apply_dir(
                 xattrs,
                 data,
                 inode,
+                owner,
             } => {
                 remove_any(log, &dst)?;
                 match seen.get(inode) {
                     Some(first) => log.hard_link(first, &dst)?,
                     None => {
                         log.write_content(&dst, *mode, data)?;
+                        set_owner(log, &dst, *owner, Some(*mode))?;
                         set_xattrs(log, &dst, xattrs)?;
                         seen.insert(*inode, dst.clone());
                     }
@@ -243,12 +282,14 @@ pub(crate) fn apply_layer(c: &mut Confined, spec: &LayerSpec, root: &Path) -> io
         mode,
         xattrs,
         children,
+        owner,
         ..
     } = stage(spec)?
     else {
         unreachable!("the staged root is a directory");
     };
     c.set_mode(root, mode)?;
+    set_owner(c, root, owner, Some(mode))?;
     set_xattrs(c, root, &xattrs)?;
     apply_dir(c, &children, root, &mut BTreeMap::new())
 }
@@ -264,6 +305,7 @@ mod tests {
             kind,
             mode: None,
             xattrs: BTreeMap::new(),
+            owner: None,
         }
     }
 

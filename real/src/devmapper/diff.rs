@@ -138,6 +138,7 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
         kind,
         mode: None,
         xattrs: BTreeMap::new(),
+        owner: None,
     };
     for ch in changes(old, new)? {
         let (dir, name) = ch.path.rsplit_once('/').expect("absolute");
@@ -174,6 +175,7 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
                 kind: EntryKind::Dir { opaque: false },
                 mode: Some(m.mode() & 0o7777),
                 xattrs: BTreeMap::new(),
+                owner: crate::changes::owner_of(&m),
             });
         } else if let Some(first) = links.get(&m.ino()) {
             // Any non-directory, a symlink too (moby `addTarFile`: a second name of an
@@ -182,7 +184,9 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
         } else if ft.is_symlink() {
             links.insert(m.ino(), ch.path.clone());
             let t = fs::read_link(&p)?.to_string_lossy().into_owned();
-            out.push(plain(ch.path, EntryKind::Symlink(t)));
+            let mut e = plain(ch.path, EntryKind::Symlink(t));
+            e.owner = crate::changes::owner_of(&m);
+            out.push(e);
         } else {
             links.insert(m.ino(), ch.path.clone());
             out.push(Entry {
@@ -190,6 +194,7 @@ pub(crate) fn commit_entries(old: Option<&Path>, new: &Path) -> io::Result<Vec<E
                 kind: EntryKind::File(Content::Bytes(fs::read(&p)?)),
                 mode: Some(m.mode() & 0o7777),
                 xattrs: BTreeMap::new(),
+                owner: crate::changes::owner_of(&m),
             });
         }
     }

@@ -918,6 +918,7 @@ mod tests {
             kind,
             mode: None,
             xattrs: Default::default(),
+            owner: None,
         };
         let dir = || e("/d", EntryKind::Dir { opaque: false });
         let plain = DiffTar(vec![dir()]);

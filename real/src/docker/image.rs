@@ -35,6 +35,14 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// The entry's owner in the header (the applier `Lchown`s each entry to it).
+fn owned(h: &mut tar::Header, e: Option<&Entry>) {
+    if let Some((uid, gid)) = e.and_then(|e| e.owner) {
+        h.set_uid(uid.into());
+        h.set_gid(gid.into());
+    }
+}
+
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -76,6 +84,7 @@ fn dir_header(b: &mut tar::Builder<Vec<u8>>, rel: &str, e: Option<&Entry>) -> io
         None => (0o755, false),
     };
     let mut h = header(tar::EntryType::Directory, mode, 0);
+    owned(&mut h, e);
     b.append_data(&mut h, format!("{rel}/"), empty)?;
     if opaque {
         let mut h = header(tar::EntryType::Regular, 0o644, 0);
@@ -109,6 +118,13 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
             )
         })
         .collect();
+    // A hard link's header carries its inode's owner too.
+    let owners: BTreeMap<String, &Entry> = spec
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::File(_) | EntryKind::Symlink(_)))
+        .map(|e| (e.path.trim_start_matches('/').to_string(), e))
+        .collect();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
     let empty: &[u8] = &[];
     for e in &spec.entries {
@@ -116,6 +132,7 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
         if rel.is_empty() {
             pax_xattrs(&mut b, &e.xattrs)?;
             let mut h = header(tar::EntryType::Directory, e.mode.unwrap_or(0o755), 0);
+            owned(&mut h, Some(e));
             b.append_data(&mut h, "./", empty)?;
             continue;
         }
@@ -135,6 +152,7 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
                 pax_xattrs(&mut b, &e.xattrs)?;
                 let (len, r) = crate::layer::content_reader(content);
                 let mut h = header(tar::EntryType::Regular, e.mode.unwrap_or(0o644), len);
+                owned(&mut h, Some(e));
                 b.append_data(&mut h, &rel, r)?;
             }
             EntryKind::Dir { .. } => {
@@ -144,6 +162,7 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
             }
             EntryKind::Symlink(t) => {
                 let mut h = header(tar::EntryType::Symlink, e.mode.unwrap_or(0o777), 0);
+                owned(&mut h, Some(e));
                 if t.len() <= 100 {
                     // As written: `append_link` normalises the target as a path (`/` became
                     // `//`, found by `fuzz --backend docker --seed 1`, trace 3).
@@ -157,6 +176,7 @@ pub fn layer_tar(spec: &LayerSpec) -> io::Result<Vec<u8>> {
                 let to = to.trim_start_matches('/');
                 let mode = modes.get(to).copied().unwrap_or(0o777);
                 let mut h = header(tar::EntryType::Link, mode, 0);
+                owned(&mut h, owners.get(to).copied());
                 b.append_link(&mut h, &rel, to)?;
             }
             EntryKind::Whiteout => {
@@ -221,6 +241,7 @@ mod tests {
             kind,
             mode,
             xattrs: Default::default(),
+            owner: None,
         }
     }
 
