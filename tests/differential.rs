@@ -21,6 +21,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: usize) {
+    differential_as(driver, backend, default_traces, steps, false);
+}
+
+fn differential_as(
+    driver: DriverKind,
+    backend: &str,
+    default_traces: u64,
+    steps: usize,
+    users: bool,
+) {
     let args = FuzzArgs {
         driver,
         seed: env_u64("LAYERSPEC_DIFF_SEED", 1),
@@ -34,6 +44,7 @@ fn differential(driver: DriverKind, backend: &str, default_traces: u64, steps: u
         overlay: Vec::new(),
         init: false,
         ext4: None,
+        users,
     };
     let summary = match fuzz::run(&args, OverlayOptions::default(), false) {
         Ok(s) => s,
@@ -96,6 +107,12 @@ fn overlay_kernel_differential() {
 #[test]
 fn overlay_fuse_differential() {
     differential(DriverKind::Overlay, "fuse", 36, 40);
+}
+
+/// Steps as other users (LS29): the kernel's permission checks against the model's.
+#[test]
+fn overlay2_kernel_differential_with_users() {
+    differential_as(DriverKind::Overlay2, "kernel", 36, 40, true);
 }
 
 #[test]

@@ -115,11 +115,16 @@ impl Container {
             {
                 ChangeKind::D
             } else if self.in_any_layer(&path) {
-                let lower_mode = self.lower.lookup(&path).map(|l| self.lower.inode(l).mode);
-                let same_mode = lower_mode.is_none_or(|m| m == inode.mode);
+                let lower = self.lower.lookup(&path).map(|l| self.lower.inode(l));
+                let same_mode = lower.is_none_or(|l| l.mode == inode.mode);
+                // moby `changes`: a directory with the lower's size, mode and modification
+                // time is left out, whatever its owner (a `utimes` of it is a change, a
+                // `chown` not; fuzz --users seeds 2 and 5).
+                let same_mtime = lower.is_none_or(|l| l.mtime == inode.mtime);
                 if inode.is_dir()
                     && inode.version == 0
                     && same_mode
+                    && same_mtime
                     && self.top_lower_is_dir(&path)
                     && !self.dir_size_differs(&path, inode)
                 {
@@ -160,6 +165,7 @@ impl Container {
             let r = t.get_mut(ROOT);
             r.mode = root.mode;
             r.xattrs = root.xattrs.clone();
+            (r.uid, r.gid) = (root.uid, root.gid);
             let mut links = BTreeMap::new();
             self.copy_layer_dir(self.root(), ROOT, &mut t, &mut links);
             t

@@ -668,7 +668,13 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
                 let layer_id = &stack.layers()[n.layer].id;
                 disk.add(path, Some(format!("{layer_id}:{}", n.ino)), e);
             }
-            Body::Symlink(t) => disk.symlink(path, t),
+            Body::Symlink(t) => {
+                // Made anew by DirCopy, which gives it its owner (`Lchown`).
+                let mut e = owned(entry("symlink", 0o777), inode);
+                e.size = Some(t.len() as u64);
+                e.target = Some(t.to_string());
+                disk.add(path, None, e);
+            }
             Body::Whiteout => {}
         }
     }

@@ -186,6 +186,7 @@ fn set_layer_xattr(c: &mut Confined, p: &Path, name: &str, value: &[u8]) -> io::
 /// are copied.
 pub fn farm_copy(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
     copy_xattrs(c, from, to)?;
+    copy_owner(c, &fs::symlink_metadata(from)?, to)?;
     farm_copy_dir(c, from, to)
 }
 
@@ -199,12 +200,29 @@ fn farm_copy_dir(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
         let ft = m.file_type();
         if ft.is_dir() {
             c.mkdir(&dst, m.mode() & 0o7777)?;
+            copy_owner(c, &m, &dst)?;
             farm_copy_dir(c, &src, &dst)?;
         } else if ft.is_symlink() {
             c.symlink(&fs::read_link(&src)?, &dst)?;
+            copy_owner(c, &m, &dst)?;
         } else {
             c.hard_link(&src, &dst)?;
         }
+    }
+    Ok(())
+}
+
+/// Gives `dst` the owner of `m` (moby's `DirCopy` and layer applier `Lchown` every entry
+/// they make), then `m`'s mode again where it has one: a change of owner clears a file's
+/// setuid and setgid bits. Nothing to do for root's.
+pub fn copy_owner(c: &mut Confined, m: &fs::Metadata, dst: &Path) -> io::Result<()> {
+    let now = fs::symlink_metadata(dst)?;
+    if (now.uid(), now.gid()) == (m.uid(), m.gid()) {
+        return Ok(());
+    }
+    c.set_owner(dst, m.uid(), m.gid())?;
+    if !m.file_type().is_symlink() {
+        c.set_mode(dst, m.mode() & 0o7777)?;
     }
     Ok(())
 }
@@ -254,6 +272,7 @@ pub fn apply_diff(c: &mut Confined, staged: &Path, root: &Path) -> io::Result<()
             } else {
                 c.set_mode(&dst, m.mode() & 0o7777)?;
             }
+            copy_owner(c, &m, &dst)?;
             copy_xattrs(c, &src, &dst)?;
             apply_diff(c, &src, &dst)?;
             continue;
@@ -263,6 +282,7 @@ pub fn apply_diff(c: &mut Confined, staged: &Path, root: &Path) -> io::Result<()
         }
         if ft.is_symlink() && m.nlink() == 1 {
             c.symlink(&fs::read_link(&src)?, &dst)?;
+            copy_owner(c, &m, &dst)?;
         } else {
             // A symlink with two names in the diff came as a tar hard link: it stays one
             // inode (DOCK6). Files of the diff are hard-linked in too: the staged diff is discarded.
@@ -285,6 +305,7 @@ pub fn is_whiteout(m: &fs::Metadata) -> bool {
 /// (`doCopyXattrs`), and modification times kept (whole seconds here).
 pub fn dir_copy(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
     let mut links = std::collections::BTreeMap::new();
+    copy_owner(c, &fs::symlink_metadata(from)?, to)?;
     copy_docker_xattrs(c, from, to)?;
     dir_copy_in(c, from, to, &mut links)?;
     c.set_times(to, fs::symlink_metadata(from)?.mtime())
@@ -321,6 +342,7 @@ fn dir_copy_in(
         } else {
             c.write_file(&dst, m.mode() & 0o7777, &fs::read(&src)?)?;
         }
+        copy_owner(c, &m, &dst)?;
         copy_docker_xattrs(c, &src, &dst)?;
         c.set_times(&dst, m.mtime())?;
     }

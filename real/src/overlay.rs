@@ -204,8 +204,9 @@ impl OverlayDriver {
                     let staged = dir.join("staged-diff");
                     c.mkdir(&staged, 0o755)?;
                     layer::write_entries(c, &staged, &spec)?;
-                    let m = fs::symlink_metadata(&staged)?.mode() & 0o7777;
-                    c.set_mode(&root, m)?;
+                    let sm = fs::symlink_metadata(&staged)?;
+                    c.set_mode(&root, sm.mode() & 0o7777)?;
+                    layer::copy_owner(c, &sm, &root)?;
                     layer::copy_user_xattrs(c, &staged, &root)?;
                     layer::apply_diff(c, &staged, &root)?;
                     c.remove(&staged)?;

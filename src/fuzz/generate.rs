@@ -86,8 +86,25 @@ pub fn generate(
     index: u64,
     steps: usize,
 ) -> Trace {
-    generate_as(driver, options, false, false, seed, index, steps)
+    generate_as(driver, options, false, Variety::default(), seed, index, steps)
 }
+
+/// What a run draws besides the common steps. Each draws only when it is on, so a run
+/// without them makes the traces it made before, draw for draw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Variety {
+    /// Writes of up to 256 KiB besides the short ones (`--ext4`: so that blocks run out,
+    /// not only inodes).
+    pub big_writes: bool,
+    /// Other users (`--users`): half the file steps run as uid 1000 or 1001, some are a
+    /// `chown` or a `utimes`, and some layer entries belong to those users.
+    pub users: bool,
+}
+
+/// The users `--users` runs steps as, and the groups, owners their files get.
+pub(super) const USERS: &[u32] = &[1000, 1001];
+/// The groups of `--users`.
+pub(super) const GROUPS: &[u32] = &[1000, 50];
 
 /// Like [`generate`], for containers with Docker's `-init` layer (`init`): as Docker makes
 /// them, every container has an image (a trace without layers gets one), and overlay's
@@ -97,14 +114,15 @@ pub fn generate_as(
     driver: DriverKind,
     options: OverlayOptions,
     init: bool,
-    big_writes: bool,
+    variety: Variety,
     seed: u64,
     index: u64,
     steps: usize,
 ) -> Trace {
     let mut g = Gen {
         docker: init.then_some(driver),
-        big_writes,
+        big_writes: variety.big_writes,
+        users: variety.users,
         rng: rng_for(seed, index),
         views: BTreeMap::new(),
         order: Vec::new(),
@@ -203,6 +221,8 @@ pub(super) struct Gen {
     /// Writes of up to 256 KiB besides the short ones (`--ext4`: so that blocks run out,
     /// not only inodes).
     pub(super) big_writes: bool,
+    /// Steps as other users ([`Variety::users`]).
+    pub(super) users: bool,
     pub(super) rng: ChaCha8Rng,
     /// Each live container's rough merged view.
     pub(super) views: BTreeMap<ContainerId, View>,
@@ -375,12 +395,17 @@ impl Gen {
             xattrs.insert(XATTRS[self.below(XATTRS.len())].to_string(), v);
         }
         let opaque = matches!(kind, EntryKind::Dir { opaque: true });
+        let owner = match kind {
+            EntryKind::HardLink(_) | EntryKind::Whiteout => None,
+            _ if self.users && self.chance(30) => self.pick(USERS).zip(self.pick(GROUPS)),
+            _ => None,
+        };
         plan.push(Entry {
             path: path.clone(),
             kind,
             mode,
             xattrs,
-            owner: None,
+            owner,
         });
         // An opaque directory usually holds a name its lower layers hold too.
         if opaque && self.chance(60) {

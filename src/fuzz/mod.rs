@@ -78,6 +78,11 @@ pub struct FuzzArgs {
     /// out (LS27) is then part of what is compared.
     #[arg(long, value_name = "SIZE[:INODES]", value_parser = parse_ext4)]
     pub ext4: Option<Ext4Root>,
+    /// Run half the file steps as other users (uid 1000 and 1001, groups 1000 and 50),
+    /// with `chown` and `utimes` steps and layer files those users own: the kernel's
+    /// permission checks (LS29) are then part of what is compared.
+    #[arg(long)]
+    pub users: bool,
     /// Options of `--driver thinpool`.
     #[command(flatten)]
     pub thin: thin::ThinArgs,
@@ -367,8 +372,9 @@ pub fn command(args: &FuzzArgs) -> String {
         .ext4
         .map(|e| format!(" --ext4 {e}"))
         .unwrap_or_default();
+    let users = if args.users { " --users" } else { "" };
     format!(
-        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}{ext4}",
+        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}{ext4}{users}",
         args.driver, args.seed, args.traces, args.steps, args.backend
     )
 }
@@ -380,7 +386,10 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
         args.driver,
         options,
         args.init_layers(),
-        args.ext4.is_some(),
+        generate::Variety {
+            big_writes: args.ext4.is_some(),
+            users: args.users,
+        },
         args.seed,
         index,
         args.steps,

@@ -238,7 +238,46 @@ impl Gen {
                 name: self.xattr(),
             },
         };
+        let op = if self.users {
+            self.as_someone(&v, op)
+        } else {
+            op
+        };
         self.file(c.as_deref(), op);
+    }
+
+    /// `--users`: a step now and then becomes a `chown` or a `utimes`, and half of them
+    /// run as another user.
+    fn as_someone(&mut self, v: &View, op: FileOp) -> FileOp {
+        use super::generate::{GROUPS, USERS};
+        let op = match self.below(10) {
+            0 => FileOp::Chown {
+                path: self.target(v, None),
+                uid: if self.chance(50) {
+                    self.pick(USERS)
+                } else {
+                    None
+                },
+                gid: self.pick(GROUPS),
+            },
+            1 => FileOp::Utimes {
+                path: self.target(v, None),
+                atime: 1000,
+                mtime: 1000 * self.below(3) as u64,
+            },
+            _ => op,
+        };
+        if !self.chance(50) {
+            return op;
+        }
+        let cred = layerspec_model::Cred {
+            uid: self.pick(USERS).unwrap_or(1000),
+            gid: self.pick(GROUPS).unwrap_or(1000),
+        };
+        FileOp::AsUser {
+            cred,
+            op: Box::new(op),
+        }
     }
 
     /// A few steps that together hit a known weak spot of union filesystems.

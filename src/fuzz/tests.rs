@@ -345,6 +345,7 @@ fn model_args(driver: DriverKind, seed: u64, traces: u64, steps: usize) -> FuzzA
         overlay: Vec::new(),
         init: false,
         ext4: None,
+        users: false,
     }
 }
 
@@ -375,6 +376,7 @@ fn an_unknown_backend_cannot_run() {
         overlay: Vec::new(),
         init: false,
         ext4: None,
+        users: false,
     };
     let e = run(&args, OPTS, false).unwrap_err();
     assert!(e.contains("nonesuch"), "{e}");
@@ -488,4 +490,44 @@ fn an_ext4_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
     assert!(enospc >= 10, "{:?}", a.lines(&args));
+}
+
+/// `--users` traces reach the permission checks: many steps run as another user, and a fair
+/// share of those are refused (EACCES, EPERM) by the model; without `--users` none is.
+#[test]
+fn users_traces_meet_the_permission_checks() {
+    use super::generate::{generate_as, Variety};
+    for driver in [DriverKind::Overlay2, DriverKind::Overlay] {
+        let (mut as_user, mut refused, mut chowns) = (0, 0, 0);
+        for i in 0..40 {
+            let users = Variety {
+                big_writes: false,
+                users: true,
+            };
+            let t = generate_as(driver, OPTS, false, users, 12, i, 40);
+            let outcomes =
+                replay::model_outcomes(&t, layerspec_model::KernelVersion::DEFAULT).unwrap();
+            for (op, o) in t.steps.iter().zip(outcomes) {
+                let Op::File { op, .. } = op else { continue };
+                chowns += usize::from(matches!(op.bare(), FileOp::Chown { .. }));
+                if let FileOp::AsUser { .. } = op {
+                    as_user += 1;
+                    let o = o.expect("no panic");
+                    refused += usize::from(matches!(o, Err(Errno::EACCES | Errno::EPERM)));
+                }
+            }
+            let plain = generate(driver, OPTS, 12, i, 40);
+            assert!(plain.steps.iter().all(|op| !matches!(
+                op,
+                Op::File { op: FileOp::AsUser { .. } | FileOp::Chown { .. }, .. }
+            )));
+        }
+        eprintln!("{driver}: {as_user} steps as another user, {refused} refused, {chowns} chowns");
+        assert!(as_user > 300, "{driver}: {as_user} steps as another user");
+        assert!(chowns > 50, "{driver}: {chowns} chowns");
+        assert!(
+            refused * 100 > as_user * 10,
+            "{driver}: {refused} of {as_user} refused"
+        );
+    }
 }

@@ -271,6 +271,9 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if let Some(e) = args.ext4 {
         guest_args.extend(["--ext4".into(), e.to_string()]);
     }
+    if args.users {
+        guest_args.push("--users".into());
+    }
     let docker = args.backend == "docker";
     let out = match run_guest(&guest_args, &[], fuzz_timeout(args), docker) {
         Ok(o) => o,
