@@ -86,7 +86,15 @@ pub fn generate(
     index: u64,
     steps: usize,
 ) -> Trace {
-    generate_as(driver, options, false, Variety::default(), seed, index, steps)
+    generate_as(
+        driver,
+        options,
+        false,
+        Variety::default(),
+        seed,
+        index,
+        steps,
+    )
 }
 
 /// What a run draws besides the common steps. Each draws only when it is on, so a run

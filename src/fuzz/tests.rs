@@ -519,7 +519,10 @@ fn users_traces_meet_the_permission_checks() {
             let plain = generate(driver, OPTS, 12, i, 40);
             assert!(plain.steps.iter().all(|op| !matches!(
                 op,
-                Op::File { op: FileOp::AsUser { .. } | FileOp::Chown { .. }, .. }
+                Op::File {
+                    op: FileOp::AsUser { .. } | FileOp::Chown { .. },
+                    ..
+                }
             )));
         }
         eprintln!("{driver}: {as_user} steps as another user, {refused} refused, {chowns} chowns");
