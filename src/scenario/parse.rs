@@ -875,6 +875,22 @@ fn present_keys(s: &StepDoc) -> Vec<&'static str> {
     k
 }
 
+impl StepDoc {
+    /// The first file-level assertion key the step has (`whiteout`, `in_upper`, ...).
+    fn file_check_key(&self) -> Option<&'static str> {
+        [
+            (self.whiteout.is_some(), "whiteout"),
+            (self.opaque.is_some(), "opaque"),
+            (self.in_upper.is_some(), "in_upper"),
+            (self.not_in_upper.is_some(), "not_in_upper"),
+            (self.copied_up_bytes.is_some(), "copied_up_bytes"),
+            (self.inodes_used.is_some(), "inodes_used"),
+        ]
+        .into_iter()
+        .find_map(|(given, k)| given.then_some(k))
+    }
+}
+
 /// A `check` with `stat`: the path, the name it is remembered by, and the relations to an
 /// earlier one ([`StatRelation`]).
 fn stat_relation(
@@ -883,16 +899,8 @@ fn stat_relation(
     container: Option<String>,
     at: &dyn Fn(String) -> ParseError,
 ) -> Result<Action, ParseError> {
-    let others = [
-        (d.whiteout.is_some(), "whiteout"),
-        (d.opaque.is_some(), "opaque"),
-        (d.in_upper.is_some(), "in_upper"),
-        (d.not_in_upper.is_some(), "not_in_upper"),
-        (d.copied_up_bytes.is_some(), "copied_up_bytes"),
-        (d.inodes_used.is_some(), "inodes_used"),
-        (d.pool_data_blocks.is_some(), "pool_data_blocks"),
-    ];
-    if let Some((_, k)) = others.iter().find(|(on, _)| *on) {
+    let pool = d.pool_data_blocks.is_some().then_some("pool_data_blocks");
+    if let Some(k) = d.file_check_key().or(pool) {
         return Err(at(format!(
             "a `check` with `stat` takes `mark`, `like`, `same` and `differ`, not `{k}`: \
              make it a step of its own"

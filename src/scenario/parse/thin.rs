@@ -138,21 +138,12 @@ pub(super) fn thin_check(
     d: &StepDoc,
     at: &dyn Fn(String) -> ParseError,
 ) -> Result<ThinStep, ParseError> {
-    for (given, key) in [
-        (d.whiteout.is_some(), "whiteout"),
-        (d.opaque.is_some(), "opaque"),
-        (d.in_upper.is_some(), "in_upper"),
-        (d.not_in_upper.is_some(), "not_in_upper"),
-        (d.copied_up_bytes.is_some(), "copied_up_bytes"),
-        (d.inodes_used.is_some(), "inodes_used"),
-        (d.container.is_some(), "container"),
-    ] {
-        if given {
-            return Err(at(format!(
-                "`{key}` is a file-level check; a thin-pool check takes pool_data_blocks, \
-                 mapped_blocks, shared_blocks"
-            )));
-        }
+    let container = d.container.is_some().then_some("container");
+    if let Some(key) = d.file_check_key().or(container) {
+        return Err(at(format!(
+            "`{key}` is a file-level check; a thin-pool check takes pool_data_blocks, \
+             mapped_blocks, shared_blocks"
+        )));
     }
     let mut checks = Vec::new();
     if let Some(v) = &d.pool_data_blocks {
