@@ -642,6 +642,7 @@ impl OverlayDriver {
             e.xattrs.clear();
             if e.path == "/" && self.init_layers {
                 e.mode = Some(0o755);
+                e.owner = None;
             }
         }
         // The first entry is the root's own (mode and xattrs), which Docker's tar leaves out.

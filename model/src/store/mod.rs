@@ -562,7 +562,9 @@ impl Store {
                     // `IncludeSourceDir` false): the new layer's root is the directory the
                     // driver makes for it, 0755 (moby overlay2 `create`, aufs `Create`;
                     // seen on dockerd 20.10.24: `fuzz --backend docker --seed 1`, trace 77).
-                    new.tree.get_mut(ROOT).mode = 0o755;
+                    // And root's (seen: `fuzz --backend docker --users --seed 1`, trace 86).
+                    let r = new.tree.get_mut(ROOT);
+                    (r.mode, r.uid, r.gid) = (0o755, 0, 0);
                 }
                 let files: Vec<Ino> = new.tree.inodes().map(|(i, _)| i).collect();
                 for i in files {
