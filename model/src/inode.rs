@@ -123,7 +123,12 @@ impl Container {
             FileOp::AsUser { .. } => self.apply(op),
             FileOp::Stat { path } => {
                 let d = self.resolve(path, false)?.existing()?;
-                Ok(Value::Stat(self.stat(d)))
+                // The identity only a `stat` step returns: observations and copy-ups ask
+                // `stat` too, and need none of it.
+                Ok(Value::Stat(StatInfo {
+                    id: self.identity_of(d),
+                    ..self.stat(d)
+                }))
             }
             FileOp::Readdir { path } => {
                 let d = self.resolve(path, true)?.existing()?;
@@ -144,7 +149,8 @@ impl Container {
         }
     }
 
-    /// `lstat` of a dentry, as the merged view shows it.
+    /// `lstat` of a dentry, as the merged view shows it (its [`crate::Identity`] left at
+    /// the default: see [`Container::identity_of`]).
     pub fn stat(&self, d: Dentry) -> StatInfo {
         let inode = self.inode(d);
         let kind = inode.kind();
@@ -159,7 +165,7 @@ impl Container {
             nlink,
             uid: inode.uid,
             gid: inode.gid,
-            id: self.identity_of(d),
+            id: Default::default(),
         }
     }
 
@@ -182,8 +188,8 @@ impl Container {
             h.finish()
         };
         let lower_id = |layer: usize, ino: Ino| {
-            let id = self.lower.layers()[layer].id.clone();
-            hash(&|h| ("lower", &id, ino).hash(h))
+            let id = self.lower.layers()[layer].id.as_str();
+            hash(&|h| ("lower", id, ino).hash(h))
         };
         let upper_id = |ino: Ino| hash(&|h| ("upper", &self.id, ino).hash(h));
         let ino = match (d.upper, d.lower) {

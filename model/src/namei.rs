@@ -138,9 +138,12 @@ impl Container {
                 }
                 dirs.push((n, d));
             }
-            // `may_lookup`: search permission on the directory walked, before the name.
-            let here = dirs.last().expect("root").1;
-            self.permission(self.inode(here), crate::perm::MAY_EXEC)?;
+            // `may_lookup`: search permission on the directory walked, before the name
+            // (root passes: nothing to look up on the common path).
+            if self.cred.is_some() {
+                let here = dirs.last().expect("root").1;
+                self.permission(self.inode(here), crate::perm::MAY_EXEC)?;
+            }
             if name == "." {
                 continue;
             }

@@ -87,11 +87,11 @@ pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Resu
     for e in &spec.entries {
         let rel = e.path.trim_start_matches('/');
         if rel.is_empty() {
-            if let Some((uid, gid)) = e.owner {
-                c.set_owner(dir, uid, gid)?;
-            }
             if let Some(m) = e.mode {
                 c.set_mode(dir, m)?;
+            }
+            if let Some(owner) = e.owner {
+                give_owner(c, dir, owner, e.mode)?;
             }
             for (k, v) in &e.xattrs {
                 set_layer_xattr(c, dir, k, v)?;
@@ -117,14 +117,12 @@ pub fn write_entries(c: &mut Confined, dir: &Path, spec: &LayerSpec) -> io::Resu
             EntryKind::HardLink(to) => c.hard_link(&dir.join(to.trim_start_matches('/')), &p)?,
             EntryKind::Whiteout => c.whiteout(&p)?,
         }
-        if let (Some((uid, gid)), false) = (
+        if let (Some(owner), false) = (
             e.owner,
             matches!(e.kind, EntryKind::HardLink(_) | EntryKind::Whiteout),
         ) {
-            c.set_owner(&p, uid, gid)?;
-            if let (Some(m), EntryKind::File(_) | EntryKind::Dir { .. }) = (e.mode, &e.kind) {
-                c.set_mode(&p, m)?;
-            }
+            let mode = e.mode.filter(|_| !matches!(e.kind, EntryKind::Symlink(_)));
+            give_owner(c, &p, owner, mode)?;
         }
         if !matches!(
             e.kind,
@@ -212,19 +210,30 @@ fn farm_copy_dir(c: &mut Confined, from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives `dst` the owner of `m` (moby's `DirCopy` and layer applier `Lchown` every entry
-/// they make), then `m`'s mode again where it has one: a change of owner clears a file's
-/// setuid and setgid bits. Nothing to do for root's.
-pub fn copy_owner(c: &mut Confined, m: &fs::Metadata, dst: &Path) -> io::Result<()> {
+/// Gives `dst` the owner `(uid, gid)`, as moby's `DirCopy` and layer applier `Lchown` every
+/// entry they make, then `mode` again where given: a change of owner clears a file's setuid
+/// and setgid bits. Nothing to do when `dst` has that owner already.
+pub fn give_owner(
+    c: &mut Confined,
+    dst: &Path,
+    owner: (u32, u32),
+    mode: Option<u32>,
+) -> io::Result<()> {
     let now = fs::symlink_metadata(dst)?;
-    if (now.uid(), now.gid()) == (m.uid(), m.gid()) {
+    if (now.uid(), now.gid()) == owner {
         return Ok(());
     }
-    c.set_owner(dst, m.uid(), m.gid())?;
-    if !m.file_type().is_symlink() {
-        c.set_mode(dst, m.mode() & 0o7777)?;
+    c.set_owner(dst, owner.0, owner.1)?;
+    match mode {
+        Some(m) => c.set_mode(dst, m),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// [`give_owner`] with the owner and mode of `m`.
+pub fn copy_owner(c: &mut Confined, m: &fs::Metadata, dst: &Path) -> io::Result<()> {
+    let mode = (!m.file_type().is_symlink()).then_some(m.mode() & 0o7777);
+    give_owner(c, dst, (m.uid(), m.gid()), mode)
 }
 
 /// Sets `src`'s `user.*` xattrs on `dst` (the layer applier on an existing directory).

@@ -816,10 +816,7 @@ fn parse_entry(ctx: &Ctx, e: &Spanned<EntryDoc>) -> Result<Entry, ParseError> {
             .into_iter()
             .map(|(k, v)| (k, v.into_bytes()))
             .collect(),
-        owner: match (d.uid, d.gid) {
-            (None, None) | (Some(0), Some(0)) | (Some(0), None) | (None, Some(0)) => None,
-            (u, g) => Some((u.unwrap_or(0), g.unwrap_or(0))),
-        },
+        owner: Some((d.uid.unwrap_or(0), d.gid.unwrap_or(0))).filter(|&o| o != (0, 0)),
     })
 }
 

@@ -13,7 +13,6 @@ use layerspec_model::{Content, EntryKind, LayerSpec};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 type Xattrs = BTreeMap<String, Vec<u8>>;
@@ -56,19 +55,6 @@ fn new_dir(mode: u32) -> Node {
         opaque: false,
         children: BTreeMap::new(),
         owner: (0, 0),
-    }
-}
-
-/// Gives `p` its owner (Docker's applier `Lchown`s every entry it extracts), then its mode
-/// again where it has one: a change of owner clears a file's setuid and setgid bits.
-fn set_owner(c: &mut Confined, p: &Path, owner: (u32, u32), mode: Option<u32>) -> io::Result<()> {
-    if owner == (0, 0) && fs::symlink_metadata(p).is_ok_and(|m| (m.uid(), m.gid()) == (0, 0)) {
-        return Ok(());
-    }
-    c.set_owner(p, owner.0, owner.1)?;
-    match mode {
-        Some(m) => c.set_mode(p, m),
-        None => Ok(()),
     }
 }
 
@@ -232,7 +218,7 @@ fn apply_dir(
                     remove_any(log, &dst)?;
                     log.mkdir(&dst, *mode)?;
                 }
-                set_owner(log, &dst, *owner, Some(*mode))?;
+                crate::layer::give_owner(log, &dst, *owner, Some(*mode))?;
                 set_xattrs(log, &dst, xattrs)?;
                 apply_dir(log, children, &dst, seen)?;
             }
@@ -246,7 +232,7 @@ fn apply_dir(
                     Some(first) => log.hard_link(first, &dst)?,
                     None => {
                         log.symlink(Path::new(target), &dst)?;
-                        set_owner(log, &dst, *owner, None)?;
+                        crate::layer::give_owner(log, &dst, *owner, None)?;
                         seen.insert(*inode, dst.clone());
                     }
                 }
@@ -263,7 +249,7 @@ fn apply_dir(
                     Some(first) => log.hard_link(first, &dst)?,
                     None => {
                         log.write_content(&dst, *mode, data)?;
-                        set_owner(log, &dst, *owner, Some(*mode))?;
+                        crate::layer::give_owner(log, &dst, *owner, Some(*mode))?;
                         set_xattrs(log, &dst, xattrs)?;
                         seen.insert(*inode, dst.clone());
                     }
@@ -289,7 +275,7 @@ pub(crate) fn apply_layer(c: &mut Confined, spec: &LayerSpec, root: &Path) -> io
         unreachable!("the staged root is a directory");
     };
     c.set_mode(root, mode)?;
-    set_owner(c, root, owner, Some(mode))?;
+    crate::layer::give_owner(c, root, owner, Some(mode))?;
     set_xattrs(c, root, &xattrs)?;
     apply_dir(c, &children, root, &mut BTreeMap::new())
 }
