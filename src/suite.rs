@@ -123,8 +123,8 @@ fn model_result(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> RunR
 }
 
 /// The model of `s` on `driver` at `kernel`: its overlay options, its backing filesystem
-/// and its size (tmpfs pages and ext4 blocks and inodes run out as predicted; past 4/5 of
-/// an xfs the model stops, not predicting).
+/// and its size (tmpfs pages, ext4 blocks and inodes, and xfs blocks run out as
+/// predicted).
 pub fn model_driver(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> ModelDriver {
     let m = ModelDriver::new(driver, s.options.overlay)
         .with_backing(s.options.backing)
@@ -136,7 +136,9 @@ pub fn model_driver(s: &Scenario, driver: DriverKind, kernel: KernelVersion) -> 
         crate::scenario::Backing::Ext4 => m
             .with_ext4(bytes, s.options.inodes)
             .expect("mkfs.ext4's limits are checked when parsed"),
-        crate::scenario::Backing::Xfs => m.with_loop_size(bytes),
+        crate::scenario::Backing::Xfs => m
+            .with_xfs(bytes)
+            .expect("mkfs.xfs's limits are checked when parsed"),
     }
 }
 
@@ -227,8 +229,8 @@ pub fn run_real_as(
                 s.largest_file()
             )));
         }
-        if open == "fuse" && ext4_space_stated(s) && !s.states_for("fuse") {
-            return outcome(Status::Skip(FUSE_EXT4_SPACE.into()));
+        if open == "fuse" && loop_space_stated(s) && !s.states_for("fuse") {
+            return outcome(Status::Skip(FUSE_LOOP_SPACE.into()));
         }
         if let Some(why) = (open == "docker").then(|| docker_cannot_run(s)).flatten() {
             return outcome(Status::Skip(why));
@@ -392,9 +394,9 @@ fn docker_cannot_run(s: &Scenario) -> Option<String> {
     if s.has_imageless_container() {
         return Some("Docker makes no container without an image".into());
     }
-    if ext4_space_stated(s) {
+    if loop_space_stated(s) {
         return Some(
-            "the model predicts where the driver root's ext4 runs out of blocks and inodes; \
+            "the model predicts where the driver root's ext4 or xfs runs out of space; \
              Docker's data root puts its image store, layer database and containers on the \
              same filesystem"
                 .into(),
@@ -426,18 +428,19 @@ pub fn real_backends(driver: DriverKind) -> Vec<(String, Status)> {
         .collect()
 }
 
-/// Whether `s` states where an ext4 driver root runs out of space (a step expecting
-/// ENOSPC on the ext4 backing).
-fn ext4_space_stated(s: &Scenario) -> bool {
-    s.options.backing == crate::scenario::Backing::Ext4
+/// Whether `s` states where an ext4 or xfs driver root runs out of space (a step
+/// expecting ENOSPC on a loop backing).
+fn loop_space_stated(s: &Scenario) -> bool {
+    s.options.backing != crate::scenario::Backing::Tmpfs
         && s.expects_errno(layerspec_model::Errno::ENOSPC)
 }
 
-/// Why fuse-overlayfs does not run the files that state where an ext4 runs out (LS23).
-const FUSE_EXT4_SPACE: &str = "fuse-overlayfs 1.10 takes a write past the upper ext4's space \
-     into the FUSE page cache, where it succeeds; ENOSPC comes at close, and the merged file \
-     keeps the length written (LS28, space/fuse_overlayfs_enospc_at_close): where its ext4 \
-     runs out is not the model's";
+/// Why fuse-overlayfs does not run the files that state where an ext4 or xfs runs out
+/// (LS23).
+const FUSE_LOOP_SPACE: &str = "fuse-overlayfs 1.10 takes a write past the upper filesystem's \
+     space into the FUSE page cache, where it succeeds; ENOSPC comes at close, and the merged \
+     file keeps the length written (LS28, space/fuse_overlayfs_enospc_at_close): where its \
+     ext4 or xfs runs out is not the model's";
 
 /// The largest file a scenario may make to run on fuse-overlayfs, which does not answer
 /// `SEEK_DATA`: the kernel's fuse then reports every file as all data, so observing a sparse

@@ -393,6 +393,16 @@ fn backing_sizes_and_inode_counts_are_checked() {
     assert_located(&opts("inodes = 100"), 3, "needs `backing = \"ext4\"`");
     let (code, err) = check(&opts("backing = \"ext4\"\nsize = \"64M\"\ninodes = 1000"));
     assert_eq!(code, 0, "{err}");
+    // mkfs.xfs makes nothing under 300 MiB: the size, or the backing when the default
+    // (256M) would be taken.
+    assert_located(
+        &opts("backing = \"xfs\"\nsize = \"299M\""),
+        4,
+        "no filesystem under 300 MiB",
+    );
+    assert_located(&opts("backing = \"xfs\""), 3, "no filesystem under 300 MiB");
+    let (code, err) = check(&opts("backing = \"xfs\"\nsize = \"300M\""));
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

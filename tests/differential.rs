@@ -44,6 +44,7 @@ fn differential_as(
         overlay: Vec::new(),
         init: false,
         ext4: None,
+        xfs: None,
         users,
     };
     let summary = match fuzz::run(&args, OverlayOptions::default(), false) {
@@ -58,7 +59,7 @@ fn differential_as(
         match r {
             TraceResult::Agree(..) => {}
             TraceResult::Error(i, e) => failures.push(format!("trace {i}: error: {e}")),
-            TraceResult::Stopped(i, _, why) => failures.push(format!("trace {i}: stopped: {why}")),
+            TraceResult::Stopped(i, _, _, why) => failures.push(format!("trace {i}: stopped: {why}")),
             TraceResult::Diverged(f) => failures.push(format!(
                 "trace {}: {}\n--- shrunk scenario (scenarios/regressions/{}-{backend}-seed{}-trace{}.toml) ---\n{}",
                 f.index,

@@ -15,18 +15,19 @@ use crate::tree::{empty_dir, new_inode, Body, Ino, Inode, Tree, ROOT};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Container {
-    /// Docker's change list, sorted by path.
-    pub fn changes(&self, image: &Tree) -> Vec<Change> {
+    /// Docker's change list, sorted by path; `Err` (why) where it depends on what the
+    /// model does not follow.
+    pub fn changes(&self, image: &Tree) -> Result<Vec<Change>, String> {
         let mut out = if self.policy.flat {
             let mut out = Vec::new();
             diff_trees(image, ROOT, &self.upper, ROOT, "/", &mut out);
             out
         } else {
-            self.union_changes()
+            self.union_changes()?
         };
         out.sort();
         out.dedup();
-        out
+        Ok(out)
     }
 
     /// Docker 20.10's `docker diff` of a container on an init layer, for overlay and overlay2:
@@ -59,11 +60,52 @@ impl Container {
 
     /// Whether Docker's walker sees a different size for upper directory `path` than for
     /// the same directory in the first lower layer that has it (moby compares size, mode
-    /// and mtime; copy-up keeps the other two).
-    fn dir_size_differs(&self, path: &str, upper: &crate::tree::Inode) -> bool {
-        if self.policy.backing != crate::params::Backing::Tmpfs {
-            return false;
+    /// and mtime; copy-up keeps the other two). ext4 sizes a directory in blocks (one for
+    /// these); tmpfs at 20 bytes an entry; xfs by its short-form entries while they fit
+    /// the inode, else in blocks ([`crate::space`]'s `xfs`).
+    fn dir_size_differs(&self, path: &str, upper: &crate::tree::Inode) -> Result<bool, String> {
+        match self.policy.backing {
+            crate::params::Backing::Ext4 => Ok(false),
+            crate::params::Backing::Xfs => self.xfs_dir_size_differs(path, upper),
+            crate::params::Backing::Tmpfs => Ok(self.tmpfs_dir_size_differs(path, upper)),
         }
+    }
+
+    /// [`Container::dir_size_differs`] on xfs.
+    fn xfs_dir_size_differs(&self, path: &str, upper: &crate::tree::Inode) -> Result<bool, String> {
+        let names = |i: &crate::tree::Inode| -> Vec<usize> {
+            i.children()
+                .map(|c| c.keys().map(|n| n.len()).collect())
+                .unwrap_or_default()
+        };
+        let lower = if self.policy.farm_links {
+            self.lower.lookup(path).map(|n| {
+                let node = self.lower.node(n);
+                let names = node
+                    .children
+                    .as_ref()
+                    .map(|c| c.keys().map(|n| n.len()).collect())
+                    .unwrap_or_default();
+                (names, self.lower.inode(n).clone())
+            })
+        } else {
+            self.lower.layers().iter().rev().find_map(|l| {
+                let i = l.tree.get(l.tree.lookup(path)?);
+                Some((names(i), i.clone()))
+            })
+        };
+        let Some((lower_names, lower)) = lower else {
+            return Ok(false);
+        };
+        let size = |names: &[usize], i: &crate::tree::Inode| {
+            crate::space::xfs::dir_size(names, &crate::layout::xfs_dir_xattrs(i))
+                .map_err(|why| format!("the size Docker compares of directory `{path}`: {why}"))
+        };
+        Ok(size(&names(upper), upper)? != size(&lower_names, &lower)?)
+    }
+
+    /// [`Container::dir_size_differs`] on tmpfs.
+    fn tmpfs_dir_size_differs(&self, path: &str, upper: &crate::tree::Inode) -> bool {
         let entries = |i: &crate::tree::Inode| {
             i.children().map_or(0, |c| c.len())
                 + usize::from(
@@ -103,7 +145,7 @@ impl Container {
             .unwrap_or(false)
     }
 
-    fn union_changes(&self) -> Vec<Change> {
+    fn union_changes(&self) -> Result<Vec<Change>, String> {
         let mut out = Vec::new();
         let mut changed_dirs = BTreeSet::new();
         for (path, ino) in self.upper.paths() {
@@ -126,7 +168,7 @@ impl Container {
                     && same_mode
                     && same_mtime
                     && self.top_lower_is_dir(&path)
-                    && !self.dir_size_differs(&path, inode)
+                    && !self.dir_size_differs(&path, inode)?
                 {
                     continue;
                 }
@@ -151,7 +193,7 @@ impl Container {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// The new image layer `commit` makes: the writable layer as Docker's diff carries it,

@@ -127,6 +127,31 @@ impl Container {
         Ok(d)
     }
 
+    /// The blocks each copied-up file owns on xfs, where a copy-up is a reflink clone of
+    /// the lower file (`ovl_copy_up_file` → `vfs_clone_file_range`) and a write copies the
+    /// blocks it touches: the pages written since the copy-up.
+    pub(crate) fn clone_pages(&self) -> std::collections::BTreeMap<Ino, u64> {
+        let layers = self.lower.layers();
+        self.upper
+            .inodes()
+            .filter_map(|(ino, inode)| {
+                let Body::File {
+                    data,
+                    metacopy: false,
+                } = &inode.body
+                else {
+                    return None;
+                };
+                let o = inode.origin?;
+                let lower = layers.get(o.layer)?.tree.get(o.ino);
+                let Body::File { data: from, .. } = &lower.body else {
+                    return None;
+                };
+                Some((ino, data.pages_not_shared_with(from, PAGE)))
+            })
+            .collect()
+    }
+
     /// Marks upper directory `parent` impure, as the kernel does on every copy-up into it
     /// (seen here). On ext4 the mark may not fit the inode beside its other attributes
     /// and goes to an xattr block, which directories whose blocks hold only the mark share
@@ -160,7 +185,16 @@ impl Container {
     /// Takes the pages a copy of `data` fills, as a copy-up writes it: every page, since
     /// the lower file has every page (the real side writes layer files whole, so
     /// `ovl_copy_up_file` finds no hole to skip). The copy's holes become zeros held as data.
+    /// On xfs the copy is a clone of the lower's whole blocks (`vfs_copy_file_range`), and
+    /// only its last partial block is copied.
     fn take_data_pages(&mut self, data: &mut crate::data::FileData) -> Result<(), Errno> {
+        if self
+            .space
+            .is_some_and(|b| b.fs == crate::space::SpaceFs::Xfs)
+        {
+            // The clone copies the last partial block ([`FileData::pages_not_shared_with`]).
+            return self.take_pages(u64::from(!data.len().is_multiple_of(PAGE)));
+        }
         if let Some(b) = self.space {
             data.fill_holes();
             // ext4: and the extent block of a copy past 4 extents (512 MiB).
@@ -168,7 +202,7 @@ impl Container {
                 crate::space::SpaceFs::Ext4 => {
                     crate::space::ext4::extent_blocks(&data.page_run_lengths(PAGE)).unwrap_or(0)
                 }
-                crate::space::SpaceFs::Tmpfs => 0,
+                crate::space::SpaceFs::Tmpfs | crate::space::SpaceFs::Xfs => 0,
             };
             self.take_pages(data.pages(PAGE) + extents)?;
         }

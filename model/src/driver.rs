@@ -98,11 +98,12 @@ impl ModelDriver {
         Ok(self)
     }
 
-    /// The same with the driver root on an xfs of `bytes`, whose space the model does not
-    /// predict ([`Store::set_loop_size`]).
-    pub fn with_loop_size(mut self, bytes: u64) -> ModelDriver {
-        self.store.set_loop_size(bytes);
-        self
+    /// The same with the driver root on an xfs that `mkfs.xfs` made on `bytes`, whose
+    /// blocks run out ([`Store::set_xfs`]); `Err` where mkfs would refuse the size or the
+    /// model does not follow it.
+    pub fn with_xfs(mut self, bytes: u64) -> Result<ModelDriver, String> {
+        self.store.set_xfs(bytes)?;
+        Ok(self)
     }
 
     /// Gives containers created from now on Docker's `-init` layer ([`Store::set_init_layers`]).

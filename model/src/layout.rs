@@ -19,6 +19,7 @@ use crate::lower::{LowerStack, NodeId};
 use crate::observe::{content_text, xattr_text, StorageEntry};
 use crate::params::DriverKind;
 use crate::space::ext4::Tally as Ext4Tally;
+use crate::space::xfs::Tally as XfsTally;
 use crate::space::SpaceFs;
 use crate::store::Store;
 use crate::tree::{Body, Ino, Tree, ROOT};
@@ -50,6 +51,11 @@ struct Disk {
     /// The blocks each inode takes on ext4, when counted (an entry's path may be listed
     /// again, the last listing standing: so the count is made from the entries at the end).
     ext4: Option<BTreeMap<Ident, Result<u64, String>>>,
+    /// The same on xfs: each file's data blocks (the rest is counted from the entries).
+    xfs: Option<BTreeMap<Ident, Result<u64, String>>>,
+    /// xfs: the blocks of copied-up files, by key: the pages written since the copy-up
+    /// (a clone shares the rest with its lower file).
+    clone_pages: BTreeMap<String, u64>,
 }
 
 impl Disk {
@@ -92,6 +98,18 @@ impl Disk {
                 "symlink" => Ok(SpaceFs::Ext4.symlink_blocks(size)),
                 "file" => crate::space::ext4::extent_blocks(&runs).map(|x| x + pages),
                 _ => Ok(0),
+            };
+            blocks.insert(ident.clone(), own);
+        }
+        if let Some(blocks) = &mut self.xfs {
+            let own = if runs.len() > crate::space::xfs::EXACT_RUNS {
+                Err(format!(
+                    "a file in {} runs of data: whether xfs keeps its extents in the inode \
+                     depends on where it places them",
+                    runs.len()
+                ))
+            } else {
+                Ok(pages)
             };
             blocks.insert(ident.clone(), own);
         }
@@ -302,6 +320,19 @@ pub(crate) fn ext4_dir_xattrs(inode: &crate::tree::Inode) -> Vec<(String, u64)> 
     ext4_xattrs(&e)
 }
 
+/// The extended attributes of directory `inode` as xfs stores them.
+pub(crate) fn xfs_dir_xattrs(inode: &crate::tree::Inode) -> Vec<(String, u64)> {
+    let mut e = entry("dir", inode.mode);
+    user_xattrs(&mut e, inode);
+    if let Body::Dir {
+        opaque, redirect, ..
+    } = &inode.body
+    {
+        overlay_dir_xattrs(&mut e, *opaque, redirect.as_deref(), inode);
+    }
+    xattr_lengths(&e, XFS_ORIGIN)
+}
+
 fn user_xattrs(e: &mut StorageEntry, inode: &crate::tree::Inode) {
     for (k, v) in &inode.xattrs {
         e.xattrs.insert(k.clone(), xattr_text(v));
@@ -339,6 +370,7 @@ pub(crate) fn space_used(store: &Store, fs: SpaceFs) -> Used {
     let mut disk = Disk {
         pages_only: true,
         ext4: (fs == SpaceFs::Ext4).then(BTreeMap::new),
+        xfs: (fs == SpaceFs::Xfs).then(BTreeMap::new),
         ..Disk::default()
     };
     match store.driver() {
@@ -352,6 +384,43 @@ pub(crate) fn space_used(store: &Store, fs: SpaceFs) -> Used {
                 impure_block: false,
             }
         }
+    }
+    if let Some(own) = disk.xfs.take() {
+        let mut t = XfsTally::default();
+        for (path, (ident, e)) in &disk.entries {
+            let key = format!("{ident:?}");
+            let copied = e.kind == "file"
+                && e.xattrs.contains_key("trusted.overlay.origin")
+                && !e.xattrs.contains_key("trusted.overlay.metacopy")
+                && e.size.unwrap_or(0) > 0;
+            let cloned = match ident {
+                Ident::Shared(k) => disk.clone_pages.get(k).copied(),
+                Ident::Unique(_) => None,
+            };
+            // A copy whose lower file the model cannot find: counted whole, not exact.
+            let clone = copied && cloned.is_none();
+            let data = match cloned {
+                Some(n) if copied => Ok(n),
+                _ => own[ident].clone(),
+            };
+            let size = e.size.unwrap_or(0);
+            t.inode(
+                path,
+                &key,
+                &e.kind,
+                size,
+                data,
+                clone,
+                &xattr_lengths(e, XFS_ORIGIN),
+            );
+        }
+        let (blocks, inodes) = t.total();
+        return Used {
+            blocks,
+            inodes,
+            impure_block: false,
+            unexact: t.unexact,
+        };
     }
     match disk.ext4.take() {
         Some(own) => {
@@ -377,16 +446,20 @@ pub(crate) fn space_used(store: &Store, fs: SpaceFs) -> Used {
     }
 }
 
-/// The pages of a tmpfs the driver root takes ([`space_used`]).
-pub(crate) fn pages_used(store: &Store) -> u64 {
-    space_used(store, SpaceFs::Tmpfs).blocks
-}
-
 /// An entry's extended attributes as ext4 stores them, lengths in bytes, in the order
 /// overlayfs sets them: copied or user attributes first, then `opaque` (at `mkdir`),
 /// `origin` and `metacopy` (at copy-up), `redirect` (at rename), `impure` (when a child
 /// is copied up or moved in).
 fn ext4_xattrs(e: &StorageEntry) -> Vec<(String, u64)> {
+    xattr_lengths(e, crate::space::ext4::ORIGIN_LEN)
+}
+
+/// The length of `trusted.overlay.origin` on xfs.
+const XFS_ORIGIN: u64 = crate::space::xfs::ORIGIN_LEN;
+
+/// An entry's extended attributes, lengths in bytes (an origin handle `origin` bytes), in
+/// the order overlayfs sets them (see [`ext4_xattrs`]).
+fn xattr_lengths(e: &StorageEntry, origin: u64) -> Vec<(String, u64)> {
     let rank = |n: &str| match n {
         "trusted.overlay.opaque" => 1,
         "trusted.overlay.origin" => 2,
@@ -400,7 +473,7 @@ fn ext4_xattrs(e: &StorageEntry) -> Vec<(String, u64)> {
         .iter()
         .map(|(n, text)| {
             let len = match n.as_str() {
-                "trusted.overlay.origin" => crate::space::ext4::ORIGIN_LEN,
+                "trusted.overlay.origin" => origin,
                 "trusted.overlay.uuid" => 16,
                 "trusted.overlay.metacopy" => 0,
                 _ => text.len() as u64,
@@ -684,6 +757,14 @@ fn farm(disk: &mut Disk, at: &str, stack: &LowerStack, node: NodeId) {
 /// the kernel made one, and `work/index` with index=on).
 fn upper_work(disk: &mut Disk, c: &Container, at: &str, upper: &str) {
     let wk = container_whiteout_key(c);
+    if disk.xfs.is_some() {
+        let ident = format!("c:{}", c.id);
+        disk.clone_pages.extend(
+            c.clone_pages()
+                .into_iter()
+                .map(|(i, n)| (format!("{ident}:{i}"), n)),
+        );
+    }
     disk.dir(format!("{at}/{upper}"), 0o755);
     let root = c.upper.get(ROOT);
     let mut r = owned(entry("dir", root.mode), root);

@@ -98,7 +98,10 @@ pub use params::{
 pub use path::{
     check_id, validate_scenario_path, BadId, BadPath, ID_MAX, MAX_SYMLINKS, NAME_MAX, PATH_MAX,
 };
-pub use space::Ext4Geometry;
+/// The directories the real side makes on a fresh xfs so that every allocation group has
+/// inode chunks before a scenario runs (see [`XfsGeometry`]).
+pub use space::xfs::PREMADE_DIRS as XFS_PREMADE_DIRS;
+pub use space::{Ext4Geometry, XfsGeometry};
 pub use start::{
     refused as container_start_refused, start as container_start, StartError, DEV_SYMLINK,
 };

@@ -113,6 +113,31 @@ impl Container {
         })
     }
 
+    /// Whether file step `op` only writes, truncates or unlinks a regular file that the
+    /// upper layer alone has: no copy-up, no whiteout, no shared (cloned) blocks. Used where
+    /// only such steps are followed (a nearly full xfs).
+    pub fn touches_only_an_upper_file(&self, op: &crate::step::FileOp) -> bool {
+        use crate::step::FileOp;
+        let (path, follow) = match op.bare() {
+            FileOp::Write { path, .. }
+            | FileOp::Append { path, .. }
+            | FileOp::Truncate { path, .. } => (path, true),
+            FileOp::Unlink { path } => (path, false),
+            _ => return false,
+        };
+        let Ok(r) = self.resolve(path, follow) else {
+            return false;
+        };
+        let (Some(d), Some(name)) = (r.target, r.name.as_deref()) else {
+            return false;
+        };
+        d.in_upper
+            && d.lower.is_none()
+            && self.kind(d) == Kind::File
+            && self.inode(d).origin.is_none()
+            && !self.lower_has(r.parent(), name)
+    }
+
     /// Whether the lower stack has `name` in `dir`, whatever the upper layer says: the name
     /// needs a whiteout when it is removed or renamed away.
     pub fn lower_has(&self, dir: Dentry, name: &str) -> bool {

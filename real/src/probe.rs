@@ -52,7 +52,7 @@ pub fn kernel_version() -> std::io::Result<KernelVersion> {
     KernelVersion::from_release(&release).map_err(std::io::Error::other)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The owner of /proc/self is the process's effective uid.
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)

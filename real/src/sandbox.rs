@@ -298,6 +298,7 @@ fn setup(dir: &Path, backing: &BackingFs) -> io::Result<Inside> {
                 Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img),
             )?;
             loop_mount(&mut log, &img, &root)?;
+            xfs_make_inode_chunks(&mut log, &root)?;
         }
     }
     Ok(Inside {
@@ -328,6 +329,49 @@ fn ext4_no_group_prealloc(log: &mut Log, at: &Path) -> io::Result<()> {
     log.note(format!("echo 1 > {}", knob.display()));
     std::fs::write(&knob, "1")
 }
+
+/// Makes inode chunks in every allocation group of the xfs mounted at `at`, so that where
+/// it runs out of space follows from what its files hold (`layerspec_model`'s
+/// `space::xfs`): a new directory goes to the next AG in turn and takes a chunk of 64
+/// inodes (8 blocks) there when the AG has no free inode, so which step pays for a chunk
+/// would depend on every directory made since the mount. [`XFS_PREMADE_DIRS`] directories
+/// in a holder make about 16 chunks in each AG; the first directory of each chunk is kept
+/// (in `.layerspec-inode-chunks`, beside the driver's directory, which is all that is
+/// observed), so the chunk stays, and the rest are removed. Every AG then has over a
+/// thousand free inodes, and no step of a scenario needs a chunk.
+fn xfs_make_inode_chunks(log: &mut Log, at: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let chunk = |p: &Path| -> io::Result<u64> { Ok(std::fs::symlink_metadata(p)?.ino() >> 6) };
+    let hold = at.join(".layerspec-inodes");
+    let keep = hold.join("keep");
+    std::fs::create_dir(&hold)?;
+    std::fs::create_dir(&keep)?;
+    let mut kept: std::collections::BTreeSet<u64> = [chunk(at)?, chunk(&keep)?].into();
+    let mut rest = Vec::new();
+    for i in 0..XFS_PREMADE_DIRS {
+        let dir = hold.join(i.to_string());
+        std::fs::create_dir(&dir)?;
+        if kept.insert(chunk(&dir)?) {
+            std::fs::rename(&dir, keep.join(i.to_string()))?;
+        } else {
+            rest.push(dir);
+        }
+    }
+    for dir in &rest {
+        std::fs::remove_dir(dir)?;
+    }
+    std::fs::rename(&keep, at.join(".layerspec-inode-chunks"))?;
+    std::fs::remove_dir(&hold)?;
+    log.note(format!(
+        "made {XFS_PREMADE_DIRS} directories in {}, kept one per inode chunk ({} chunks)",
+        at.display(),
+        kept.len()
+    ));
+    Ok(())
+}
+
+/// The directories [`xfs_make_inode_chunks`] makes (the model counts the chunks they take).
+const XFS_PREMADE_DIRS: u64 = layerspec_model::XFS_PREMADE_DIRS;
 
 /// Mounts a filesystem image through a loop device (util-linux sets autoclear, so the
 /// device goes with the mount).
@@ -694,6 +738,64 @@ mod tests {
             }
         }
         remove_temp_dir(&dir).unwrap();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// The model's `XfsGeometry` against `mkfs.xfs` and the mount, as the xfs backing makes
+    /// them (inode chunks made): `statfs`'s free blocks once the fixture's removals are
+    /// done, over sizes from mkfs's smallest (300 MiB) to 1 TiB (odd sizes, a last AG
+    /// shorter than the rest, a log past the 16384-block minimum).
+    #[test]
+    fn xfs_geometry_is_what_mkfs_and_the_mount_make() {
+        if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+            eprintln!("skipped: no xfsprogs here");
+            return;
+        }
+        if !crate::probe::is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        const M: u64 = 1 << 20;
+        const G: u64 = 1 << 30;
+        let sizes = [
+            300 * M,
+            300 * M + 4096,
+            300 * M + 12288,
+            512 * M,
+            796_442_624,
+            G,
+            3 * G,
+            10 * G,
+            129 * G,
+            1 << 40,
+        ];
+        let mut wrong = Vec::new();
+        for bytes in sizes {
+            let g = layerspec_model::XfsGeometry::new(bytes).unwrap();
+            let want = g.free_at_mount - g.fixture_blocks();
+            let sandbox = Sandbox::new(BackingFs::Xfs {
+                size: bytes.to_string(),
+            })
+            .unwrap();
+            let got = sandbox.run(move |inside| -> io::Result<u64> {
+                // The fixture's removed directories are freed in the background
+                // (`xfs_inodegc`): wait for the count to settle at the model's.
+                let mut free = 0;
+                for _ in 0..100 {
+                    free = sys::statvfs_free_blocks(&inside.root)?;
+                    if free == want {
+                        break;
+                    }
+                    sys::sync(&mut inside.log);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Ok(free)
+            });
+            let got = got.unwrap();
+            if got != want {
+                wrong.push(format!("{bytes} bytes: model {want} free, statfs {got}"));
+            }
+        }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 }

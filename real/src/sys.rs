@@ -503,6 +503,17 @@ pub fn sync(log: &mut Log) {
     unsafe { libc::sync() }
 }
 
+/// `statvfs(2)`'s free blocks (`f_bfree`) of the filesystem holding `path`.
+#[cfg(test)]
+pub fn statvfs_free_blocks(path: &Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bfree as u64)
+}
+
 /// `lseek(fd, from, SEEK_DATA)` (`data = true`) or `SEEK_HOLE`: the next offset at or
 /// after `from` that starts data (a hole); `None` past the last data (ENXIO).
 pub fn seek(file: &std::fs::File, from: u64, data: bool) -> io::Result<Option<u64>> {

@@ -286,13 +286,14 @@ fn comment(out: &mut String, indent: &str, lines: &[String]) {
     }
 }
 
-fn options(o: &OverlayOptions, init: bool, ext4: Option<crate::fuzz::Ext4Root>) -> Option<String> {
+fn options(o: &OverlayOptions, init: bool, root: Option<crate::fuzz::LoopRoot>) -> Option<String> {
     let mut out = String::new();
     if init {
         out.push_str("init = true\n");
     }
-    if let Some(e) = ext4 {
-        out.push_str(&format!("backing = \"ext4\"\nsize = \"{}\"\n", e.bytes));
+    if let Some(e) = root {
+        let fs = format!("{:?}", e.fs).to_lowercase();
+        out.push_str(&format!("backing = \"{fs}\"\nsize = \"{}\"\n", e.bytes));
         if let Some(n) = e.inodes {
             out.push_str(&format!("inodes = {n}\n"));
         }
@@ -344,7 +345,7 @@ pub fn scenario_text(trace: &Trace, origin: &Origin<'_>) -> Result<String, Strin
         let found = format!("found against {}: {}", origin.backend, d.summary());
         comment(&mut out, "", &[found]);
     }
-    if let Some(o) = options(&trace.options, trace.init, trace.ext4) {
+    if let Some(o) = options(&trace.options, trace.init, trace.loop_root) {
         out.push('\n');
         out.push_str(&o);
     }

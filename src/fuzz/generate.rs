@@ -37,8 +37,9 @@ pub struct Trace {
     pub options: OverlayOptions,
     /// Whether containers get Docker's `-init` layer (`[options] init = true`).
     pub init: bool,
-    /// The driver root's filesystem: an ext4 of this size (`--ext4`), else a tmpfs.
-    pub ext4: Option<crate::fuzz::Ext4Root>,
+    /// The driver root's filesystem: an ext4 or xfs of this size (`--ext4`, `--xfs`),
+    /// else a tmpfs.
+    pub loop_root: Option<crate::fuzz::LoopRoot>,
     /// Image layers, lowest first; `parent` of each is the one before.
     pub layers: Vec<LayerSpec>,
     /// The container made before the first step, on the top layer.
@@ -101,9 +102,9 @@ pub fn generate(
 /// without them makes the traces it made before, draw for draw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Variety {
-    /// Writes of up to 256 KiB besides the short ones (`--ext4`: so that blocks run out,
-    /// not only inodes).
-    pub big_writes: bool,
+    /// Writes of up to 64 pages times this besides the short ones (0: none; `--ext4`: 1,
+    /// so that blocks run out, not only inodes; `--xfs`: up to the filesystem's size).
+    pub big_writes: u64,
     /// Other users (`--users`): half the file steps run as uid 1000 or 1001, some are a
     /// `chown` or a `utimes`, and some layer entries belong to those users.
     pub users: bool,
@@ -171,7 +172,7 @@ pub fn generate_as(
         driver,
         options,
         init,
-        ext4: None,
+        loop_root: None,
         layers,
         container: FIRST_CONTAINER.to_string(),
         steps: g.steps,
@@ -226,9 +227,8 @@ impl LayerPlan {
 pub(super) struct Gen {
     /// With init layers (`generate_as`): the driver, whose limits the steps keep to.
     pub(super) docker: Option<DriverKind>,
-    /// Writes of up to 256 KiB besides the short ones (`--ext4`: so that blocks run out,
-    /// not only inodes).
-    pub(super) big_writes: bool,
+    /// Big writes' scale ([`Variety::big_writes`]).
+    pub(super) big_writes: u64,
     /// Steps as other users ([`Variety::users`]).
     pub(super) users: bool,
     pub(super) rng: ChaCha8Rng,

@@ -76,8 +76,13 @@ pub struct FuzzArgs {
     /// Put the driver root on an ext4 of SIZE (`16M`; `SIZE:INODES` for `-N`), as a
     /// scenario's `backing = "ext4"` does, on both sides: where its blocks and inodes run
     /// out (LS27) is then part of what is compared.
-    #[arg(long, value_name = "SIZE[:INODES]", value_parser = parse_ext4)]
-    pub ext4: Option<Ext4Root>,
+    #[arg(long, value_name = "SIZE[:INODES]", value_parser = parse_ext4, conflicts_with = "xfs")]
+    pub ext4: Option<LoopRoot>,
+    /// Put the driver root on an xfs of SIZE (at least `300M`), as a scenario's `backing =
+    /// "xfs"` does, on both sides: where a write runs out (LS31) is then part of what is
+    /// compared. Big writes, up to the whole filesystem, fill it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_xfs)]
+    pub xfs: Option<LoopRoot>,
     /// Run half the file steps as other users (uid 1000 and 1001, groups 1000 and 50),
     /// with `chown` and `utimes` steps and layer files those users own: the kernel's
     /// permission checks (LS29) are then part of what is compared.
@@ -88,16 +93,30 @@ pub struct FuzzArgs {
     pub thin: thin::ThinArgs,
 }
 
-/// An ext4 driver root: its size in bytes and its inode count, if set.
+/// A driver root on a loop device (`--ext4`, `--xfs`): its filesystem, its size in bytes
+/// and its inode count, if set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ext4Root {
+pub struct LoopRoot {
+    /// ext4 or xfs.
+    pub fs: layerspec_model::Backing,
     /// Bytes.
     pub bytes: u64,
     /// `mkfs.ext4 -N`.
     pub inodes: Option<u64>,
 }
 
-impl std::fmt::Display for Ext4Root {
+impl LoopRoot {
+    /// The command-line option that makes it.
+    pub fn option(&self) -> String {
+        let name = match self.fs {
+            layerspec_model::Backing::Xfs => "xfs",
+            _ => "ext4",
+        };
+        format!("--{name} {self}")
+    }
+}
+
+impl std::fmt::Display for LoopRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.bytes)?;
         if let Some(n) = self.inodes {
@@ -108,7 +127,7 @@ impl std::fmt::Display for Ext4Root {
 }
 
 /// `--ext4 SIZE[:INODES]`, within the limits a scenario file has.
-fn parse_ext4(s: &str) -> Result<Ext4Root, String> {
+fn parse_ext4(s: &str) -> Result<LoopRoot, String> {
     let (size, inodes) = match s.split_once(':') {
         Some((a, b)) => (
             a,
@@ -119,7 +138,22 @@ fn parse_ext4(s: &str) -> Result<Ext4Root, String> {
     let bytes = crate::scenario::limits::backing_size(size, crate::scenario::limits::MAX_BACKING)?;
     layerspec_model::Ext4Geometry::new(bytes, inodes)
         .map_err(|e| format!("mkfs.ext4 would refuse this: {e}"))?;
-    Ok(Ext4Root { bytes, inodes })
+    Ok(LoopRoot {
+        fs: layerspec_model::Backing::Ext4,
+        bytes,
+        inodes,
+    })
+}
+
+/// `--xfs SIZE`, within the limits a scenario file has.
+fn parse_xfs(s: &str) -> Result<LoopRoot, String> {
+    let bytes = crate::scenario::limits::backing_size(s, crate::scenario::limits::MAX_BACKING)?;
+    layerspec_model::XfsGeometry::new(bytes)?;
+    Ok(LoopRoot {
+        fs: layerspec_model::Backing::Xfs,
+        bytes,
+        inodes: None,
+    })
 }
 
 /// One `--overlay` option: `name=on|off` for redirect_dir, index, metacopy, xino.
@@ -141,6 +175,22 @@ fn parse_overlay_option(s: &str) -> Result<(String, bool), String> {
 }
 
 impl FuzzArgs {
+    /// The driver root's loop filesystem, if any (`--ext4`, `--xfs`).
+    pub fn loop_root(&self) -> Option<LoopRoot> {
+        self.ext4.or(self.xfs)
+    }
+
+    /// How many times 4 KiB a big write's pages are (0: no big writes): 1 on ext4 (up to
+    /// 256 KiB, so that blocks run out, not only inodes), and on xfs a 64th of the
+    /// filesystem (up to the whole of it: writes fill it in a step or two).
+    pub fn big_writes(&self) -> u64 {
+        match self.loop_root() {
+            Some(r) if r.fs == layerspec_model::Backing::Xfs => r.bytes / 4096 / 64,
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
     /// Whether the traces' containers get Docker's `-init` layer: `--init`, or the docker
     /// backend (Docker makes one for every container).
     pub fn init_layers(&self) -> bool {
@@ -184,25 +234,25 @@ pub fn trace_indices(traces: u64, only: Option<u64>) -> Vec<u64> {
 
 /// Opens a fresh driver: a [`ModelDriver`] for backend `model`, else a real one in its own
 /// sandbox through [`layerspec_real::open_backend`].
-/// Model `m` with its driver root on `ext4`, if given ([`FuzzArgs::ext4`]).
-pub fn on_ext4(m: ModelDriver, ext4: Option<Ext4Root>) -> Result<ModelDriver, String> {
-    match ext4 {
-        Some(e) => m
-            .with_backing(layerspec_model::Backing::Ext4)
-            .with_ext4(e.bytes, e.inodes),
+/// Model `m` with its driver root on `root`, if given ([`FuzzArgs::ext4`],
+/// [`FuzzArgs::xfs`]).
+pub fn on_loop(m: ModelDriver, root: Option<LoopRoot>) -> Result<ModelDriver, String> {
+    match root {
+        Some(r) if r.fs == layerspec_model::Backing::Xfs => m.with_backing(r.fs).with_xfs(r.bytes),
+        Some(r) => m.with_backing(r.fs).with_ext4(r.bytes, r.inodes),
         None => Ok(m),
     }
 }
 
-/// `ext4`: on an ext4 driver root ([`FuzzArgs::ext4`]).
+/// `root`: on an ext4 or xfs driver root ([`FuzzArgs::ext4`], [`FuzzArgs::xfs`]).
 pub fn open(
     driver: DriverKind,
     backend: &str,
     options: OverlayOptions,
-    ext4: Option<Ext4Root>,
+    root: Option<LoopRoot>,
 ) -> Result<Box<dyn Driver + Send>, String> {
     if backend == "model" {
-        return Ok(Box::new(on_ext4(ModelDriver::new(driver, options), ext4)?));
+        return Ok(Box::new(on_loop(ModelDriver::new(driver, options), root)?));
     }
     // Inside the VM, backend `vm` is the guest kernel's.
     let backend = if backend == "vm" && crate::vm::in_guest() {
@@ -210,10 +260,13 @@ pub fn open(
     } else {
         backend
     };
-    let backing = match ext4 {
-        Some(e) => layerspec_real::BackingFs::Ext4 {
-            size: e.bytes.to_string(),
-            inodes: e.inodes,
+    let backing = match root {
+        Some(r) if r.fs == layerspec_model::Backing::Xfs => layerspec_real::BackingFs::Xfs {
+            size: r.bytes.to_string(),
+        },
+        Some(r) => layerspec_real::BackingFs::Ext4 {
+            size: r.bytes.to_string(),
+            inodes: r.inodes,
         },
         None => layerspec_real::BackingFs::tmpfs(),
     };
@@ -248,9 +301,9 @@ pub enum TraceResult {
     Diverged(Box<Found>),
     /// Trace `.0` could not be run: the model rejected it, or the backend failed to open.
     Error(u64, String),
-    /// Trace `.0` agreed for `.1` steps, then reached a step whose outcome the model does
-    /// not predict (`.2`: why).
-    Stopped(u64, usize, String),
+    /// Trace `.0` agreed for `.1` steps (`.2` of them ENOSPC), then reached a step whose
+    /// outcome the model does not predict (`.3`: why).
+    Stopped(u64, usize, usize, String),
 }
 
 /// What a run found, in trace order.
@@ -266,7 +319,7 @@ impl Summary {
         self.results
             .iter()
             .map(|r| match r {
-                TraceResult::Agree(n, _) | TraceResult::Stopped(_, n, _) => *n,
+                TraceResult::Agree(n, _) | TraceResult::Stopped(_, n, _, _) => *n,
                 TraceResult::Diverged(f) => match f.first.phase {
                     replay::Phase::Step(k) => k + 1,
                     _ => 0,
@@ -329,7 +382,7 @@ impl Summary {
             out.push(format!("error: trace {i}: {e}"));
         }
         for r in &self.results {
-            if let TraceResult::Stopped(i, steps, why) = r {
+            if let TraceResult::Stopped(i, steps, _, why) = r {
                 out.push(format!("stopped: trace {i} after {steps} steps: {why}"));
             }
         }
@@ -347,7 +400,7 @@ impl Summary {
             .results
             .iter()
             .map(|r| match r {
-                TraceResult::Agree(_, n) => *n,
+                TraceResult::Agree(_, n) | TraceResult::Stopped(_, _, n, _) => *n,
                 _ => 0,
             })
             .sum();
@@ -368,13 +421,13 @@ impl Summary {
 /// The command that finds a run's traces again (the claim of the files it writes).
 pub fn command(args: &FuzzArgs) -> String {
     let init = if args.init { " --init" } else { "" };
-    let ext4 = args
-        .ext4
-        .map(|e| format!(" --ext4 {e}"))
+    let root = args
+        .loop_root()
+        .map(|r| format!(" {}", r.option()))
         .unwrap_or_default();
     let users = if args.users { " --users" } else { "" };
     format!(
-        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}{ext4}{users}",
+        "layerspec fuzz --driver {} --seed {} --traces {} --steps {} --backend {}{init}{root}{users}",
         args.driver, args.seed, args.traces, args.steps, args.backend
     )
 }
@@ -387,15 +440,15 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
         options,
         args.init_layers(),
         generate::Variety {
-            big_writes: args.ext4.is_some(),
+            big_writes: args.big_writes(),
             users: args.users,
         },
         args.seed,
         index,
         args.steps,
     );
-    trace.ext4 = args.ext4;
-    let factory = || open(args.driver, &args.backend, options, args.ext4);
+    trace.loop_root = args.loop_root();
+    let factory = || open(args.driver, &args.backend, options, args.loop_root());
     let mut other = match factory() {
         Ok(d) => d,
         Err(e) => return TraceResult::Error(index, format!("opening {}: {e}", args.backend)),
@@ -403,7 +456,11 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
     let first = match replay(&trace, other.as_mut()) {
         Replay::Agree { steps, no_space } => return TraceResult::Agree(steps, no_space),
         Replay::Invalid(e) => return TraceResult::Error(index, format!("invalid trace: {e}")),
-        Replay::Stopped { steps, why } => return TraceResult::Stopped(index, steps, why),
+        Replay::Stopped {
+            steps,
+            no_space,
+            why,
+        } => return TraceResult::Stopped(index, steps, no_space, why),
         Replay::Diverged(d) => d,
     };
     let kernel = other.kernel();
@@ -439,20 +496,24 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
 /// Runs every trace of `args` in parallel (one driver per trace), with a progress bar on a
 /// terminal. `Err` when the backend cannot run here, with the reason.
 pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summary, String> {
-    if args.ext4.is_some() && !["kernel", "vm", "model"].contains(&args.backend.as_str()) {
-        return Err(format!(
-            "--ext4 compares where the driver root's ext4 runs out, which the model predicts \
-             for the kernel's overlayfs alone; on {} it is not the model's (LS28: \
-             fuse-overlayfs reports ENOSPC at close; Docker's data root shares the filesystem)",
-            args.backend
-        ));
+    if let Some(r) = args.loop_root() {
+        let name = format!("{:?}", r.fs).to_lowercase();
+        if !["kernel", "vm", "model"].contains(&args.backend.as_str()) {
+            return Err(format!(
+                "--{name} compares where the driver root's {name} runs out, which the model \
+                 predicts for the kernel's overlayfs alone; on {} it is not the model's (LS28: \
+                 fuse-overlayfs reports ENOSPC at close; Docker's data root shares the \
+                 filesystem)",
+                args.backend
+            ));
+        }
+        if !args.driver.is_overlayfs() {
+            return Err(format!(
+                "--{name}: only overlay and overlay2 account for their driver root's space"
+            ));
+        }
     }
-    if args.ext4.is_some() && !args.driver.is_overlayfs() {
-        return Err(
-            "--ext4: only overlay and overlay2 account for their driver root's space".into(),
-        );
-    }
-    open(args.driver, &args.backend, options, args.ext4)?;
+    open(args.driver, &args.backend, options, args.loop_root())?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(trace_indices(args.traces, args.trace).len() as u64);
         if let Ok(style) = indicatif::ProgressStyle::with_template(

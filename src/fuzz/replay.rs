@@ -119,6 +119,8 @@ pub enum Replay {
     Stopped {
         /// Steps run before it.
         steps: usize,
+        /// Steps before it both sides failed with ENOSPC.
+        no_space: usize,
         /// Why the model stopped.
         why: String,
     },
@@ -141,7 +143,7 @@ fn model_for(trace: &Trace, kernel: KernelVersion) -> Result<ModelDriver, String
     let m = ModelDriver::new(trace.driver, trace.options)
         .with_kernel(kernel)
         .with_init_layers(trace.init);
-    crate::fuzz::on_ext4(m, trace.ext4)
+    crate::fuzz::on_loop(m, trace.loop_root)
 }
 
 /// Replays `trace` on a fresh model and on `other` (a fresh driver of the same kind), the
@@ -240,12 +242,16 @@ fn replay_with(trace: &Trace, model: &mut ModelDriver, other: &mut dyn Driver) -
                     Ok(Ok(got)) => return diverged(phase, NOT_RUNNING, &show_outcome(&got)),
                 }
             }
-            Ok(Err(DriverError::Step(StepError::NoSpace(why)))) => {
+            Ok(Err(DriverError::Step(StepError::NoSpace(why) | StepError::NotFollowed(why)))) => {
                 let steps = match phase {
                     Phase::Step(i) => i,
                     _ => 0,
                 };
-                return Replay::Stopped { steps, why };
+                return Replay::Stopped {
+                    steps,
+                    no_space,
+                    why,
+                };
             }
             Ok(Err(DriverError::Step(e @ (StepError::NoContainer(_) | StepError::NoLayer(_)))))
                 if matches!(phase, Phase::Step(_)) =>

@@ -145,12 +145,22 @@ impl Gen {
                 path: self.fresh_or_live(&v, 80),
                 mode: self.chance(30).then(|| self.mode()),
             },
-            7..=16 if self.big_writes && self.chance(40) => {
-                let path = self.target(&v, file);
+            7..=16 if self.big_writes > 0 && self.chance(40) => {
+                // `--xfs`: half the big writes go to a new file, which the upper layer
+                // alone has (a copied-up file is a reflink clone whose copy-on-write the
+                // model does not follow).
+                let path = if self.big_writes > 1 && self.chance(50) {
+                    let path = self.fresh(&v);
+                    self.file(c.as_deref(), create(path.clone()));
+                    path
+                } else {
+                    self.target(&v, file)
+                };
                 FileOp::Write {
                     offset: 4096 * self.below(32) as u64 + self.below(2) as u64 * 100,
                     data: Content::Random {
-                        len: 4096 * (1 + self.below(64) as u64) - self.below(2) as u64 * 7,
+                        len: 4096 * (1 + self.below(64) as u64) * self.big_writes
+                            - self.below(2) as u64 * 7,
                         // As a scenario file's `size` seeds it (the step's index).
                         seed: layerspec_model::seed_for_path(&path) ^ self.steps.len() as u64,
                     },

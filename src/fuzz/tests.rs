@@ -345,6 +345,7 @@ fn model_args(driver: DriverKind, seed: u64, traces: u64, steps: usize) -> FuzzA
         overlay: Vec::new(),
         init: false,
         ext4: None,
+        xfs: None,
         users: false,
     }
 }
@@ -376,6 +377,7 @@ fn an_unknown_backend_cannot_run() {
         overlay: Vec::new(),
         init: false,
         ext4: None,
+        xfs: None,
         users: false,
     };
     let e = run(&args, OPTS, false).unwrap_err();
@@ -395,7 +397,7 @@ fn failed_start_trace(driver: DriverKind) -> generate::Trace {
         driver,
         options: OPTS,
         init: true,
-        ext4: None,
+        loop_root: None,
         layers: vec![LayerSpec {
             id: "l0".into(),
             parent: None,
@@ -469,7 +471,8 @@ fn a_failed_start_is_an_errno_and_later_file_steps_are_refused_on_both_sides() {
 #[test]
 fn an_ext4_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
     let args = FuzzArgs {
-        ext4: Some(crate::fuzz::Ext4Root {
+        ext4: Some(crate::fuzz::LoopRoot {
+            fs: layerspec_model::Backing::Ext4,
             bytes: 4 << 20,
             inodes: Some(96),
         }),
@@ -492,6 +495,35 @@ fn an_ext4_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
     assert!(enospc >= 10, "{:?}", a.lines(&args));
 }
 
+/// `--xfs`: model against model on xfs's smallest size, filled by big writes; both sides
+/// agree on every ENOSPC, the run says the same twice, and where the model does not follow
+/// xfs (copy-on-write near full, reservations) the trace stops, saying so.
+#[test]
+fn an_xfs_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
+    let args = FuzzArgs {
+        xfs: Some(crate::fuzz::LoopRoot {
+            fs: layerspec_model::Backing::Xfs,
+            bytes: 300 << 20,
+            inodes: None,
+        }),
+        ..model_args(DriverKind::Overlay2, 1, 30, 40)
+    };
+    let a = run(&args, OPTS, false).unwrap();
+    let b = run(&args, OPTS, false).unwrap();
+    assert_eq!(a.lines(&args), b.lines(&args));
+    assert_eq!(a.divergences().count(), 0, "{:?}", a.lines(&args));
+    assert_eq!(a.errors().count(), 0, "{:?}", a.lines(&args));
+    let lines = a.lines(&args);
+    let count = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("ENOSPC outcomes agreed on: ") >= 3, "{lines:?}");
+}
+
 /// `--users` traces reach the permission checks: many steps run as another user, and a fair
 /// share of those are refused (EACCES, EPERM) by the model; without `--users` none is.
 #[test]
@@ -501,7 +533,7 @@ fn users_traces_meet_the_permission_checks() {
         let (mut as_user, mut refused, mut chowns) = (0, 0, 0);
         for i in 0..40 {
             let users = Variety {
-                big_writes: false,
+                big_writes: 0,
                 users: true,
             };
             let t = generate_as(driver, OPTS, false, users, 12, i, 40);

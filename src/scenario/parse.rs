@@ -736,6 +736,16 @@ fn parse_options(ctx: &Ctx, o: Option<OptionsDoc>) -> Result<Options, ParseError
             return Err(ctx.err(span, format!("mkfs.ext4 would refuse this: {e}")));
         }
     }
+    if backing == Backing::Xfs {
+        if let Err(e) = layerspec_model::XfsGeometry::new(size_bytes) {
+            let span = match (&o.size, &o.backing) {
+                (Some(sz), _) => sz.span(),
+                (None, Some(b)) => b.span(),
+                (None, None) => 0..0,
+            };
+            return Err(ctx.err(span, format!("backing xfs: {e}")));
+        }
+    }
     Ok(Options {
         backing,
         inodes: o.inodes.map(Spanned::into_inner),

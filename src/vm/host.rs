@@ -268,8 +268,9 @@ pub fn fuzz(args: &FuzzArgs) -> u8 {
     if args.init {
         guest_args.push("--init".into());
     }
-    if let Some(e) = args.ext4 {
-        guest_args.extend(["--ext4".into(), e.to_string()]);
+    if let Some(r) = args.loop_root() {
+        let option = r.option();
+        guest_args.extend(option.split(' ').map(String::from));
     }
     if args.users {
         guest_args.push("--users".into());

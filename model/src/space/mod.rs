@@ -30,8 +30,7 @@
 //! many names it has: the layers' files, the containers' upper files, and the driver's own
 //! files (overlay2's `link` and `lower`, overlay's `lower-id`), as the storage listing
 //! renders them (`layout::space_used`). On ext4 the same listing is costed in blocks and
-//! inodes ([`ext4`]). xfs spends blocks on metadata in ways this does not follow: it is not
-//! accounted.
+//! inodes ([`ext4`]), on xfs in blocks ([`xfs`]).
 
 /// The page size tmpfs allocates in (x86-64).
 pub const PAGE: u64 = crate::layout::PAGE_SIZE as u64;
@@ -46,8 +45,10 @@ pub fn symlink_pages(len: u64) -> u64 {
 }
 
 pub(crate) mod ext4;
+pub(crate) mod xfs;
 
 pub use ext4::Geometry as Ext4Geometry;
+pub use xfs::Geometry as XfsGeometry;
 
 /// The filesystem whose space the model accounts for, and what each kind of inode costs
 /// on it.
@@ -57,9 +58,20 @@ pub(crate) enum SpaceFs {
     Tmpfs,
     /// ext4 with 4 KiB blocks ([`ext4`]): blocks and inodes.
     Ext4,
+    /// xfs with 4 KiB blocks ([`xfs`]): blocks (inodes come from chunks made beforehand).
+    Xfs,
 }
 
 impl SpaceFs {
+    /// The filesystem's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpaceFs::Tmpfs => "tmpfs",
+            SpaceFs::Ext4 => "ext4",
+            SpaceFs::Xfs => "xfs",
+        }
+    }
+
     /// The blocks a new directory takes.
     pub fn dir_blocks(self) -> u64 {
         u64::from(self == SpaceFs::Ext4)
@@ -70,6 +82,7 @@ impl SpaceFs {
         match self {
             SpaceFs::Tmpfs => symlink_pages(len),
             SpaceFs::Ext4 => u64::from(len + 1 > ext4::SLOW_SYMLINK_MIN),
+            SpaceFs::Xfs => u64::from(len > xfs::LITINO),
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum StepError {
     BadId(crate::path::BadId),
     /// The image layers do not fit the driver root's filesystem.
     NoSpace(String),
+    /// The model does not follow what the kernel does here (it says why): the run stops
+    /// rather than guess.
+    NotFollowed(String),
     /// A file step on a container Docker could not start: no process runs in it.
     NotRunning(String),
 }
@@ -59,7 +62,7 @@ impl fmt::Display for StepError {
             } => write!(f, "layer `{layer}`, entry {entry}: {reason}"),
             StepError::Unsupported(s) => write!(f, "unsupported: {s}"),
             StepError::BadId(b) => b.fmt(f),
-            StepError::NoSpace(s) => f.write_str(s),
+            StepError::NoSpace(s) | StepError::NotFollowed(s) => f.write_str(s),
             StepError::NotRunning(c) => write!(
                 f,
                 "container `{c}` is not running (its start failed): no file step can run in it"
@@ -88,9 +91,6 @@ pub struct Store {
     /// What the driver root's filesystem holds, when its space is accounted
     /// (`crate::space`).
     capacity: Option<space::Capacity>,
-    /// xfs: the pages of data past which the model no longer says what happens (its own
-    /// metadata takes blocks it does not follow).
-    unpredicted_above: Option<u64>,
     /// Whether a container on an image gets Docker's `-init` layer (`crate::init_layer`).
     init_layers: bool,
     /// Each container's init layer, by container id: the container `Setup` ran in, left
@@ -120,7 +120,6 @@ impl Store {
             built_upon: std::collections::BTreeSet::new(),
             dm: (driver == DriverKind::Devicemapper).then(|| Box::new(DeviceSet::new())),
             capacity: None,
-            unpredicted_above: None,
             init_layers: false,
             inits: BTreeMap::new(),
             aliases: BTreeMap::new(),
@@ -367,7 +366,9 @@ impl Store {
     /// The transition: runs `op`, returning its outcome; on an errno nothing has changed,
     /// except after Docker's failed start ([`crate::start`]).
     pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
+        let plain = self.check_xfs_reservations(op)?;
         let out = self.transition(op)?;
+        self.check_xfs_after(&out, plain)?;
         let (may_take_space, touched) = match op {
             Op::File { container, op } => (
                 self.may_take_space(op),
@@ -646,7 +647,8 @@ impl Store {
                     return Ok(Ok(Value::Changes(changes)));
                 }
                 let image = self.parent_tree(c);
-                Ok(Ok(Value::Changes(c.changes(&image))))
+                let changes = c.changes(&image).map_err(StepError::NotFollowed)?;
+                Ok(Ok(Value::Changes(changes)))
             }
         }
     }

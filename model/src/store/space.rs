@@ -3,7 +3,7 @@
 
 use super::{StepError, Store};
 use crate::params::DriverKind;
-use crate::space::{Budget, Ext4Geometry, SpaceFs};
+use crate::space::{Budget, Ext4Geometry, SpaceFs, XfsGeometry};
 use crate::step::FileOp;
 
 /// What the driver root's filesystem gives its files.
@@ -45,14 +45,103 @@ impl Store {
         Ok(())
     }
 
-    /// The driver root is on an xfs of `bytes`. Its space is not predicted: a step after
-    /// which the driver root's files would take more than 4/5 of it (a bound below which
-    /// xfs has not run out here: its metadata and reserves take less) stops the model's run
-    /// with [`StepError::NoSpace`], a failure, rather than a guess.
-    pub fn set_loop_size(&mut self, bytes: u64) {
+    /// The driver root is on an xfs that `mkfs.xfs` made on `bytes`, with the real side's
+    /// inode chunks made beforehand: its blocks are accounted ([`crate::space`]'s `xfs`),
+    /// and a write that needs more than are free stops where xfs stops it. Only overlay and
+    /// overlay2 are accounted.
+    pub fn set_xfs(&mut self, bytes: u64) -> Result<(), String> {
         if self.driver.is_overlayfs() {
-            self.unpredicted_above = Some(bytes / 5 * 4 / crate::space::PAGE);
+            let g = XfsGeometry::new(bytes)?;
+            self.capacity = Some(Capacity {
+                fs: SpaceFs::Xfs,
+                blocks: g.usable_blocks(),
+                inodes: None,
+            });
         }
+        Ok(())
+    }
+
+    /// Stops the run before `op` when the driver root's xfs is nearly full and `op` makes
+    /// a metadata transaction: xfs reserves each transaction's worst case up front
+    /// (`xfs_trans_alloc`), so near full a step may be ENOSPC that would fit, which the
+    /// model does not follow. Reads, and writes, truncates and unlinks of a file only the
+    /// upper layer has, are followed (a write reserves only its data and extent blocks, a
+    /// truncate none, an unlink falls back to none: `xfs_remove`). Returns whether `op` is
+    /// such a plain step, for [`Store::check_xfs_after`].
+    pub(super) fn check_xfs_reservations(&self, op: &crate::step::Op) -> Result<bool, StepError> {
+        use crate::step::Op;
+        let Some(cap) = self.capacity.filter(|c| c.fs == SpaceFs::Xfs) else {
+            return Ok(true);
+        };
+        let plain = match op {
+            Op::File { container, op } => {
+                op.only_reads()
+                    || self
+                        .container_id(container.as_deref())
+                        .ok()
+                        .and_then(|id| self.containers.get(&id))
+                        .is_some_and(|c| c.touches_only_an_upper_file(op))
+            }
+            Op::RemoveContainer { .. } => true,
+            _ => false,
+        };
+        let used = crate::layout::space_used(self, cap.fs);
+        let free = cap.blocks.saturating_sub(used.blocks);
+        if free >= crate::space::xfs::NEAR_FULL || plain {
+            return Ok(plain);
+        }
+        let what = match op {
+            Op::File { op, .. } => op.name(),
+            _ => "this step",
+        };
+        Err(StepError::NotFollowed(format!(
+            "{what} with {free} blocks free on the driver root's xfs: near full, xfs reserves \
+             each transaction's worst case up front and may refuse what would fit, which the \
+             model does not follow"
+        )))
+    }
+
+    /// Stops the run after a step on an xfs driver root whose outcome the model cannot
+    /// vouch for: one that is not `plain` ([`Store::check_xfs_reservations`]) and ran out
+    /// or left less than [`crate::space::xfs::NEAR_FULL`] blocks (a copy-on-write extent
+    /// of a reflinked copy is reserved 32 blocks at a time, a commit's or a container's
+    /// files each reserve their transaction's worst case); or any step after which the
+    /// files take more than the filesystem holds (a write to a reflinked copy takes a block
+    /// for each shared block it writes, which the step's own count does not see).
+    pub(super) fn check_xfs_after(
+        &self,
+        out: &crate::step::Outcome,
+        plain: bool,
+    ) -> Result<(), StepError> {
+        let Some(cap) = self.capacity.filter(|c| c.fs == SpaceFs::Xfs) else {
+            return Ok(());
+        };
+        let used = crate::layout::space_used(self, cap.fs);
+        let free = cap.blocks.saturating_sub(used.blocks);
+        let enospc = *out == Err(crate::errno::Errno::ENOSPC);
+        if used.blocks > cap.blocks {
+            return Err(StepError::NotFollowed(format!(
+                "the driver root's files take {} of xfs's {} blocks after this step: a write \
+                 to a reflinked copy took blocks the step did not count",
+                used.blocks, cap.blocks
+            )));
+        }
+        if !plain && (enospc || free < crate::space::xfs::NEAR_FULL) {
+            return Err(StepError::NotFollowed(format!(
+                "this step {} on the driver root's xfs ({free} blocks left): what it reserves \
+                 there (copy-on-write extents of 32 blocks, each transaction's worst case) \
+                 decides, which the model does not follow",
+                if enospc { "ran out" } else { "came near full" }
+            )));
+        }
+        if let Some(why) = used.unexact.filter(|_| enospc) {
+            return Err(StepError::NotFollowed(format!(
+                "this step ran out of the driver root's xfs ({} of {} blocks taken), and the \
+                 model's count is not exact: {why}",
+                used.blocks, cap.blocks
+            )));
+        }
+        Ok(())
     }
 
     /// Whether file step `op` may take space that is accounted: on tmpfs pages
@@ -244,6 +333,7 @@ impl Store {
         let what = match cap.fs {
             SpaceFs::Tmpfs => "tmpfs: its files would take",
             SpaceFs::Ext4 => "ext4: its files would take",
+            SpaceFs::Xfs => "xfs: its files would take",
         };
         if used.blocks > cap.blocks {
             return Err(StepError::NoSpace(format!(
@@ -262,7 +352,7 @@ impl Store {
     }
 
     /// Stops the run where the model does not predict the space: the driver root past 4/5
-    /// of an xfs, or of an ext4 whose count the model cannot make exact (say why), or a
+    /// of an ext4 or xfs whose count the model cannot make exact (say why), or a
     /// devicemapper device or its pool past 4/5 of its size. `device`: the one device a
     /// file step wrote to (`None`: any may have grown).
     pub(super) fn check_unpredicted(
@@ -274,24 +364,15 @@ impl Store {
             dm.check_space(device)
                 .map_err(|e| StepError::NoSpace(format!("{what}: {e}")))?;
         }
-        if let Some(limit) = self.unpredicted_above {
-            let used = crate::layout::pages_used(self);
-            if used > limit {
-                return Err(StepError::NoSpace(format!(
-                    "{what}: the driver root's files would take {used} pages of 4 KiB, more \
-                     than 4/5 of its {} filesystem ({limit} pages), where the model does not \
-                     predict its space (only tmpfs's and ext4's are)",
-                    format!("{:?}", self.backing).to_lowercase()
-                )));
-            }
-        }
-        if let Some(cap) = self.capacity.filter(|c| c.fs == SpaceFs::Ext4) {
+        if let Some(cap) = self.capacity.filter(|c| c.fs != SpaceFs::Tmpfs) {
             let used = crate::layout::space_used(self, cap.fs);
             if let Some(why) = used.unexact.filter(|_| used.blocks > cap.blocks / 5 * 4) {
                 return Err(StepError::NoSpace(format!(
-                    "{what}: the driver root's files take {} of ext4's {} blocks, and the \
+                    "{what}: the driver root's files take {} of {}'s {} blocks, and the \
                      model's count is not exact: {why}",
-                    used.blocks, cap.blocks
+                    used.blocks,
+                    cap.fs.name(),
+                    cap.blocks
                 )));
             }
         }
