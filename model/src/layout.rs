@@ -309,19 +309,17 @@ fn overlay_dir_xattrs(
 /// The extended attributes of upper directory `inode` as ext4 stores them, in the order
 /// overlayfs sets them ([`ext4_xattrs`]).
 pub(crate) fn ext4_dir_xattrs(inode: &crate::tree::Inode) -> Vec<(String, u64)> {
-    let mut e = entry("dir", inode.mode);
-    user_xattrs(&mut e, inode);
-    if let Body::Dir {
-        opaque, redirect, ..
-    } = &inode.body
-    {
-        overlay_dir_xattrs(&mut e, *opaque, redirect.as_deref(), inode);
-    }
-    ext4_xattrs(&e)
+    dir_xattrs(inode, crate::space::ext4::ORIGIN_LEN)
 }
 
 /// The extended attributes of directory `inode` as xfs stores them.
 pub(crate) fn xfs_dir_xattrs(inode: &crate::tree::Inode) -> Vec<(String, u64)> {
+    dir_xattrs(inode, XFS_ORIGIN)
+}
+
+/// Directory `inode`'s user and overlayfs attributes, lengths in bytes (an origin handle
+/// `origin` bytes), in the order overlayfs sets them.
+fn dir_xattrs(inode: &crate::tree::Inode, origin: u64) -> Vec<(String, u64)> {
     let mut e = entry("dir", inode.mode);
     user_xattrs(&mut e, inode);
     if let Body::Dir {
@@ -330,7 +328,7 @@ pub(crate) fn xfs_dir_xattrs(inode: &crate::tree::Inode) -> Vec<(String, u64)> {
     {
         overlay_dir_xattrs(&mut e, *opaque, redirect.as_deref(), inode);
     }
-    xattr_lengths(&e, XFS_ORIGIN)
+    xattr_lengths(&e, origin)
 }
 
 fn user_xattrs(e: &mut StorageEntry, inode: &crate::tree::Inode) {

@@ -466,6 +466,22 @@ fn a_failed_start_is_an_errno_and_later_file_steps_are_refused_on_both_sides() {
     );
 }
 
+/// Runs `args` twice on the model: the same lines both times, no divergence, no error;
+/// returns the ENOSPC outcomes both sides agreed on.
+fn agreed_enospc_twice(args: &FuzzArgs) -> usize {
+    let a = run(args, OPTS, false).unwrap();
+    let b = run(args, OPTS, false).unwrap();
+    let lines = a.lines(args);
+    assert_eq!(lines, b.lines(args));
+    assert_eq!(a.divergences().count(), 0, "{lines:?}");
+    assert_eq!(a.errors().count(), 0, "{lines:?}");
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ENOSPC outcomes agreed on: "))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
 /// `--ext4`: model against model on a small ext4, whose inodes and blocks run out in many
 /// traces; both sides agree on every ENOSPC, and the run says the same twice.
 #[test]
@@ -478,21 +494,7 @@ fn an_ext4_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
         }),
         ..model_args(DriverKind::Overlay2, 3, 100, 50)
     };
-    let a = run(&args, OPTS, false).unwrap();
-    let b = run(&args, OPTS, false).unwrap();
-    assert_eq!(a.lines(&args), b.lines(&args));
-    assert_eq!(a.divergences().count(), 0, "{:?}", a.lines(&args));
-    assert_eq!(a.errors().count(), 0, "{:?}", a.lines(&args));
-    let enospc = a
-        .lines(&args)
-        .iter()
-        .find_map(|l| {
-            l.strip_prefix("ENOSPC outcomes agreed on: ")
-                .map(str::to_string)
-        })
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(0);
-    assert!(enospc >= 10, "{:?}", a.lines(&args));
+    assert!(agreed_enospc_twice(&args) >= 10);
 }
 
 /// `--xfs`: model against model on xfs's smallest size, filled by big writes; both sides
@@ -508,20 +510,7 @@ fn an_xfs_model_run_agrees_on_every_enospc_and_says_the_same_twice() {
         }),
         ..model_args(DriverKind::Overlay2, 1, 30, 40)
     };
-    let a = run(&args, OPTS, false).unwrap();
-    let b = run(&args, OPTS, false).unwrap();
-    assert_eq!(a.lines(&args), b.lines(&args));
-    assert_eq!(a.divergences().count(), 0, "{:?}", a.lines(&args));
-    assert_eq!(a.errors().count(), 0, "{:?}", a.lines(&args));
-    let lines = a.lines(&args);
-    let count = |prefix: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(0)
-    };
-    assert!(count("ENOSPC outcomes agreed on: ") >= 3, "{lines:?}");
+    assert!(agreed_enospc_twice(&args) >= 3);
 }
 
 /// `--users` traces reach the permission checks: many steps run as another user, and a fair

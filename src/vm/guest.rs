@@ -214,6 +214,9 @@ fn fuzz(w: &mut W, args: &FuzzArgs) -> std::io::Result<u8> {
         return Ok(code);
     }
     let start = Instant::now();
+    if args.xfs.is_some() {
+        load_xfs();
+    }
     let mut summary = match fuzz::run(args, args.overlay_options(), false) {
         Ok(s) => s,
         Err(why) => {
