@@ -73,35 +73,31 @@ impl Container {
 
     /// [`Container::dir_size_differs`] on xfs.
     fn xfs_dir_size_differs(&self, path: &str, upper: &crate::tree::Inode) -> Result<bool, String> {
-        let names = |i: &crate::tree::Inode| -> Vec<usize> {
-            i.children()
-                .map(|c| c.keys().map(|n| n.len()).collect())
-                .unwrap_or_default()
+        let size = |names: Vec<usize>, i: &crate::tree::Inode| {
+            crate::space::xfs::dir_size(&names, &crate::layout::xfs_dir_xattrs(i))
+                .map_err(|why| format!("the size Docker compares of directory `{path}`: {why}"))
         };
         let lower = if self.policy.farm_links {
             self.lower.lookup(path).map(|n| {
-                let node = self.lower.node(n);
-                let names = node
-                    .children
-                    .as_ref()
-                    .map(|c| c.keys().map(|n| n.len()).collect())
-                    .unwrap_or_default();
-                (names, self.lower.inode(n).clone())
+                let names = name_lens(self.lower.node(n).children.iter().flat_map(|c| c.keys()));
+                size(names, self.lower.inode(n))
             })
         } else {
             self.lower.layers().iter().rev().find_map(|l| {
                 let i = l.tree.get(l.tree.lookup(path)?);
-                Some((names(i), i.clone()))
+                Some(size(
+                    name_lens(i.children().into_iter().flat_map(|c| c.keys())),
+                    i,
+                ))
             })
         };
-        let Some((lower_names, lower)) = lower else {
+        let Some(lower) = lower else {
             return Ok(false);
         };
-        let size = |names: &[usize], i: &crate::tree::Inode| {
-            crate::space::xfs::dir_size(names, &crate::layout::xfs_dir_xattrs(i))
-                .map_err(|why| format!("the size Docker compares of directory `{path}`: {why}"))
-        };
-        Ok(size(&names(upper), upper)? != size(&lower_names, &lower)?)
+        Ok(size(
+            name_lens(upper.children().into_iter().flat_map(|c| c.keys())),
+            upper,
+        )? != lower?)
     }
 
     /// [`Container::dir_size_differs`] on tmpfs.
@@ -533,4 +529,9 @@ fn apply_wh_name(out: &mut Tree, dir: Ino, name: &str) {
             out.attach(dir, target, wh);
         }
     }
+}
+
+/// The lengths of a directory's names.
+fn name_lens<'a>(names: impl Iterator<Item = &'a String>) -> Vec<usize> {
+    names.map(String::len).collect()
 }

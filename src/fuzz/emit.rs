@@ -292,8 +292,11 @@ fn options(o: &OverlayOptions, init: bool, root: Option<crate::fuzz::LoopRoot>) 
         out.push_str("init = true\n");
     }
     if let Some(e) = root {
-        let fs = format!("{:?}", e.fs).to_lowercase();
-        out.push_str(&format!("backing = \"{fs}\"\nsize = \"{}\"\n", e.bytes));
+        out.push_str(&format!(
+            "backing = \"{}\"\nsize = \"{}\"\n",
+            e.fs_name(),
+            e.bytes
+        ));
         if let Some(n) = e.inodes {
             out.push_str(&format!("inodes = {n}\n"));
         }

@@ -106,13 +106,17 @@ pub struct LoopRoot {
 }
 
 impl LoopRoot {
-    /// The command-line option that makes it.
-    pub fn option(&self) -> String {
-        let name = match self.fs {
+    /// The filesystem's name, as a scenario's `backing` and the option say it.
+    pub fn fs_name(&self) -> &'static str {
+        match self.fs {
             layerspec_model::Backing::Xfs => "xfs",
             _ => "ext4",
-        };
-        format!("--{name} {self}")
+        }
+    }
+
+    /// The command-line option that makes it.
+    pub fn option(&self) -> String {
+        format!("--{} {self}", self.fs_name())
     }
 }
 
@@ -497,7 +501,7 @@ pub fn run_trace(args: &FuzzArgs, options: OverlayOptions, index: u64, write: bo
 /// terminal. `Err` when the backend cannot run here, with the reason.
 pub fn run(args: &FuzzArgs, options: OverlayOptions, write: bool) -> Result<Summary, String> {
     if let Some(r) = args.loop_root() {
-        let name = format!("{:?}", r.fs).to_lowercase();
+        let name = r.fs_name();
         if !["kernel", "vm", "model"].contains(&args.backend.as_str()) {
             return Err(format!(
                 "--{name} compares where the driver root's {name} runs out, which the model \

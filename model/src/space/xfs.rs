@@ -353,14 +353,12 @@ impl Tally {
     /// The blocks counted, and the inodes.
     pub fn total(&mut self) -> (u64, u64) {
         let mut dir_blocks = 0;
-        let dirs = std::mem::take(&mut self.dirs);
-        for (dir, (names, attr)) in &dirs {
-            match dir_blocks_for(names, *attr) {
+        for (dir, (names, attr)) in std::mem::take(&mut self.dirs) {
+            match dir_blocks_for(&names, attr) {
                 Ok(n) => dir_blocks += n,
                 Err(why) => self.note(format!("directory `{dir}`: {why}")),
             }
         }
-        self.dirs = dirs;
         let inodes = self.blocks.len() as u64;
         if inodes > EXACT_INODES {
             self.note(format!(

@@ -306,7 +306,7 @@ impl Store {
             with.check_layer_fits(&spec.id)?;
         }
         self.insert_layer(layer)?;
-        self.check_unpredicted(&format!("layer `{}`", spec.id), None)
+        self.check_unpredicted(&format!("layer `{}`", spec.id), None, None)
     }
 
     /// devicemapper: the layer a commit that adds no layer registers and removes again
@@ -368,7 +368,7 @@ impl Store {
     pub fn apply(&mut self, op: &Op) -> Result<Outcome, StepError> {
         let plain = self.check_xfs_reservations(op)?;
         let out = self.transition(op)?;
-        self.check_xfs_after(&out, plain)?;
+        let counted = self.check_xfs_after(&out, plain)?;
         let (may_take_space, touched) = match op {
             Op::File { container, op } => (
                 self.may_take_space(op),
@@ -379,7 +379,7 @@ impl Store {
         };
         if may_take_space {
             let device = touched.as_deref().map(crate::devmapper::device_hash);
-            self.check_unpredicted("this step", device.as_deref())?;
+            self.check_unpredicted("this step", device.as_deref(), counted.as_ref())?;
         }
         Ok(out)
     }

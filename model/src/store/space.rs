@@ -85,10 +85,13 @@ impl Store {
             Op::RemoveContainer { .. } => true,
             _ => false,
         };
+        if plain {
+            return Ok(true);
+        }
         let used = crate::layout::space_used(self, cap.fs);
         let free = cap.blocks.saturating_sub(used.blocks);
-        if free >= crate::space::xfs::NEAR_FULL || plain {
-            return Ok(plain);
+        if free >= crate::space::xfs::NEAR_FULL {
+            return Ok(false);
         }
         let what = match op {
             Op::File { op, .. } => op.name(),
@@ -107,14 +110,15 @@ impl Store {
     /// of a reflinked copy is reserved 32 blocks at a time, a commit's or a container's
     /// files each reserve their transaction's worst case); or any step after which the
     /// files take more than the filesystem holds (a write to a reflinked copy takes a block
-    /// for each shared block it writes, which the step's own count does not see).
+    /// for each shared block it writes, which the step's own count does not see). Returns
+    /// the space counted, for [`Store::check_unpredicted`].
     pub(super) fn check_xfs_after(
         &self,
         out: &crate::step::Outcome,
         plain: bool,
-    ) -> Result<(), StepError> {
+    ) -> Result<Option<crate::layout::Used>, StepError> {
         let Some(cap) = self.capacity.filter(|c| c.fs == SpaceFs::Xfs) else {
-            return Ok(());
+            return Ok(None);
         };
         let used = crate::layout::space_used(self, cap.fs);
         let free = cap.blocks.saturating_sub(used.blocks);
@@ -134,14 +138,14 @@ impl Store {
                 if enospc { "ran out" } else { "came near full" }
             )));
         }
-        if let Some(why) = used.unexact.filter(|_| enospc) {
+        if let Some(why) = used.unexact.as_ref().filter(|_| enospc) {
             return Err(StepError::NotFollowed(format!(
                 "this step ran out of the driver root's xfs ({} of {} blocks taken), and the \
                  model's count is not exact: {why}",
                 used.blocks, cap.blocks
             )));
         }
-        Ok(())
+        Ok(Some(used))
     }
 
     /// Whether file step `op` may take space that is accounted: on tmpfs pages
@@ -354,19 +358,32 @@ impl Store {
     /// Stops the run where the model does not predict the space: the driver root past 4/5
     /// of an ext4 or xfs whose count the model cannot make exact (say why), or a
     /// devicemapper device or its pool past 4/5 of its size. `device`: the one device a
-    /// file step wrote to (`None`: any may have grown).
+    /// file step wrote to (`None`: any may have grown); `counted`: the driver root's space
+    /// as already counted for this state, if it was.
     pub(super) fn check_unpredicted(
         &self,
         what: &str,
         device: Option<&str>,
+        counted: Option<&crate::layout::Used>,
     ) -> Result<(), StepError> {
         if let Some(dm) = &self.dm {
             dm.check_space(device)
                 .map_err(|e| StepError::NoSpace(format!("{what}: {e}")))?;
         }
         if let Some(cap) = self.capacity.filter(|c| c.fs != SpaceFs::Tmpfs) {
-            let used = crate::layout::space_used(self, cap.fs);
-            if let Some(why) = used.unexact.filter(|_| used.blocks > cap.blocks / 5 * 4) {
+            let fresh;
+            let used = match counted {
+                Some(u) => u,
+                None => {
+                    fresh = crate::layout::space_used(self, cap.fs);
+                    &fresh
+                }
+            };
+            if let Some(why) = used
+                .unexact
+                .as_ref()
+                .filter(|_| used.blocks > cap.blocks / 5 * 4)
+            {
                 return Err(StepError::NoSpace(format!(
                     "{what}: the driver root's files take {} of {}'s {} blocks, and the \
                      model's count is not exact: {why}",
